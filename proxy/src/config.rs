@@ -1,0 +1,197 @@
+//! Command-line flags, each with an environment fallback (`KITSUNE_*`).
+//! The short flags are the original go-libp2p-kitsune's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use libp2p::Multiaddr;
+
+use crate::router::Policy;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "kitsune-proxy",
+    version,
+    about = "A libp2p reverse proxy and load balancer for IPFS bitswap: one peer ID in front of many kubo nodes"
+)]
+pub struct Cli {
+    /// Identity key file: the bytes `ipfs key export` writes, or base64 as in kubo's
+    /// Identity.PrivKey, or a kubo config JSON. Created (Ed25519, mode 0600) if missing.
+    #[arg(
+        short = 'k',
+        long = "key",
+        env = "KITSUNE_KEY",
+        default_value = "./key"
+    )]
+    pub key: PathBuf,
+
+    /// libp2p listen multiaddr, TCP or QUIC-v1 (repeatable).
+    #[arg(
+        short = 'l',
+        long = "listen",
+        env = "KITSUNE_LISTEN",
+        value_delimiter = ',',
+        default_value = "/ip4/0.0.0.0/tcp/0"
+    )]
+    pub listen: Vec<Multiaddr>,
+
+    /// WebSocket listen multiaddr (`/ws` is appended when missing). Repeatable.
+    #[arg(
+        short = 'w',
+        long = "ws-listen",
+        env = "KITSUNE_WS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub ws_listen: Vec<Multiaddr>,
+
+    /// Backends: comma-separated kubo RPC API multiaddrs (/ip4, /ip6, /dns4, /dns6 with /tcp),
+    /// e.g. /ip4/10.0.1.42/tcp/5001,/dns4/kubo-1/tcp/5001.
+    #[arg(
+        short = 'd',
+        long = "downstream",
+        env = "KITSUNE_DOWNSTREAM",
+        value_delimiter = ','
+    )]
+    pub downstream: Vec<Multiaddr>,
+
+    /// Enable preload mode: serve /api/v0/refs on this port.
+    #[arg(short = 'p', long = "preload-port", env = "KITSUNE_PRELOAD_PORT")]
+    pub preload_port: Option<u16>,
+
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "KITSUNE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// How wants choose a backend.
+    #[arg(long, env = "KITSUNE_BALANCE", value_enum, default_value_t = Policy::Rendezvous)]
+    pub balance: Policy,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "KITSUNE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything a remote peer could otherwise grow without bound.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Wants one client may hold at once; more are answered DONT_HAVE.
+    #[arg(long, env = "KITSUNE_MAX_WANTS_PER_CLIENT", default_value_t = 16384)]
+    pub max_wants_per_client: usize,
+    /// Wants outstanding at one backend (kubo drops past 1024 per peer).
+    #[arg(long, env = "KITSUNE_MAX_INFLIGHT_PER_BACKEND", default_value_t = 1000)]
+    pub max_inflight_per_backend: usize,
+    /// Wants waiting for room at a backend, in total; more are refused.
+    #[arg(long, env = "KITSUNE_MAX_QUEUED_WANTS", default_value_t = 262_144)]
+    pub max_queued_wants: usize,
+    /// How long a backend may take to answer a want before it moves to the next one.
+    #[arg(long, env = "KITSUNE_WANT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub want_timeout: Duration,
+    /// Concurrent inbound bitswap streams per peer; more are reset.
+    #[arg(long, env = "KITSUNE_MAX_STREAMS_PER_PEER", default_value_t = 16)]
+    pub max_streams_per_peer: usize,
+    /// Established plus pending inbound connections from one IP address.
+    #[arg(long, env = "KITSUNE_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: u32,
+    /// Established inbound connections in total.
+    #[arg(long, env = "KITSUNE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: u32,
+    /// Pending (handshaking) inbound connections in total.
+    #[arg(long, env = "KITSUNE_MAX_PENDING_CONNECTIONS", default_value_t = 256)]
+    pub max_pending_connections: u32,
+    /// Bytes queued for one slow client before it is disconnected.
+    #[arg(long, env = "KITSUNE_MAX_CLIENT_BUFFER", default_value_t = 64 * 1024 * 1024)]
+    pub max_client_buffer_bytes: usize,
+    /// Idle connections (no open streams) are closed after this long.
+    #[arg(long, env = "KITSUNE_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Cli::parse_from(["kitsune-proxy"]).limits
+    }
+}
+
+impl Cli {
+    /// WebSocket listen addresses with `/ws` appended where it is missing.
+    pub fn ws_listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ws_listen
+            .iter()
+            .map(|a| {
+                let has_ws = a
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ws(_)));
+                if has_ws {
+                    a.clone()
+                } else {
+                    a.clone().with(libp2p::multiaddr::Protocol::Ws("/".into()))
+                }
+            })
+            .collect()
+    }
+
+    pub fn router_config(&self) -> crate::router::Config {
+        crate::router::Config {
+            policy: self.balance,
+            max_wants_per_client: self.limits.max_wants_per_client,
+            max_inflight_per_backend: self.limits.max_inflight_per_backend,
+            max_queued_wants: self.limits.max_queued_wants,
+            want_timeout: self.limits.want_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kitsune-proxy",
+            "-d",
+            "/ip4/127.0.0.1/tcp/5001,/dns4/kubo/tcp/5002",
+            "-l",
+            "/ip4/0.0.0.0/tcp/4441",
+            "-l",
+            "/ip4/0.0.0.0/udp/4441/quic-v1",
+            "-w",
+            "/ip4/0.0.0.0/tcp/8442",
+            "-k",
+            "/tmp/k",
+            "-p",
+            "8441",
+        ])
+        .unwrap();
+        assert_eq!(cli.downstream.len(), 2);
+        assert_eq!(cli.listen.len(), 2);
+        assert_eq!(cli.preload_port, Some(8441));
+        assert_eq!(
+            cli.ws_listen_addrs()[0].to_string(),
+            "/ip4/0.0.0.0/tcp/8442/ws"
+        );
+        assert_eq!(cli.limits.max_wants_per_client, 16384);
+    }
+
+    #[test]
+    fn ws_suffix_is_not_doubled_and_bad_addrs_are_refused() {
+        let cli = Cli::try_parse_from(["kitsune-proxy", "-w", "/ip4/127.0.0.1/tcp/1/ws"]).unwrap();
+        assert_eq!(
+            cli.ws_listen_addrs()[0].to_string(),
+            "/ip4/127.0.0.1/tcp/1/ws"
+        );
+        assert!(Cli::try_parse_from(["kitsune-proxy", "-d", "not-a-multiaddr"]).is_err());
+        assert!(Cli::try_parse_from(["kitsune-proxy", "-p", "70000"]).is_err());
+    }
+}

@@ -1,0 +1,406 @@
+//! The event loop: one task owns the swarm, the router and the backend pool, so
+//! routing state needs no locks. Readers, writers and resolvers are separate tasks
+//! that talk to it over bounded channels.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{PeerId, Swarm};
+use libp2p_stream::Control;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+
+use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
+use crate::bitswap::Message;
+use crate::http::Health;
+use crate::metrics::{Direction, DirectionLabels, Metrics, ReasonLabels, StateLabels};
+use crate::net::inbound::InboundStream;
+use crate::net::streams::{Inbound, QueueError, Readers, Writer};
+use crate::net::swarm::{Behaviour, BehaviourEvent};
+use crate::router::Router;
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// Commands from outside the loop (the backend sources).
+#[derive(Debug)]
+pub enum Command {
+    SetBackends(Vec<BackendSpec>),
+}
+
+/// A handle to steer a running engine.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Replaces the backend set (the diff is applied: unchanged backends are untouched).
+    pub async fn set_backends(&self, specs: Vec<BackendSpec>) -> anyhow::Result<()> {
+        self.tx
+            .send(Command::SetBackends(specs))
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))
+    }
+}
+
+pub struct Engine {
+    swarm: Swarm<Behaviour>,
+    control: Control,
+    readers: Readers,
+    router: Router,
+    backends: Backends,
+    writers: HashMap<PeerId, Writer>,
+    clients: HashSet<PeerId>,
+    connected_backends: HashSet<PeerId>,
+    inbound: mpsc::Receiver<Inbound>,
+    commands: mpsc::Receiver<Command>,
+    resolved_tx: mpsc::Sender<(BackendSpec, Result<Resolved, ResolveError>)>,
+    resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
+    http: reqwest::Client,
+    metrics: Metrics,
+    libp2p_metrics: libp2p::metrics::Metrics,
+    health: Arc<Health>,
+    max_client_buffer: usize,
+}
+
+pub struct Parts {
+    pub swarm: Swarm<Behaviour>,
+    pub router: Router,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub max_streams_per_peer: usize,
+    pub max_client_buffer: usize,
+}
+
+impl Engine {
+    pub fn new(parts: Parts, registry: &mut Registry) -> anyhow::Result<(Self, Handle)> {
+        let control = parts.swarm.behaviour().stream.new_control();
+        let (inbound_tx, inbound) = mpsc::channel(1024);
+        let readers = Readers::new(
+            parts.max_streams_per_peer,
+            inbound_tx,
+            parts.metrics.clone(),
+        );
+        let (tx, commands) = mpsc::channel(16);
+        let (resolved_tx, resolved_rx) = mpsc::channel(64);
+        let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
+        Ok((
+            Self {
+                swarm: parts.swarm,
+                control,
+                readers,
+                router: parts.router,
+                backends: Backends::default(),
+                writers: HashMap::new(),
+                clients: HashSet::new(),
+                connected_backends: HashSet::new(),
+                inbound,
+                commands,
+                resolved_tx,
+                resolved_rx,
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .expect("a plain HTTP client builds"),
+                metrics: parts.metrics,
+                libp2p_metrics,
+                health: parts.health,
+                max_client_buffer: parts.max_client_buffer,
+            },
+            Handle { tx },
+        ))
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(Inbound { peer, msg }) = self.inbound.recv() => self.on_message(peer, msg),
+                Some((spec, result)) = self.resolved_rx.recv() => {
+                    let actions = self.backends.resolved(&spec, result, Instant::now(), rand::random());
+                    self.perform(actions);
+                }
+                Some(cmd) = self.commands.recv() => match cmd {
+                    Command::SetBackends(specs) => {
+                        let actions = self.backends.set(specs);
+                        self.perform(actions);
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.router.tick(now);
+                    let actions = self.backends.tick(now);
+                    self.perform(actions);
+                    self.update_gauges();
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn on_message(&mut self, peer: PeerId, msg: Message) {
+        let now = Instant::now();
+        tracing::debug!(%peer, summary = %Summary(&msg), "received");
+        if self.connected_backends.contains(&peer) {
+            let bytes: u64 = msg.blocks.iter().map(|b| b.data.len() as u64).sum();
+            if bytes > 0 {
+                self.metrics
+                    .bytes_forwarded
+                    .get_or_create(&DirectionLabels {
+                        direction: Direction::Upstream,
+                    })
+                    .inc_by(bytes);
+            }
+            self.router.backend_message(peer, &msg, now);
+        } else if self.clients.contains(&peer) {
+            self.router.client_message(peer, &msg, now);
+        }
+        // Anything else is a peer whose connection already closed: nothing to do.
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        libp2p::metrics::Recorder::record(&self.libp2p_metrics, &event);
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let id = *self.swarm.local_peer_id();
+                println!("Listening on {address}/p2p/{id}");
+                self.health.listening.store(true, Ordering::Relaxed);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if num_established.get() != 1 {
+                    return;
+                }
+                if self.backends.is_backend(&peer_id) {
+                    let actions = self.backends.connected(peer_id);
+                    self.perform(actions);
+                } else if self.clients.insert(peer_id) {
+                    self.metrics.upstream_peers.inc();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if self.clients.remove(&peer_id) {
+                    self.metrics.upstream_peers.dec();
+                    self.router.client_disconnected(peer_id, Instant::now());
+                    self.writers.remove(&peer_id);
+                } else if self.backends.is_backend(&peer_id) {
+                    let actions =
+                        self.backends
+                            .disconnected(peer_id, Instant::now(), rand::random());
+                    self.perform(actions);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if self.backends.is_backend(&peer) && !self.connected_backends.contains(&peer) => {
+                tracing::warn!(%peer, %error, "cannot connect to backend");
+                let actions = self
+                    .backends
+                    .disconnected(peer, Instant::now(), rand::random());
+                self.perform(actions);
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "inbound connection refused or failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
+                peer, stream, ..
+            })) => {
+                self.readers.spawn(peer, stream);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+            }
+            _ => {}
+        }
+    }
+
+    fn perform(&mut self, actions: Vec<Action>) {
+        let now = Instant::now();
+        for action in actions {
+            match action {
+                Action::Resolve(spec) => {
+                    let (http, tx) = (self.http.clone(), self.resolved_tx.clone());
+                    tokio::spawn(async move {
+                        let result = backend::resolve::resolve(&http, &spec).await;
+                        let _ = tx.send((spec, result)).await;
+                    });
+                }
+                Action::Dial { peer, addrs } => {
+                    tracing::info!(%peer, addr = %addrs[0], "dialing backend");
+                    if let Err(e) = self
+                        .swarm
+                        .dial(DialOpts::peer_id(peer).addresses(addrs).build())
+                    {
+                        tracing::warn!(%peer, error = %e, "dial refused");
+                        let actions = self.backends.disconnected(peer, now, rand::random());
+                        self.perform(actions);
+                    } else if self.swarm.is_connected(&peer) {
+                        let actions = self.backends.connected(peer);
+                        self.perform(actions);
+                    }
+                }
+                Action::Up(peer) => {
+                    tracing::info!(%peer, "backend connected");
+                    self.connected_backends.insert(peer);
+                    // It may have connected to us as a client first (unlikely).
+                    if self.clients.remove(&peer) {
+                        self.metrics.upstream_peers.dec();
+                        self.router.client_disconnected(peer, now);
+                    }
+                    self.metrics.downstream_peers.inc();
+                    self.router.backend_up(peer, now);
+                }
+                Action::Down(peer) => {
+                    tracing::warn!(%peer, "backend lost; its wants move to the others");
+                    self.connected_backends.remove(&peer);
+                    self.metrics.downstream_peers.dec();
+                    self.router.backend_down(peer, now);
+                    self.writers.remove(&peer);
+                }
+                Action::Disconnect(peer) => {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+        self.health
+            .backend_connected
+            .store(!self.connected_backends.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Sends what the router decided.
+    fn flush(&mut self) {
+        let out = self.router.take_outbox();
+        for rtt in &out.rtts {
+            self.metrics
+                .downstream_block_rtt_ms
+                .observe(rtt.as_secs_f64() * 1000.0);
+        }
+        for (backend, msg) in out.to_backends {
+            if !self.connected_backends.contains(&backend) {
+                continue;
+            }
+            tracing::debug!(peer = %backend, summary = %Summary(&msg), "to backend");
+            let writer = self.writers.entry(backend).or_insert_with(|| {
+                Writer::spawn(backend, self.control.clone(), self.metrics.clone())
+            });
+            if let Err(e) = writer.send(msg, usize::MAX) {
+                tracing::warn!(%backend, ?e, "backend writer queue refused a message");
+                self.metrics.reject("backend_queue_full");
+            }
+        }
+        for (client, msg) in out.to_clients {
+            if !self.clients.contains(&client) {
+                continue;
+            }
+            tracing::debug!(peer = %client, summary = %Summary(&msg), "to client");
+            let blocks = msg.blocks.len() as u64;
+            let writer = self.writers.entry(client).or_insert_with(|| {
+                Writer::spawn(client, self.control.clone(), self.metrics.clone())
+            });
+            match writer.send(msg, self.max_client_buffer) {
+                Ok(()) => {
+                    let up = DirectionLabels {
+                        direction: Direction::Upstream,
+                    };
+                    self.metrics
+                        .blocks_forwarded
+                        .get_or_create(&up)
+                        .inc_by(blocks);
+                }
+                Err(QueueError::Full) => {
+                    tracing::warn!(peer = %client, "client is not keeping up; disconnecting it");
+                    self.metrics.reject("slow_client");
+                    let _ = self.swarm.disconnect_peer_id(client);
+                }
+                Err(QueueError::Closed) => {
+                    self.writers.remove(&client);
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .wants_in_flight
+            .set(self.router.wants_in_flight() as i64);
+        self.metrics
+            .wants_queued
+            .set(self.router.queued_wants() as i64);
+        for (state, n) in self.backends.state_counts() {
+            self.metrics
+                .backends
+                .get_or_create(&StateLabels { state })
+                .set(n);
+        }
+        // The router counts; the metrics follow its totals.
+        let stats = self.router.stats();
+        let catch_up = |c: &prometheus_client::metrics::counter::Counter, total: u64| {
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
+        };
+        catch_up(&self.metrics.failovers, stats.failovers);
+        let presences = &self.metrics.presences_sent;
+        catch_up(
+            &presences.get_or_create(&ReasonLabels { reason: "have" }),
+            stats.haves_delivered,
+        );
+        catch_up(
+            &presences.get_or_create(&ReasonLabels {
+                reason: "dont_have",
+            }),
+            stats.dont_haves_delivered,
+        );
+    }
+}
+
+/// A one-line account of a message for debug logs (no payloads).
+struct Summary<'a>(&'a Message);
+
+impl std::fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        let cancels = m.wants.iter().filter(|w| w.cancel).count();
+        let haves = m
+            .wants
+            .iter()
+            .filter(|w| !w.cancel && w.kind == crate::bitswap::WantKind::Have)
+            .count();
+        let dont = m
+            .presences
+            .iter()
+            .filter(|p| p.kind == crate::bitswap::PresenceKind::DontHave)
+            .count();
+        write!(
+            f,
+            "full={} want_block={} want_have={} cancel={} blocks={} have={} dont_have={}",
+            m.full,
+            m.wants.len() - cancels - haves,
+            haves,
+            cancels,
+            m.blocks.len(),
+            m.presences.len() - dont,
+            dont
+        )
+    }
+}

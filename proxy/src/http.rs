@@ -1,0 +1,74 @@
+//! The admin HTTP server: Prometheus metrics and health probes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+/// What `/readyz` reports: listening, and at least one backend connected.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub listening: AtomicBool,
+    pub backend_connected: AtomicBool,
+}
+
+impl Health {
+    pub fn ready(&self) -> bool {
+        self.listening.load(Ordering::Relaxed) && self.backend_connected.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+}
+
+pub fn router(registry: Arc<Registry>, health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { registry, health })
+}
+
+pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the metrics server to {addr}: {e}"))?;
+    tracing::info!(%addr, "metrics and health on /metrics, /healthz, /readyz");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if s.health.ready() {
+        (StatusCode::OK, "ready\n")
+    } else if !s.health.listening.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no backend connected\n")
+    }
+}

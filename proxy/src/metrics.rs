@@ -1,0 +1,151 @@
+//! Prometheus metrics (prometheus-client, the library libp2p-metrics uses).
+//! The original's names are kept where the meaning is the same; no label ever holds a
+//! client peer ID or a CID, so cardinality stays bounded.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// From backends to clients.
+    Upstream,
+    /// From clients to backends (preload's reverse path).
+    Downstream,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum BackendState {
+    Resolving,
+    Connecting,
+    Connected,
+    Backoff,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: BackendState,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub upstream_peers: Gauge,
+    pub downstream_peers: Gauge,
+    pub messages_recv: Counter,
+    pub messages_sent: Counter,
+    pub downstream_block_rtt_ms: Histogram,
+    pub wants_in_flight: Gauge,
+    pub wants_queued: Gauge,
+    pub blocks_forwarded: Family<DirectionLabels, Counter>,
+    pub bytes_forwarded: Family<DirectionLabels, Counter>,
+    pub presences_sent: Family<ReasonLabels, Counter>,
+    pub backends: Family<StateLabels, Gauge>,
+    pub rejected: Family<ReasonLabels, Counter>,
+    pub failovers: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            upstream_peers: Gauge::default(),
+            downstream_peers: Gauge::default(),
+            messages_recv: Counter::default(),
+            messages_sent: Counter::default(),
+            downstream_block_rtt_ms: Histogram::new([
+                1.0, 5.0, 25.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
+            ]),
+            wants_in_flight: Gauge::default(),
+            wants_queued: Gauge::default(),
+            blocks_forwarded: Family::default(),
+            bytes_forwarded: Family::default(),
+            presences_sent: Family::default(),
+            backends: Family::default(),
+            rejected: Family::default(),
+            failovers: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("kitsune");
+        r.register(
+            "bitswap_upstream_peers",
+            "Connected client peers (per peer, not per connection)",
+            m.upstream_peers.clone(),
+        );
+        r.register(
+            "bitswap_downstream_peers",
+            "Connected backend peers",
+            m.downstream_peers.clone(),
+        );
+        r.register(
+            "bitswap_messages_recv",
+            "Bitswap messages received (per message, not per stream)",
+            m.messages_recv.clone(),
+        );
+        r.register(
+            "bitswap_messages_sent",
+            "Bitswap messages sent",
+            m.messages_sent.clone(),
+        );
+        r.register(
+            "bitswap_downstream_block_rtt_ms",
+            "Milliseconds from sending a want to a backend to receiving the block",
+            m.downstream_block_rtt_ms.clone(),
+        );
+        r.register(
+            "bitswap_wants_in_flight",
+            "Distinct CIDs wanted by clients and not yet answered",
+            m.wants_in_flight.clone(),
+        );
+        r.register(
+            "bitswap_wants_queued",
+            "Wants waiting for room at a backend",
+            m.wants_queued.clone(),
+        );
+        r.register(
+            "bitswap_blocks_forwarded",
+            "Blocks forwarded, by direction",
+            m.blocks_forwarded.clone(),
+        );
+        r.register(
+            "bitswap_bytes_forwarded",
+            "Block bytes forwarded, by direction",
+            m.bytes_forwarded.clone(),
+        );
+        r.register(
+            "bitswap_presences_sent",
+            "HAVE and DONT_HAVE sent to clients",
+            m.presences_sent.clone(),
+        );
+        r.register(
+            "backends",
+            "Configured backends by state",
+            m.backends.clone(),
+        );
+        r.register(
+            "rejected",
+            "Things refused from remote peers, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "bitswap_failovers",
+            "Wants moved to another backend (DONT_HAVE, timeout, lost backend)",
+            m.failovers.clone(),
+        );
+        m
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}

@@ -1,0 +1,167 @@
+//! Caps inbound connections (pending and established) per remote IP address, which
+//! libp2p's connection-limits behaviour does not do. Outbound (backend) connections
+//! are never counted, so backends cannot be crowded out.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{Multiaddr, PeerId};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{ip} already has {limit} connections")]
+pub struct TooManyFromIp {
+    ip: IpAddr,
+    limit: u32,
+}
+
+pub struct Behaviour {
+    limit: u32,
+    per_ip: HashMap<IpAddr, u32>,
+    by_conn: HashMap<ConnectionId, IpAddr>,
+}
+
+impl Behaviour {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            per_ip: HashMap::new(),
+            by_conn: HashMap::new(),
+        }
+    }
+
+    fn release(&mut self, id: ConnectionId) {
+        if let Some(ip) = self.by_conn.remove(&id)
+            && let Some(n) = self.per_ip.get_mut(&ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        let Some(ip) = ip_of(remote) else {
+            return Ok(());
+        };
+        let n = self.per_ip.entry(ip).or_default();
+        if *n >= self.limit {
+            return Err(ConnectionDenied::new(TooManyFromIp {
+                ip,
+                limit: self.limit,
+            }));
+        }
+        *n += 1;
+        self.by_conn.insert(id, ip);
+        Ok(())
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: PeerId,
+        _local: &Multiaddr,
+        _remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: PeerId,
+        _addr: &Multiaddr,
+        _role: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionClosed(c) => self.release(c.connection_id),
+            FromSwarm::ListenFailure(f) => self.release(f.connection_id),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        _id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_ip_and_releases() {
+        let mut b = Behaviour::new(2);
+        let local: Multiaddr = "/ip4/0.0.0.0/tcp/1".parse().unwrap();
+        let a: Multiaddr = "/ip4/1.2.3.4/tcp/5".parse().unwrap();
+        let other: Multiaddr = "/ip6/::1/tcp/5".parse().unwrap();
+        let ids: Vec<ConnectionId> = (0..4)
+            .map(|_| ConnectionId::new_unchecked(rand::random()))
+            .collect();
+        assert!(
+            b.handle_pending_inbound_connection(ids[0], &local, &a)
+                .is_ok()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(ids[1], &local, &a)
+                .is_ok()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(ids[2], &local, &a)
+                .is_err()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(ids[3], &local, &other)
+                .is_ok()
+        );
+        b.release(ids[0]);
+        assert!(
+            b.handle_pending_inbound_connection(ids[2], &local, &a)
+                .is_ok()
+        );
+    }
+}

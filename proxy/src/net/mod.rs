@@ -1,0 +1,6 @@
+//! The libp2p side: the host and bitswap stream I/O.
+
+pub mod inbound;
+pub mod ip_limit;
+pub mod streams;
+pub mod swarm;

@@ -1,0 +1,79 @@
+//! The libp2p host: TCP, QUIC-v1 and WebSocket; noise or TLS; yamux or mplex (js-ipfs
+//! speaks only mplex). Exposes exactly bitswap, identify and ping: every other protocol
+//! is refused at negotiation, since nothing else is registered.
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
+use prometheus_client::registry::Registry;
+
+use super::{inbound, ip_limit};
+use crate::config::Limits;
+
+/// Identify's agent string.
+pub const AGENT: &str = concat!("kitsune/", env!("CARGO_PKG_VERSION"));
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: connection_limits::Behaviour,
+    pub ip_limit: ip_limit::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    /// Inbound bitswap streams.
+    pub bitswap: inbound::Behaviour,
+    /// Outbound bitswap streams (no inbound protocol is registered on it).
+    pub stream: libp2p_stream::Behaviour,
+}
+
+fn mplex() -> libp2p_mplex::Config {
+    let mut c = libp2p_mplex::Config::new();
+    // Bigger frames than the 8 KiB default (js mplex takes up to 1 MiB) for throughput;
+    // a full per-stream buffer blocks reading rather than resetting the stream.
+    c.set_split_send_size(64 * 1024);
+    c.set_max_buffer_size(64);
+    c.set_max_num_streams(256);
+    c
+}
+
+pub async fn build(
+    key: Keypair,
+    limits: &Limits,
+    registry: &mut Registry,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let conn_limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(limits.max_connections))
+        .with_max_pending_incoming(Some(limits.max_pending_connections))
+        .with_max_established_per_peer(Some(8));
+    let swarm = SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            (noise::Config::new, tls::Config::new),
+            (yamux::Config::default, mplex),
+        )?
+        .with_quic()
+        .with_dns()?
+        .with_websocket(
+            (noise::Config::new, tls::Config::new),
+            (yamux::Config::default, mplex),
+        )
+        .await?
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(conn_limits),
+            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip),
+            identify: identify::Behaviour::new(
+                identify::Config::new("ipfs/0.1.0".into(), key.public())
+                    .with_agent_version(AGENT.into()),
+            ),
+            ping: ping::Behaviour::default(),
+            bitswap: inbound::Behaviour::default(),
+            stream: libp2p_stream::Behaviour::new(),
+        })?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(limits.idle_timeout)
+                .with_max_negotiating_inbound_streams(128)
+        })
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,585 @@
+//! The routing core: which client wants what, which backend was asked, and what each
+//! peer must be told next. Pure: no I/O and no clock (time is passed in), so every
+//! rule here is unit-tested without a network.
+//!
+//! Model. Each client keeps its own wantlist. Identical wants from many clients become
+//! one want per CID, sent to one backend at a time, in the order the balancing policy
+//! gives. A backend's DONT_HAVE, a timeout or the backend's loss moves the want to the
+//! next backend; only when every healthy backend has been tried are the clients that
+//! asked for it told DONT_HAVE. A block goes once to each client that wants it, and the
+//! want is then cleared everywhere, so a late copy from another backend is dropped.
+
+pub mod balancer;
+mod outbox;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use libp2p::PeerId;
+
+use crate::bitswap::{Block, Message, PresenceKind, WantEntry, WantKind};
+pub use balancer::Policy;
+pub use outbox::Outbox;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policy: Policy,
+    /// Wants one client may hold; more are refused (DONT_HAVE where asked).
+    pub max_wants_per_client: usize,
+    /// Wants outstanding at one backend. kubo queues at most 1024 wants per peer and
+    /// sees the proxy as one peer, so more would be silently dropped there.
+    pub max_inflight_per_backend: usize,
+    /// Wants waiting for a backend with room, across all backends.
+    pub max_queued_wants: usize,
+    /// How long a backend may take to answer before the want moves on.
+    pub want_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Rendezvous,
+            max_wants_per_client: 16 * 1024,
+            max_inflight_per_backend: 1000,
+            max_queued_wants: 256 * 1024,
+            want_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters the engine exports as metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub blocks_delivered: u64,
+    pub haves_delivered: u64,
+    pub dont_haves_delivered: u64,
+    pub unsolicited_blocks: u64,
+    pub refused_wants: u64,
+    pub failovers: u64,
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClientWant {
+    kind: WantKind,
+    send_dont_have: bool,
+    priority: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for room at this backend (the first in its order).
+    Queued(PeerId),
+    /// Asked of this backend at this time, for this kind.
+    Sent {
+        backend: PeerId,
+        kind: WantKind,
+        at: Instant,
+    },
+    /// Every healthy backend said no (or none is up); parked until one joins or a
+    /// client asks again.
+    Exhausted,
+}
+
+#[derive(Debug)]
+struct Want {
+    /// Client → the kind it wants. A BTreeMap keeps fan-out order deterministic.
+    wanters: BTreeMap<PeerId, WantKind>,
+    state: State,
+    /// Backends that failed this want, in order.
+    tried: Vec<PeerId>,
+}
+
+impl Want {
+    /// Block if any client wants the block; Have only if all want just HAVE.
+    fn kind(&self) -> WantKind {
+        if self.wanters.values().any(|k| *k == WantKind::Block) {
+            WantKind::Block
+        } else {
+            WantKind::Have
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Backend {
+    inflight: std::collections::HashSet<Cid>,
+    /// CIDs waiting for room here; entries may be stale (checked on pop).
+    queue: VecDeque<Cid>,
+}
+
+pub struct Router {
+    cfg: Config,
+    clients: HashMap<PeerId, HashMap<Cid, ClientWant>>,
+    wants: HashMap<Cid, Want>,
+    /// Healthy backends, sorted so every replica ranks them the same way.
+    backends: BTreeMap<PeerId, Backend>,
+    queued: usize,
+    /// Send order of wants, for timeouts; stale entries are skipped.
+    deadlines: VecDeque<(Instant, Cid, PeerId)>,
+    turn: u64,
+    out: Outbox,
+    stats: Stats,
+}
+
+impl Router {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            clients: HashMap::new(),
+            wants: HashMap::new(),
+            backends: BTreeMap::new(),
+            queued: 0,
+            deadlines: VecDeque::new(),
+            turn: 0,
+            out: Outbox::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Everything decided since the last call: the messages to send, per peer.
+    pub fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Distinct CIDs currently wanted by at least one client.
+    pub fn wants_in_flight(&self) -> usize {
+        self.wants.len()
+    }
+
+    pub fn queued_wants(&self) -> usize {
+        self.queued
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn healthy_backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_healthy_backend(&self, peer: &PeerId) -> bool {
+        self.backends.contains_key(peer)
+    }
+
+    /// How many wants a client holds (for tests and introspection).
+    pub fn client_wants(&self, peer: &PeerId) -> usize {
+        self.clients.get(peer).map_or(0, HashMap::len)
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    /// A client's message: its wantlist (full or incremental). Blocks and presences
+    /// from clients are not routed here (preload mode handles reverse traffic).
+    pub fn client_message(&mut self, client: PeerId, msg: &Message, now: Instant) {
+        if msg.full {
+            // A full wantlist replaces this client's wants, and only this client's.
+            let keep: std::collections::HashSet<Cid> = msg
+                .wants
+                .iter()
+                .filter(|w| !w.cancel)
+                .map(|w| w.cid)
+                .collect();
+            let gone: Vec<Cid> = self
+                .clients
+                .get(&client)
+                .map(|w| w.keys().filter(|c| !keep.contains(c)).copied().collect())
+                .unwrap_or_default();
+            for cid in gone {
+                self.remove_want(client, cid, now);
+            }
+        }
+        for entry in &msg.wants {
+            if entry.cancel {
+                self.remove_want(client, entry.cid, now);
+            } else {
+                self.add_want(client, entry, now);
+            }
+        }
+    }
+
+    /// The client is gone: its wants are cancelled (and cancelled at the backends
+    /// where no one else wants them).
+    pub fn client_disconnected(&mut self, client: PeerId, now: Instant) {
+        if let Some(wants) = self.clients.remove(&client) {
+            for cid in wants.into_keys() {
+                self.drop_wanter(client, cid, now);
+            }
+        }
+    }
+
+    fn add_want(&mut self, client: PeerId, entry: &WantEntry, now: Instant) {
+        let wants = self.clients.entry(client).or_default();
+        let existing = wants.get(&entry.cid).copied();
+        if existing.is_none() && wants.len() >= self.cfg.max_wants_per_client {
+            self.stats.refused_wants += 1;
+            if entry.send_dont_have {
+                self.tell_client(client, entry.cid, PresenceKind::DontHave);
+            }
+            return;
+        }
+        // A WANT-HAVE never downgrades a WANT-BLOCK from the same client.
+        let kind = match existing {
+            Some(w) if w.kind == WantKind::Block => WantKind::Block,
+            _ => entry.kind,
+        };
+        wants.insert(
+            entry.cid,
+            ClientWant {
+                kind,
+                send_dont_have: entry.send_dont_have,
+                priority: entry.priority,
+            },
+        );
+
+        match self.wants.get_mut(&entry.cid) {
+            None => {
+                self.wants.insert(
+                    entry.cid,
+                    Want {
+                        wanters: BTreeMap::from([(client, kind)]),
+                        state: State::Exhausted,
+                        tried: Vec::new(),
+                    },
+                );
+                self.dispatch(entry.cid, now);
+            }
+            Some(want) => {
+                want.wanters.insert(client, kind);
+                match want.state {
+                    State::Sent {
+                        backend,
+                        kind: WantKind::Have,
+                        ..
+                    } if kind == WantKind::Block => {
+                        // Someone now wants the block itself: ask again, as WANT-BLOCK.
+                        want.state = State::Sent {
+                            backend,
+                            kind: WantKind::Block,
+                            at: now,
+                        };
+                        self.deadlines
+                            .push_back((now + self.cfg.want_timeout, entry.cid, backend));
+                        self.out
+                            .want(backend, entry.cid, WantKind::Block, entry.priority);
+                    }
+                    State::Exhausted => {
+                        // Asked again: the content may have arrived since; retry all.
+                        want.tried.clear();
+                        self.dispatch(entry.cid, now);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn remove_want(&mut self, client: PeerId, cid: Cid, now: Instant) {
+        let removed = self
+            .clients
+            .get_mut(&client)
+            .and_then(|w| w.remove(&cid))
+            .is_some();
+        if removed {
+            self.drop_wanter(client, cid, now);
+        }
+        if self.clients.get(&client).is_some_and(HashMap::is_empty) {
+            self.clients.remove(&client);
+        }
+    }
+
+    /// Removes one wanter of `cid`; the last one out cancels at the backend.
+    fn drop_wanter(&mut self, client: PeerId, cid: Cid, now: Instant) {
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return;
+        };
+        want.wanters.remove(&client);
+        if want.wanters.is_empty() {
+            let want = self.wants.remove(&cid).expect("present");
+            self.release(cid, want.state, true, now);
+        }
+    }
+
+    // ---------------------------------------------------------------- backends
+
+    /// A backend is connected and may take wants. Parked wants get another chance.
+    pub fn backend_up(&mut self, backend: PeerId, now: Instant) {
+        if self.backends.contains_key(&backend) {
+            return;
+        }
+        self.backends.insert(backend, Backend::default());
+        let parked: Vec<Cid> = self
+            .wants
+            .iter()
+            .filter(|(_, w)| w.state == State::Exhausted)
+            .map(|(c, _)| *c)
+            .collect();
+        for cid in parked {
+            self.dispatch(cid, now);
+        }
+    }
+
+    /// A backend is gone: everything it held or queued moves to the next backend.
+    pub fn backend_down(&mut self, backend: PeerId, now: Instant) {
+        let Some(b) = self.backends.remove(&backend) else {
+            return;
+        };
+        let mut moved: Vec<Cid> = b.inflight.into_iter().collect();
+        moved.extend(b.queue);
+        moved.sort();
+        moved.dedup();
+        for cid in moved {
+            let Some(want) = self.wants.get_mut(&cid) else {
+                continue;
+            };
+            match want.state {
+                State::Sent { backend: b, .. } if b == backend => {
+                    want.tried.push(backend);
+                    self.stats.failovers += 1;
+                }
+                State::Queued(b) if b == backend => self.queued -= 1,
+                _ => continue,
+            }
+            want.state = State::Exhausted;
+            self.dispatch(cid, now);
+        }
+    }
+
+    /// A message from a backend: blocks and presences for our wants; its own wants
+    /// (it fetching from the proxy) are answered DONT_HAVE where asked.
+    pub fn backend_message(&mut self, backend: PeerId, msg: &Message, now: Instant) {
+        for block in &msg.blocks {
+            self.deliver(backend, block, now);
+        }
+        for p in &msg.presences {
+            self.presence(backend, p.cid, p.kind, now);
+        }
+        for w in &msg.wants {
+            if !w.cancel && w.send_dont_have {
+                self.out
+                    .presence_to_backend(backend, w.cid, PresenceKind::DontHave);
+            }
+        }
+    }
+
+    /// Moves on every want whose backend has not answered in time.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&(deadline, cid, backend)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(want) = self.wants.get_mut(&cid) else {
+                continue;
+            };
+            match want.state {
+                State::Sent { backend: b, at, .. }
+                    if b == backend && at + self.cfg.want_timeout <= now =>
+                {
+                    want.tried.push(backend);
+                    self.stats.timeouts += 1;
+                    self.stats.failovers += 1;
+                    let state = want.state;
+                    self.release(cid, state, true, now);
+                    if let Some(w) = self.wants.get_mut(&cid) {
+                        w.state = State::Exhausted;
+                    }
+                    self.dispatch(cid, now);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn deliver(&mut self, from: PeerId, block: &Block, now: Instant) {
+        let Some(want) = self.wants.remove(&block.cid) else {
+            self.stats.unsolicited_blocks += 1;
+            return;
+        };
+        if let State::Sent { at, .. } = want.state {
+            self.out.rtts.push(now.saturating_duration_since(at));
+        }
+        // Cancel wherever it is still pending, unless that is the sender (who has
+        // served it and dropped it from its ledger).
+        let cancel = !matches!(want.state, State::Sent { backend, .. } if backend == from);
+        self.release(block.cid, want.state, cancel, now);
+        for (client, kind) in want.wanters {
+            if let Some(w) = self.clients.get_mut(&client) {
+                w.remove(&block.cid);
+                if w.is_empty() {
+                    self.clients.remove(&client);
+                }
+            }
+            match kind {
+                WantKind::Block => {
+                    self.stats.blocks_delivered += 1;
+                    self.out.block_to_client(client, block.clone());
+                }
+                WantKind::Have => self.tell_client(client, block.cid, PresenceKind::Have),
+            }
+        }
+    }
+
+    fn presence(&mut self, from: PeerId, cid: Cid, kind: PresenceKind, now: Instant) {
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return;
+        };
+        let State::Sent { backend, .. } = want.state else {
+            return;
+        };
+        if backend != from {
+            return; // a stale answer from a backend we already moved away from
+        }
+        match kind {
+            PresenceKind::Have => {
+                // HAVE answers the clients that asked only HAVE; block wanters wait on.
+                let have_only: Vec<PeerId> = want
+                    .wanters
+                    .iter()
+                    .filter(|(_, k)| **k == WantKind::Have)
+                    .map(|(c, _)| *c)
+                    .collect();
+                for client in have_only {
+                    self.tell_client(client, cid, PresenceKind::Have);
+                    self.remove_want(client, cid, now);
+                }
+            }
+            PresenceKind::DontHave => {
+                want.tried.push(from);
+                self.stats.failovers += 1;
+                let state = want.state;
+                want.state = State::Exhausted;
+                self.release(cid, state, true, now);
+                self.dispatch(cid, now);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- dispatch
+
+    /// Sends (or queues, or parks) a want that is not currently at any backend.
+    fn dispatch(&mut self, cid: Cid, now: Instant) {
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return;
+        };
+        let mut order: Vec<PeerId> = self
+            .backends
+            .keys()
+            .filter(|b| !want.tried.contains(b))
+            .copied()
+            .collect();
+        balancer::rank(self.cfg.policy, &cid, &mut order, self.turn);
+        let Some(&first) = order.first() else {
+            self.exhaust(cid);
+            return;
+        };
+        self.turn = self.turn.wrapping_add(1);
+        let backend = self.backends.get_mut(&first).expect("ranked from backends");
+        if backend.inflight.len() < self.cfg.max_inflight_per_backend {
+            let kind = want.kind();
+            let priority = want
+                .wanters
+                .keys()
+                .filter_map(|c| self.clients.get(c)?.get(&cid).map(|w| w.priority))
+                .max()
+                .unwrap_or(1);
+            backend.inflight.insert(cid);
+            want.state = State::Sent {
+                backend: first,
+                kind,
+                at: now,
+            };
+            self.deadlines
+                .push_back((now + self.cfg.want_timeout, cid, first));
+            self.out.want(first, cid, kind, priority);
+        } else if self.queued < self.cfg.max_queued_wants {
+            backend.queue.push_back(cid);
+            want.state = State::Queued(first);
+            self.queued += 1;
+        } else {
+            self.stats.refused_wants += 1;
+            self.exhaust(cid);
+        }
+    }
+
+    /// No backend can be asked: DONT_HAVE to the clients that asked for one; park.
+    fn exhaust(&mut self, cid: Cid) {
+        let Some(want) = self.wants.get_mut(&cid) else {
+            return;
+        };
+        want.state = State::Exhausted;
+        let askers: Vec<PeerId> = want
+            .wanters
+            .keys()
+            .filter(|c| {
+                self.clients
+                    .get(c)
+                    .and_then(|w| w.get(&cid))
+                    .is_some_and(|w| w.send_dont_have)
+            })
+            .copied()
+            .collect();
+        for client in askers {
+            self.tell_client(client, cid, PresenceKind::DontHave);
+        }
+    }
+
+    /// Frees whatever `state` holds at a backend (optionally telling it CANCEL),
+    /// then lets that backend's queue move.
+    fn release(&mut self, cid: Cid, state: State, cancel: bool, now: Instant) {
+        match state {
+            State::Sent { backend, .. } => {
+                if let Some(b) = self.backends.get_mut(&backend)
+                    && b.inflight.remove(&cid)
+                {
+                    if cancel {
+                        self.out.cancel(backend, cid);
+                    }
+                    self.pump(backend, now);
+                }
+            }
+            State::Queued(_) => self.queued -= 1,
+            State::Exhausted => {}
+        }
+    }
+
+    /// Sends queued wants to `backend` while it has room.
+    fn pump(&mut self, backend: PeerId, now: Instant) {
+        loop {
+            let Some(b) = self.backends.get_mut(&backend) else {
+                return;
+            };
+            if b.inflight.len() >= self.cfg.max_inflight_per_backend {
+                return;
+            }
+            let Some(cid) = b.queue.pop_front() else {
+                return;
+            };
+            let Some(want) = self.wants.get_mut(&cid) else {
+                continue;
+            };
+            if want.state != State::Queued(backend) {
+                continue;
+            }
+            self.queued -= 1;
+            want.state = State::Exhausted;
+            self.dispatch(cid, now);
+        }
+    }
+
+    fn tell_client(&mut self, client: PeerId, cid: Cid, kind: PresenceKind) {
+        match kind {
+            PresenceKind::Have => self.stats.haves_delivered += 1,
+            PresenceKind::DontHave => self.stats.dont_haves_delivered += 1,
+        }
+        self.out.presence_to_client(client, cid, kind);
+    }
+}

@@ -1,0 +1,78 @@
+//! What the router decided to say, batched per peer until the engine sends it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cid::Cid;
+use libp2p::PeerId;
+
+use crate::bitswap::{Block, Message, Presence, PresenceKind, WantEntry, WantKind};
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Incremental wantlists (wants and cancels) for backends, in decision order.
+    pub to_backends: HashMap<PeerId, Message>,
+    /// Blocks and presences for clients.
+    pub to_clients: HashMap<PeerId, Message>,
+    /// Want-to-block times of the blocks delivered, for the RTT histogram.
+    pub rtts: Vec<Duration>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.to_backends.is_empty() && self.to_clients.is_empty()
+    }
+
+    pub(super) fn want(&mut self, backend: PeerId, cid: Cid, kind: WantKind, priority: i32) {
+        self.to_backends
+            .entry(backend)
+            .or_default()
+            .wants
+            .push(WantEntry {
+                cid,
+                priority,
+                cancel: false,
+                kind,
+                // Always ask: a DONT_HAVE is what lets the want move on at once.
+                send_dont_have: true,
+            });
+    }
+
+    pub(super) fn cancel(&mut self, backend: PeerId, cid: Cid) {
+        self.to_backends
+            .entry(backend)
+            .or_default()
+            .wants
+            .push(WantEntry {
+                cid,
+                priority: 0,
+                cancel: true,
+                kind: WantKind::Block,
+                send_dont_have: false,
+            });
+    }
+
+    pub(super) fn presence_to_backend(&mut self, backend: PeerId, cid: Cid, kind: PresenceKind) {
+        self.to_backends
+            .entry(backend)
+            .or_default()
+            .presences
+            .push(Presence { cid, kind });
+    }
+
+    pub(super) fn block_to_client(&mut self, client: PeerId, block: Block) {
+        self.to_clients
+            .entry(client)
+            .or_default()
+            .blocks
+            .push(block);
+    }
+
+    pub(super) fn presence_to_client(&mut self, client: PeerId, cid: Cid, kind: PresenceKind) {
+        self.to_clients
+            .entry(client)
+            .or_default()
+            .presences
+            .push(Presence { cid, kind });
+    }
+}

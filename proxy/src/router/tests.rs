@@ -1,0 +1,673 @@
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cid::Cid;
+use libp2p::PeerId;
+use multihash_codetable::{Code, MultihashDigest};
+
+use super::*;
+use crate::bitswap::{Block, Message, Presence, PresenceKind, WantEntry, WantKind};
+
+fn block(i: u32) -> Block {
+    let data = Bytes::from(format!("block number {i}"));
+    Block {
+        cid: Cid::new_v1(0x55, Code::Sha2_256.digest(&data)),
+        data,
+    }
+}
+
+fn want(b: &Block, kind: WantKind, send_dont_have: bool) -> WantEntry {
+    WantEntry {
+        cid: b.cid,
+        priority: 1,
+        cancel: false,
+        kind,
+        send_dont_have,
+    }
+}
+
+fn cancel(b: &Block) -> WantEntry {
+    WantEntry {
+        cid: b.cid,
+        priority: 0,
+        cancel: true,
+        kind: WantKind::Block,
+        send_dont_have: false,
+    }
+}
+
+fn wants(entries: Vec<WantEntry>) -> Message {
+    Message {
+        wants: entries,
+        ..Default::default()
+    }
+}
+
+fn blocks(bs: &[Block]) -> Message {
+    Message {
+        blocks: bs.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn presence(b: &Block, kind: PresenceKind) -> Message {
+    Message {
+        presences: vec![Presence { cid: b.cid, kind }],
+        ..Default::default()
+    }
+}
+
+/// Backends in rendezvous order for `b` (first = where its want goes first).
+fn order_for(b: &Block, backends: &[PeerId]) -> Vec<PeerId> {
+    let mut v: Vec<PeerId> = backends.to_vec();
+    v.sort();
+    balancer::rank(Policy::Rendezvous, &b.cid, &mut v, 0);
+    v
+}
+
+fn sent_wants(out: &Outbox, backend: &PeerId) -> Vec<(Cid, bool, WantKind)> {
+    out.to_backends
+        .get(backend)
+        .map(|m| m.wants.iter().map(|w| (w.cid, w.cancel, w.kind)).collect())
+        .unwrap_or_default()
+}
+
+fn router(backends: &[PeerId], now: Instant) -> Router {
+    let mut r = Router::new(Config::default());
+    for b in backends {
+        r.backend_up(*b, now);
+    }
+    r
+}
+
+fn backends(n: usize) -> Vec<PeerId> {
+    (0..n).map(|_| PeerId::random()).collect()
+}
+
+#[test]
+fn identical_wants_become_one_backend_want_and_one_delivery_each() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    let (c1, c2) = (PeerId::random(), PeerId::random());
+    let b = block(1);
+    let first = order_for(&b, &bs)[0];
+
+    r.client_message(c1, &wants(vec![want(&b, WantKind::Block, true)]), t);
+    r.client_message(c2, &wants(vec![want(&b, WantKind::Block, false)]), t);
+    let out = r.take_outbox();
+    assert_eq!(out.to_backends.len(), 1, "one backend asked");
+    assert_eq!(
+        sent_wants(&out, &first),
+        vec![(b.cid, false, WantKind::Block)]
+    );
+
+    r.backend_message(first, &blocks(std::slice::from_ref(&b)), t);
+    let out = r.take_outbox();
+    for c in [c1, c2] {
+        assert_eq!(out.to_clients[&c].blocks, vec![b.clone()]);
+    }
+    assert!(
+        out.to_backends.is_empty(),
+        "no cancel to the backend that served it"
+    );
+    assert_eq!(r.wants_in_flight(), 0);
+
+    // A duplicate copy (say, from a slow second backend) goes nowhere.
+    r.backend_message(bs[0], &blocks(std::slice::from_ref(&b)), t);
+    assert!(r.take_outbox().is_empty());
+    assert_eq!(r.stats().unsolicited_blocks, 1);
+    assert_eq!(r.stats().blocks_delivered, 2);
+}
+
+#[test]
+fn want_have_stays_want_have_and_gets_have() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    let b = block(2);
+    r.client_message(c, &wants(vec![want(&b, WantKind::Have, true)]), t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &bs[0]),
+        vec![(b.cid, false, WantKind::Have)]
+    );
+
+    r.backend_message(bs[0], &presence(&b, PresenceKind::Have), t);
+    let out = r.take_outbox();
+    assert_eq!(
+        out.to_clients[&c].presences,
+        vec![Presence {
+            cid: b.cid,
+            kind: PresenceKind::Have
+        }]
+    );
+    assert!(out.to_clients[&c].blocks.is_empty());
+    assert_eq!(r.client_wants(&c), 0, "a HAVE answers a WANT-HAVE");
+}
+
+#[test]
+fn a_block_wanter_joining_a_have_want_upgrades_it() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = router(&bs, t);
+    let (ch, cb) = (PeerId::random(), PeerId::random());
+    let b = block(3);
+    r.client_message(ch, &wants(vec![want(&b, WantKind::Have, false)]), t);
+    r.client_message(cb, &wants(vec![want(&b, WantKind::Block, false)]), t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &bs[0]),
+        vec![
+            (b.cid, false, WantKind::Have),
+            (b.cid, false, WantKind::Block)
+        ]
+    );
+    r.backend_message(bs[0], &blocks(std::slice::from_ref(&b)), t);
+    let out = r.take_outbox();
+    assert_eq!(out.to_clients[&cb].blocks, vec![b.clone()]);
+    assert_eq!(out.to_clients[&ch].presences[0].kind, PresenceKind::Have);
+    assert!(
+        out.to_clients[&ch].blocks.is_empty(),
+        "the HAVE-only client gets no block"
+    );
+}
+
+#[test]
+fn dont_have_fails_over_in_order_and_reaches_the_client_only_when_all_say_no() {
+    let t = Instant::now();
+    let bs = backends(3);
+    let mut r = router(&bs, t);
+    let (asks, silent) = (PeerId::random(), PeerId::random());
+    let b = block(4);
+    let order = order_for(&b, &bs);
+    r.client_message(asks, &wants(vec![want(&b, WantKind::Block, true)]), t);
+    r.client_message(silent, &wants(vec![want(&b, WantKind::Block, false)]), t);
+    r.take_outbox();
+
+    for (i, backend) in order.iter().enumerate() {
+        r.backend_message(*backend, &presence(&b, PresenceKind::DontHave), t);
+        let out = r.take_outbox();
+        assert_eq!(
+            sent_wants(&out, backend),
+            vec![(b.cid, true, WantKind::Block)]
+        );
+        if let Some(next) = order.get(i + 1) {
+            assert_eq!(
+                sent_wants(&out, next),
+                vec![(b.cid, false, WantKind::Block)]
+            );
+            assert!(
+                out.to_clients.is_empty(),
+                "no DONT_HAVE before every backend is tried"
+            );
+        } else {
+            assert_eq!(
+                out.to_clients[&asks].presences,
+                vec![Presence {
+                    cid: b.cid,
+                    kind: PresenceKind::DontHave
+                }]
+            );
+            assert!(
+                !out.to_clients.contains_key(&silent),
+                "only clients that asked"
+            );
+        }
+    }
+    // Still wanted (the clients did not cancel): a backend that joins gets asked.
+    let newcomer = PeerId::random();
+    r.backend_up(newcomer, t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &newcomer),
+        vec![(b.cid, false, WantKind::Block)]
+    );
+}
+
+#[test]
+fn stale_dont_have_from_a_backend_already_left_is_ignored() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    let b = block(5);
+    let order = order_for(&b, &bs);
+    r.client_message(c, &wants(vec![want(&b, WantKind::Block, true)]), t);
+    r.backend_message(order[0], &presence(&b, PresenceKind::DontHave), t);
+    r.take_outbox();
+    r.backend_message(order[0], &presence(&b, PresenceKind::DontHave), t);
+    assert!(r.take_outbox().is_empty());
+}
+
+#[test]
+fn cancel_goes_to_the_backend_only_when_no_client_wants_the_cid() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = router(&bs, t);
+    let (c1, c2) = (PeerId::random(), PeerId::random());
+    let b = block(6);
+    r.client_message(c1, &wants(vec![want(&b, WantKind::Block, false)]), t);
+    r.client_message(c2, &wants(vec![want(&b, WantKind::Block, false)]), t);
+    r.take_outbox();
+
+    r.client_message(c1, &wants(vec![cancel(&b)]), t);
+    assert!(r.take_outbox().is_empty(), "c2 still wants it");
+    r.client_message(c2, &wants(vec![cancel(&b)]), t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &bs[0]),
+        vec![(b.cid, true, WantKind::Block)]
+    );
+
+    // The block arriving after the cancel goes nowhere.
+    r.backend_message(bs[0], &blocks(&[b]), t);
+    assert!(r.take_outbox().to_clients.is_empty());
+}
+
+#[test]
+fn full_wantlist_replaces_only_that_clients_wants() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = router(&bs, t);
+    let (c1, c2) = (PeerId::random(), PeerId::random());
+    let (a, b, c) = (block(7), block(8), block(9));
+    r.client_message(
+        c1,
+        &wants(vec![
+            want(&a, WantKind::Block, false),
+            want(&b, WantKind::Block, false),
+        ]),
+        t,
+    );
+    r.client_message(c2, &wants(vec![want(&a, WantKind::Block, false)]), t);
+    r.take_outbox();
+
+    let full = Message {
+        full: true,
+        wants: vec![want(&c, WantKind::Block, false)],
+        ..Default::default()
+    };
+    r.client_message(c1, &full, t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &bs[0]),
+        vec![
+            (b.cid, true, WantKind::Block),
+            (c.cid, false, WantKind::Block)
+        ],
+        "b cancelled (no one else wants it), a kept for c2, c added; never a union"
+    );
+    assert_eq!(r.client_wants(&c1), 1);
+    assert_eq!(r.client_wants(&c2), 1);
+    r.backend_message(bs[0], &blocks(std::slice::from_ref(&a)), t);
+    let out = r.take_outbox();
+    assert!(out.to_clients.contains_key(&c2));
+    assert!(
+        !out.to_clients.contains_key(&c1),
+        "c1 dropped a from its full wantlist"
+    );
+}
+
+#[test]
+fn disconnect_cancels_the_clients_wants() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    let (a, b) = (block(10), block(11));
+    r.client_message(
+        c,
+        &wants(vec![
+            want(&a, WantKind::Block, false),
+            want(&b, WantKind::Have, false),
+        ]),
+        t,
+    );
+    r.take_outbox();
+    r.client_disconnected(c, t);
+    let out = r.take_outbox();
+    let mut cancelled: Vec<Cid> = sent_wants(&out, &bs[0])
+        .into_iter()
+        .filter(|w| w.1)
+        .map(|w| w.0)
+        .collect();
+    cancelled.sort();
+    let mut expected = vec![a.cid, b.cid];
+    expected.sort();
+    assert_eq!(cancelled, expected);
+    assert_eq!(r.wants_in_flight(), 0);
+    assert_eq!(r.client_count(), 0);
+}
+
+#[test]
+fn lost_backend_moves_its_wants_to_the_next_in_order() {
+    let t = Instant::now();
+    let bs = backends(3);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    let all: Vec<Block> = (0..60).map(block).collect();
+    r.client_message(
+        c,
+        &wants(all.iter().map(|b| want(b, WantKind::Block, true)).collect()),
+        t,
+    );
+    r.take_outbox();
+    let victim = bs[1];
+    r.backend_down(victim, t);
+    let out = r.take_outbox();
+    assert!(!out.to_backends.contains_key(&victim));
+    let mut moved = 0;
+    for b in &all {
+        let order = order_for(b, &bs);
+        if order[0] == victim {
+            moved += 1;
+            assert_eq!(
+                sent_wants(&out, &order[1])
+                    .iter()
+                    .filter(|w| w.0 == b.cid)
+                    .count(),
+                1
+            );
+        }
+    }
+    assert!(moved > 5, "the test needs some wants on the victim");
+    assert!(out.to_clients.is_empty());
+}
+
+#[test]
+fn timeouts_move_wants_on_and_late_blocks_still_count_once() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    let b = block(12);
+    let order = order_for(&b, &bs);
+    r.client_message(c, &wants(vec![want(&b, WantKind::Block, true)]), t);
+    r.take_outbox();
+    r.tick(t + Duration::from_secs(5));
+    assert!(r.take_outbox().is_empty(), "not yet");
+    r.tick(t + Duration::from_secs(11));
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &order[0]),
+        vec![(b.cid, true, WantKind::Block)]
+    );
+    assert_eq!(
+        sent_wants(&out, &order[1]),
+        vec![(b.cid, false, WantKind::Block)]
+    );
+    // The slow backend delivers after all: the client gets it once; the other is cancelled.
+    r.backend_message(
+        order[0],
+        &blocks(std::slice::from_ref(&b)),
+        t + Duration::from_secs(12),
+    );
+    let out = r.take_outbox();
+    assert_eq!(out.to_clients[&c].blocks.len(), 1);
+    assert_eq!(
+        sent_wants(&out, &order[1]),
+        vec![(b.cid, true, WantKind::Block)]
+    );
+    r.backend_message(order[1], &blocks(&[b]), t + Duration::from_secs(12));
+    assert!(r.take_outbox().to_clients.is_empty());
+    assert_eq!(r.stats().timeouts, 1);
+}
+
+#[test]
+fn per_backend_inflight_is_bounded_and_the_queue_drains() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = Router::new(Config {
+        max_inflight_per_backend: 4,
+        ..Config::default()
+    });
+    r.backend_up(bs[0], t);
+    let c = PeerId::random();
+    let all: Vec<Block> = (0..10).map(block).collect();
+    r.client_message(
+        c,
+        &wants(
+            all.iter()
+                .map(|b| want(b, WantKind::Block, false))
+                .collect(),
+        ),
+        t,
+    );
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &bs[0]).len(), 4);
+    assert_eq!(r.queued_wants(), 6);
+
+    let mut delivered = HashSet::new();
+    let mut outstanding: Vec<Cid> = sent_wants(&out, &bs[0]).into_iter().map(|w| w.0).collect();
+    while let Some(cid) = outstanding.pop() {
+        let b = all.iter().find(|b| b.cid == cid).unwrap().clone();
+        r.backend_message(bs[0], &blocks(&[b]), t);
+        let out = r.take_outbox();
+        for blk in &out.to_clients[&c].blocks {
+            assert!(delivered.insert(blk.cid), "delivered twice");
+        }
+        outstanding.extend(
+            sent_wants(&out, &bs[0])
+                .into_iter()
+                .filter(|w| !w.1)
+                .map(|w| w.0),
+        );
+        assert!(outstanding.len() <= 4);
+    }
+    assert_eq!(delivered.len(), 10);
+    assert_eq!(r.queued_wants(), 0);
+}
+
+#[test]
+fn wants_per_client_are_bounded() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = Router::new(Config {
+        max_wants_per_client: 3,
+        ..Config::default()
+    });
+    r.backend_up(bs[0], t);
+    let c = PeerId::random();
+    let all: Vec<Block> = (0..5).map(block).collect();
+    r.client_message(
+        c,
+        &wants(all.iter().map(|b| want(b, WantKind::Block, true)).collect()),
+        t,
+    );
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &bs[0]).len(), 3);
+    assert_eq!(
+        out.to_clients[&c].presences.len(),
+        2,
+        "refused ones get DONT_HAVE"
+    );
+    assert!(
+        out.to_clients[&c]
+            .presences
+            .iter()
+            .all(|p| p.kind == PresenceKind::DontHave)
+    );
+    assert_eq!(r.client_wants(&c), 3);
+    assert_eq!(r.stats().refused_wants, 2);
+}
+
+#[test]
+fn no_backend_means_dont_have_where_asked_and_a_parked_want() {
+    let t = Instant::now();
+    let mut r = Router::new(Config::default());
+    let c = PeerId::random();
+    let b = block(13);
+    r.client_message(c, &wants(vec![want(&b, WantKind::Block, true)]), t);
+    let out = r.take_outbox();
+    assert_eq!(out.to_clients[&c].presences[0].kind, PresenceKind::DontHave);
+    let late = PeerId::random();
+    r.backend_up(late, t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &late),
+        vec![(b.cid, false, WantKind::Block)]
+    );
+    r.backend_message(late, &blocks(std::slice::from_ref(&b)), t);
+    assert_eq!(r.take_outbox().to_clients[&c].blocks, vec![b]);
+}
+
+#[test]
+fn backend_wants_get_dont_have_and_never_reach_clients() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    r.client_message(c, &wants(vec![want(&block(14), WantKind::Block, false)]), t);
+    r.take_outbox();
+    let b = block(15);
+    r.backend_message(bs[0], &wants(vec![want(&b, WantKind::Block, true)]), t);
+    let out = r.take_outbox();
+    assert!(out.to_clients.is_empty());
+    assert_eq!(
+        out.to_backends[&bs[0]].presences[0].kind,
+        PresenceKind::DontHave
+    );
+}
+
+/// A randomised run: clients want, cancel and leave; backends answer, time out and
+/// die. Invariants: every delivered block was wanted by that client at that moment,
+/// no client gets a block twice, and every want that stays wanted is eventually served
+/// while a backend that has it stays up.
+#[test]
+fn randomised_no_loss_no_duplicates() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    for seed in 0..20u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut t = Instant::now();
+        let bs = backends(3);
+        let mut r = Router::new(Config {
+            max_inflight_per_backend: 8,
+            ..Config::default()
+        });
+        for b in &bs {
+            r.backend_up(*b, t);
+        }
+        let content: Vec<Block> = (0..40).map(|i| block(1000 + i)).collect();
+        // Backend 0 has nothing; backends 1 and 2 have everything.
+        let has = |b: &PeerId, _: &Cid| *b != bs[0];
+        let clients: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut wanted: HashMap<PeerId, HashSet<Cid>> = HashMap::new();
+        let mut got: HashMap<PeerId, HashSet<Cid>> = HashMap::new();
+        let mut pending: Vec<(PeerId, Cid, bool)> = Vec::new(); // backend, cid, cancel
+        let mut alive: HashSet<PeerId> = bs.iter().copied().collect();
+
+        let drain = |r: &mut Router,
+                     pending: &mut Vec<(PeerId, Cid, bool)>,
+                     wanted: &mut HashMap<PeerId, HashSet<Cid>>,
+                     got: &mut HashMap<PeerId, HashSet<Cid>>| {
+            let out = r.take_outbox();
+            for (c, m) in out.to_clients {
+                for blk in m.blocks {
+                    assert!(
+                        wanted.get_mut(&c).unwrap().remove(&blk.cid),
+                        "unwanted delivery"
+                    );
+                    assert!(
+                        got.entry(c).or_default().insert(blk.cid),
+                        "duplicate delivery"
+                    );
+                }
+            }
+            for (b, m) in out.to_backends {
+                for w in m.wants {
+                    pending.push((b, w.cid, w.cancel));
+                }
+            }
+        };
+
+        for _ in 0..400 {
+            t += Duration::from_millis(rng.gen_range(0..3000));
+            match rng.gen_range(0..10) {
+                0..=3 => {
+                    let c = clients[rng.gen_range(0..clients.len())];
+                    let b = &content[rng.gen_range(0..content.len())];
+                    if got.get(&c).is_some_and(|g| g.contains(&b.cid)) {
+                        continue;
+                    }
+                    wanted.entry(c).or_default().insert(b.cid);
+                    r.client_message(c, &wants(vec![want(b, WantKind::Block, false)]), t);
+                }
+                4 => {
+                    let c = clients[rng.gen_range(0..clients.len())];
+                    if let Some(cid) = wanted.get(&c).and_then(|w| w.iter().next().copied()) {
+                        wanted.get_mut(&c).unwrap().remove(&cid);
+                        let b = content.iter().find(|b| b.cid == cid).unwrap();
+                        r.client_message(c, &wants(vec![cancel(b)]), t);
+                    }
+                }
+                5..=8 if !pending.is_empty() => {
+                    let (b, cid, is_cancel) = pending.remove(rng.gen_range(0..pending.len()));
+                    if is_cancel || !alive.contains(&b) {
+                        continue;
+                    }
+                    let blk = content.iter().find(|x| x.cid == cid).unwrap();
+                    if has(&b, &cid) {
+                        r.backend_message(b, &blocks(std::slice::from_ref(blk)), t);
+                    } else {
+                        r.backend_message(b, &presence(blk, PresenceKind::DontHave), t);
+                    }
+                }
+                _ => {
+                    // Backend 2 flaps; backend 1 stays, so everything stays servable.
+                    if alive.remove(&bs[2]) {
+                        r.backend_down(bs[2], t);
+                    } else {
+                        alive.insert(bs[2]);
+                        r.backend_up(bs[2], t);
+                    }
+                }
+            }
+            r.tick(t);
+            drain(&mut r, &mut pending, &mut wanted, &mut got);
+        }
+        // Settle: clients re-send what they still want (as bitswap clients rebroadcast),
+        // backends answer everything, with no more failures.
+        if !alive.contains(&bs[2]) {
+            alive.insert(bs[2]);
+            r.backend_up(bs[2], t);
+        }
+        for _ in 0..20 {
+            for (c, w) in wanted.clone() {
+                let entries = content
+                    .iter()
+                    .filter(|b| w.contains(&b.cid))
+                    .map(|b| want(b, WantKind::Block, false))
+                    .collect();
+                r.client_message(c, &wants(entries), t);
+            }
+            drain(&mut r, &mut pending, &mut wanted, &mut got);
+            while !pending.is_empty() {
+                let (b, cid, is_cancel) = pending.remove(0);
+                if is_cancel || !alive.contains(&b) {
+                    continue;
+                }
+                let blk = content.iter().find(|x| x.cid == cid).unwrap();
+                if has(&b, &cid) {
+                    r.backend_message(b, &blocks(std::slice::from_ref(blk)), t);
+                } else {
+                    r.backend_message(b, &presence(blk, PresenceKind::DontHave), t);
+                }
+                drain(&mut r, &mut pending, &mut wanted, &mut got);
+            }
+            if wanted.values().all(HashSet::is_empty) {
+                break;
+            }
+        }
+        for (c, w) in &wanted {
+            assert!(
+                w.is_empty(),
+                "seed {seed}: client {c} never got {} wanted blocks",
+                w.len()
+            );
+        }
+        assert_eq!(r.wants_in_flight(), 0, "seed {seed}");
+    }
+}
