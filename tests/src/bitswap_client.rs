@@ -1,0 +1,270 @@
+//! A native bitswap peer for tests and benchmarks: a real rust-libp2p swarm speaking
+//! bitswap 1.2.0 with the project's codec. It fetches blocks, records every message it
+//! receives (WANTs included), and can send malformed frames on purpose.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use cid::Cid;
+use futures::{AsyncWriteExt, StreamExt};
+use kitsune_proxy::bitswap::codec::{read_frame, write_frame};
+use kitsune_proxy::bitswap::{MAX_FRAME_BYTES, Message, Version, WantEntry, WantKind};
+use kitsune_proxy::net::inbound;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, Stream, StreamProtocol, SwarmBuilder, identify, noise, tcp, yamux,
+};
+use tokio::sync::{mpsc, watch};
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    bitswap: inbound::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+pub struct BitswapClient {
+    pub peer_id: PeerId,
+    pub server: PeerId,
+    control: libp2p_stream::Control,
+    out: Option<Stream>,
+    inbox: mpsc::UnboundedReceiver<Message>,
+    connected: watch::Receiver<bool>,
+    _swarm: tokio::task::JoinHandle<()>,
+}
+
+/// What a fetch measured.
+#[derive(Debug, Clone)]
+pub struct FetchStats {
+    pub blocks: usize,
+    pub bytes: usize,
+    pub elapsed: Duration,
+    /// Want-to-block latency of each block.
+    pub latencies: Vec<Duration>,
+}
+
+impl BitswapClient {
+    /// Connects to `addr` (which must end in `/p2p/<id>`).
+    pub async fn connect(addr: &Multiaddr) -> anyhow::Result<Self> {
+        let server = match addr.iter().last() {
+            Some(Protocol::P2p(id)) => id,
+            _ => bail!("{addr} has no /p2p/ peer ID"),
+        };
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )?
+            .with_quic()
+            .with_behaviour(|key| Behaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "ipfs/0.1.0".into(),
+                    key.public(),
+                )),
+                bitswap: inbound::Behaviour::default(),
+                stream: libp2p_stream::Behaviour::new(),
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        swarm.dial(addr.clone())?;
+        let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let (conn_tx, mut connected) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == server => {
+                        let _ = conn_tx.send(true);
+                    }
+                    SwarmEvent::ConnectionClosed {
+                        peer_id,
+                        num_established: 0,
+                        ..
+                    } if peer_id == server => {
+                        let _ = conn_tx.send(false);
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        tracing::warn!(%error, "test client dial failed");
+                        let _ = conn_tx.send(false);
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Bitswap(s)) => {
+                        tokio::spawn(read_all(s.stream, inbox_tx.clone()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|c| *c))
+            .await
+            .context("connecting timed out")?
+            .context("connection task ended")?;
+        Ok(Self {
+            peer_id,
+            server,
+            control,
+            out: None,
+            inbox,
+            connected,
+            _swarm: task,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    async fn stream(&mut self) -> anyhow::Result<&mut Stream> {
+        if self.out.is_none() {
+            let s = self
+                .control
+                .open_stream(self.server, Version::V1_2_0.protocol())
+                .await
+                .context("opening a bitswap stream")?;
+            self.out = Some(s);
+        }
+        Ok(self.out.as_mut().expect("set above"))
+    }
+
+    /// Sends a message on the client's long-lived stream.
+    pub async fn send(&mut self, msg: &Message) -> anyhow::Result<()> {
+        let frames = msg.encode_frames(Version::V1_2_0, MAX_FRAME_BYTES / 2);
+        let s = self.stream().await?;
+        for f in frames {
+            write_frame(s, &f).await?;
+        }
+        s.flush().await?;
+        Ok(())
+    }
+
+    /// Opens a fresh stream on `protocol` and writes `bytes` as they are.
+    pub async fn send_raw(
+        &mut self,
+        protocol: &'static str,
+        bytes: &[u8],
+    ) -> anyhow::Result<Stream> {
+        let mut s = self
+            .control
+            .open_stream(self.server, StreamProtocol::new(protocol))
+            .await
+            .with_context(|| format!("opening {protocol}"))?;
+        s.write_all(bytes).await?;
+        s.flush().await?;
+        Ok(s)
+    }
+
+    /// Tries to open a stream on any protocol; errors if the server refuses it.
+    pub async fn open(
+        &mut self,
+        protocol: &'static str,
+    ) -> Result<Stream, libp2p_stream::OpenStreamError> {
+        self.control
+            .open_stream(self.server, StreamProtocol::new(protocol))
+            .await
+    }
+
+    /// The next message received, if one comes within `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Message> {
+        tokio::time::timeout(timeout, self.inbox.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Wants `cids` (at most `window` outstanding) until all arrive; verifies each.
+    pub async fn fetch(
+        &mut self,
+        cids: &[Cid],
+        window: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<(Vec<kitsune_proxy::bitswap::Block>, FetchStats)> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut next = 0;
+        let mut sent: HashMap<Cid, Instant> = HashMap::new();
+        let mut got: HashMap<Cid, kitsune_proxy::bitswap::Block> = HashMap::new();
+        let mut latencies = Vec::with_capacity(cids.len());
+        let wanted: HashSet<Cid> = cids.iter().copied().collect();
+        while got.len() < wanted.len() {
+            let mut batch = Vec::new();
+            while next < cids.len() && sent.len() - got.len().min(sent.len()) < window {
+                let c = cids[next];
+                next += 1;
+                if sent.contains_key(&c) {
+                    continue;
+                }
+                sent.insert(c, Instant::now());
+                batch.push(want(c));
+            }
+            if !batch.is_empty() {
+                self.send(&Message {
+                    wants: batch,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("timed out with {} of {} blocks", got.len(), wanted.len());
+            }
+            let Some(msg) = self.recv(left).await else {
+                bail!("timed out with {} of {} blocks", got.len(), wanted.len());
+            };
+            for b in msg.blocks {
+                if wanted.contains(&b.cid) && !got.contains_key(&b.cid) {
+                    if let Some(t) = sent.get(&b.cid) {
+                        latencies.push(t.elapsed());
+                    }
+                    got.insert(b.cid, b);
+                }
+            }
+            if let Some(p) = msg.presences.iter().find(|p| {
+                p.kind == kitsune_proxy::bitswap::PresenceKind::DontHave && wanted.contains(&p.cid)
+            }) {
+                bail!("DONT_HAVE for {}", p.cid);
+            }
+        }
+        let elapsed = start.elapsed();
+        // Tidy up as a well-behaved client does.
+        let blocks: Vec<_> = cids.iter().filter_map(|c| got.remove(c)).collect();
+        let bytes = blocks.iter().map(|b| b.data.len()).sum();
+        Ok((
+            blocks,
+            FetchStats {
+                blocks: cids.len(),
+                bytes,
+                elapsed,
+                latencies,
+            },
+        ))
+    }
+}
+
+/// A WANT-BLOCK that asks for DONT_HAVE.
+pub fn want(cid: Cid) -> WantEntry {
+    WantEntry {
+        cid,
+        priority: 1,
+        cancel: false,
+        kind: WantKind::Block,
+        send_dont_have: true,
+    }
+}
+
+async fn read_all(stream: Stream, tx: mpsc::UnboundedSender<Message>) {
+    let mut r = futures::io::BufReader::with_capacity(64 * 1024, stream);
+    while let Ok(Some(frame)) = read_frame(&mut r, MAX_FRAME_BYTES).await {
+        match Message::decode(frame) {
+            Ok((m, _)) => {
+                if tx.send(m).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}

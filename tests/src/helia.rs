@@ -1,0 +1,170 @@
+//! Helia 7 bitswap client (`tests/harness/helia/fetch.mjs`): dial one peer, fetch one CID.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::process::ChildProcess;
+use crate::util::{node_command, scratch_dir};
+
+/// What to fetch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FetchMode {
+    /// UnixFS `cat` of a file CID: the file bytes.
+    #[default]
+    Cat,
+    /// Only the root block (`helia.blockstore.get`): its raw bytes.
+    Blocks,
+}
+
+/// Options for [`helia_fetch_with`] / [`helia_run`].
+#[derive(Clone, Debug)]
+pub struct HeliaOptions {
+    pub mode: FetchMode,
+    /// Dial + fetch budget inside the client (Node start-up not included).
+    pub timeout: Duration,
+    /// Stream muxers to offer, in preference order (`"yamux"`, `"mplex"`).
+    pub muxers: Vec<String>,
+}
+
+impl Default for HeliaOptions {
+    fn default() -> Self {
+        Self {
+            mode: FetchMode::Cat,
+            timeout: Duration::from_secs(60),
+            muxers: vec!["yamux".into(), "mplex".into()],
+        }
+    }
+}
+
+/// Outcome of one Helia run (the script's `RESULT` line, plus the fetched bytes).
+#[derive(Clone, Debug, Default)]
+pub struct FetchResult {
+    pub ok: bool,
+    /// Error reported by the client when `ok` is false.
+    pub error: Option<String>,
+    /// The fetched file (`Cat`) or root block (`Blocks`); empty on failure.
+    pub bytes: Vec<u8>,
+    /// Fetch time in the client, ms (after the dial).
+    pub ms: u64,
+    /// Dial time (connection + security + muxer upgrade), ms; `None` if the dial failed.
+    pub dial_ms: Option<u64>,
+    /// Remote peer ID and address of the connection used.
+    pub peer: Option<String>,
+    pub remote_addr: Option<String>,
+    /// Negotiated stream muxer / encryption protocol, e.g. `/yamux/1.0.0`, `/noise`.
+    pub muxer: Option<String>,
+    pub encryption: Option<String>,
+    /// Wall time of the whole client process (Node start-up included).
+    pub wall: Duration,
+    /// Tail of the client's stdout/stderr.
+    pub log: String,
+}
+
+#[derive(Deserialize)]
+struct ResultLine {
+    ok: bool,
+    error: Option<String>,
+    bytes: Option<u64>,
+    ms: Option<u64>,
+    dial_ms: Option<u64>,
+    peer: Option<String>,
+    remote_addr: Option<String>,
+    muxer: Option<String>,
+    encryption: Option<String>,
+}
+
+/// Fetch `cid` from the peer at `maddr` (`/ip4/127.0.0.1/tcp/P[/ws]/p2p/ID`) with Helia, UnixFS
+/// cat. Error (with the client's log) unless the fetch succeeded.
+pub async fn helia_fetch(maddr: &str, cid: &str, timeout: Duration) -> Result<FetchResult> {
+    helia_fetch_with(
+        maddr,
+        cid,
+        &HeliaOptions {
+            timeout,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// [`helia_fetch`] with options. Error unless the fetch succeeded.
+pub async fn helia_fetch_with(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<FetchResult> {
+    let r = helia_run(maddr, cid, opts).await?;
+    if !r.ok {
+        bail!(
+            "helia fetch of {cid} from {maddr} failed: {}\n{}",
+            r.error.as_deref().unwrap_or("?"),
+            r.log
+        );
+    }
+    Ok(r)
+}
+
+/// Run the Helia client once. `Ok` with `ok: false` when the fetch failed (for tests that
+/// expect failure); `Err` only when the client itself could not run properly.
+pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<FetchResult> {
+    let dir = scratch_dir("helia")?;
+    let out = dir.path().join("out.bin");
+    let mut cmd = node_command("helia");
+    cmd.arg("fetch.mjs")
+        .arg(maddr)
+        .arg(cid)
+        .arg("--out")
+        .arg(&out)
+        .arg("--mode")
+        .arg(match opts.mode {
+            FetchMode::Cat => "cat",
+            FetchMode::Blocks => "blocks",
+        })
+        .arg("--timeout")
+        .arg(format!("{:.3}", opts.timeout.as_secs_f64()))
+        .arg("--muxers")
+        .arg(opts.muxers.join(","));
+    let t0 = Instant::now();
+    let mut proc = ChildProcess::spawn("helia", cmd, dir.path())?;
+    // Node start-up (module loading) takes ~2 s, far more on a busy 2-core machine
+    let limit = opts.timeout + Duration::from_secs(90);
+    if proc.wait_timeout(limit).await.is_none() {
+        let logs = proc.log_tail(30);
+        proc.kill();
+        bail!("helia client still running after {limit:?}; killed\n{logs}");
+    }
+    let wall = t0.elapsed();
+    let log = proc.log_tail(30);
+    let stdout = proc.stdout();
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .with_context(|| format!("helia client printed no RESULT line\n{log}"))?;
+    let r: ResultLine =
+        serde_json::from_str(line).with_context(|| format!("bad RESULT line {line:?}\n{log}"))?;
+    let bytes = if r.ok {
+        let b = std::fs::read(&out).with_context(|| format!("reading {}\n{log}", out.display()))?;
+        if Some(b.len() as u64) != r.bytes {
+            bail!(
+                "helia reported {:?} bytes but wrote {}\n{log}",
+                r.bytes,
+                b.len()
+            );
+        }
+        b
+    } else {
+        Vec::new()
+    };
+    Ok(FetchResult {
+        ok: r.ok,
+        error: r.error,
+        bytes,
+        ms: r.ms.unwrap_or(0),
+        dial_ms: r.dial_ms,
+        peer: r.peer,
+        remote_addr: r.remote_addr,
+        muxer: r.muxer,
+        encryption: r.encryption,
+        wall,
+        log,
+    })
+}

@@ -1,0 +1,175 @@
+//! A child process that never outlives its owner.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::util::tail;
+
+/// A child process in its own process group, with stdout and stderr captured to files
+/// (`<log_dir>/<name>.stdout` / `.stderr`).
+///
+/// Dropping it SIGKILLs the whole process group and reaps the child. The child also gets
+/// `KITSUNE_EXIT_WITH_PARENT=1`: the harness's peers (kubo_node.py, the Node scripts) exit by
+/// themselves when the test process dies, so even an aborted test run leaks nothing.
+#[derive(Debug)]
+pub struct ChildProcess {
+    name: String,
+    child: Child,
+    pid: u32,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+impl ChildProcess {
+    /// Spawn `cmd` (stdin closed, stdout/stderr to files in `log_dir`, own process group).
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(log_dir)?;
+        let stdout_path = log_dir.join(format!("{name}.stdout"));
+        let stderr_path = log_dir.join(format!("{name}.stderr"));
+        let out = std::fs::File::create(&stdout_path)?;
+        let err = std::fs::File::create(&stderr_path)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(true)
+            .env("KITSUNE_EXIT_WITH_PARENT", "1");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        let pid = child.id().context("child has no pid")?;
+        tracing::debug!(name, pid, "spawned");
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            pid,
+            stdout_path,
+            stderr_path,
+            status: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The child's PID (also its process group ID).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn stdout_path(&self) -> &Path {
+        &self.stdout_path
+    }
+
+    pub fn stderr_path(&self) -> &Path {
+        &self.stderr_path
+    }
+
+    /// Everything the child wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stdout_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
+    }
+
+    /// The last `lines` lines of stdout and stderr, labelled, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!(
+            "--- {name} (pid {pid}) stdout tail [{o}] ---\n{}\n--- {name} stderr tail [{e}] ---\n{}\n---",
+            tail(&self.stdout(), lines),
+            tail(&self.stderr(), lines),
+            name = self.name,
+            pid = self.pid,
+            o = self.stdout_path.display(),
+            e = self.stderr_path.display(),
+        )
+    }
+
+    /// Send `sig` to the child's whole process group (no-op once the child has been reaped).
+    pub fn signal(&mut self, sig: i32) -> Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        // SAFETY: plain kill(2) on the process group we created; the child is running or a
+        // zombie (not reaped yet), so its pid (= pgid) cannot have been reused.
+        let rc = unsafe { libc::kill(-(self.pid as i32), sig) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e).with_context(|| format!("kill(-{}, {sig})", self.pid));
+            }
+        }
+        Ok(())
+    }
+
+    /// Exit status if the child has exited (reaps it).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none()
+            && let Ok(Some(s)) = self.child.try_wait()
+        {
+            self.status = Some(s);
+        }
+        self.status
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// Wait for the child to exit.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let s = self.child.wait().await?;
+        self.status = Some(s);
+        Ok(s)
+    }
+
+    /// Wait at most `timeout` for the child to exit.
+    pub async fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        tokio::time::timeout(timeout, self.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+    }
+
+    /// SIGKILL the process group now and reap the child (waits at most ~1 s, synchronously).
+    pub fn kill(&mut self) {
+        if self.status.is_some() {
+            return;
+        }
+        // the group first: also ends anything the child started
+        let _ = self.signal(libc::SIGKILL);
+        let _ = self.child.start_kill();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.try_wait().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGTERM the process group, wait up to `grace`, then SIGKILL. Returns the exit status.
+    pub async fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        if let Some(s) = self.wait_timeout(grace).await {
+            return Ok(s);
+        }
+        self.signal(libc::SIGKILL)?;
+        self.wait().await
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
