@@ -267,6 +267,19 @@ impl Engine {
                         self.router.client_disconnected(peer, now);
                     }
                     self.metrics.downstream_peers.inc();
+                    // An empty full wantlist is the truth at connect (the backend's
+                    // ledger for us starts clean), and it opens the long-lived stream
+                    // that keeps this connection out of libp2p's idle timeout.
+                    let writer = self.writers.entry(peer).or_insert_with(|| {
+                        Writer::spawn(peer, self.control.clone(), self.metrics.clone())
+                    });
+                    let _ = writer.send(
+                        Message {
+                            full: true,
+                            ..Message::default()
+                        },
+                        usize::MAX,
+                    );
                     self.router.backend_up(peer, now);
                 }
                 Action::Down(peer) => {

@@ -155,7 +155,7 @@ async fn content_on_only_one_backend_is_found() {
 async fn a_backend_killed_mid_transfer_does_not_fail_the_fetch() {
     let dir = scratch_dir("kill").unwrap();
     let file = write_random_file(dir.path(), "big.bin", 20 * MIB, 5).unwrap();
-    let k1 = kubo_with(&[file.clone()], false).await;
+    let k1 = kubo_with(std::slice::from_ref(&file), false).await;
     let mut k2 = kubo_with(&[file], false).await;
     let proxy = proxy_for(&[&k1, &k2], false).await;
     let cids = blocks_of(&k1, &k1.added["big.bin"]).await;

@@ -8,7 +8,9 @@ use anyhow::Context;
 use cid::Cid;
 use clap::Parser;
 use kitsune_e2e::bitswap_client::BitswapClient;
-use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir};
+use kitsune_e2e::{
+    KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir,
+};
 
 #[derive(Parser)]
 #[command(about = "Kitsune throughput and latency against a direct fetch")]
@@ -67,25 +69,73 @@ async fn main() -> anyhow::Result<()> {
     for c in kubo.refs_recursive(&root).await? {
         cids.push(c.parse()?);
     }
-    println!("machine: {} cores; kubo 0.22 backend on loopback; release build of kitsune-proxy", num_cpus());
-    println!("content: {} MiB file, {} blocks of up to 256 KiB; {} runs each, median", args.size_mib, cids.len(), args.runs);
+    println!(
+        "machine: {} cores; kubo 0.22 backend on loopback; release build of kitsune-proxy",
+        num_cpus()
+    );
+    println!(
+        "content: {} MiB file, {} blocks of up to 256 KiB; {} runs each, median",
+        args.size_mib,
+        cids.len(),
+        args.runs
+    );
 
     // 1. Throughput, native bitswap client (fresh connection each run, alternating).
+    // CPU time of each process is read from /proc, to show where the cores go.
     let timeout = Duration::from_secs(300);
+    let (kubo_pid, proxy_pid) = (kubo.pid().context("kubo pid")?, proxy.proc.pid());
     let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let mut cpu = [[0.0f64; 3]; 2]; // [direct, proxied] x [kubo, proxy, client]
+    let mut moved = [0.0f64; 2];
     for _ in 0..args.runs {
-        for (to, out) in [(&kubo.tcp_addr, &mut direct), (&proxy.tcp_addr, &mut proxied)] {
+        for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
+            let before = [
+                cpu_seconds(kubo_pid),
+                cpu_seconds(proxy_pid),
+                cpu_seconds(std::process::id()),
+            ];
             let mut c = BitswapClient::connect(&to.parse()?).await?;
-            let (_, stats) = c.fetch(&cids, args.window, timeout).await.context("fetch")?;
-            out.push(stats.bytes as f64 / (1 << 20) as f64 / stats.elapsed.as_secs_f64());
+            let (_, stats) = c
+                .fetch(&cids, args.window, timeout)
+                .await
+                .context("fetch")?;
+            let after = [
+                cpu_seconds(kubo_pid),
+                cpu_seconds(proxy_pid),
+                cpu_seconds(std::process::id()),
+            ];
+            for k in 0..3 {
+                cpu[i][k] += after[k] - before[k];
+            }
+            moved[i] += stats.bytes as f64 / (1 << 30) as f64;
+            let mibs = stats.bytes as f64 / (1 << 20) as f64 / stats.elapsed.as_secs_f64();
+            if i == 0 {
+                direct.push(mibs)
+            } else {
+                proxied.push(mibs)
+            }
         }
     }
     let (d, p) = (median(direct), median(proxied));
     println!();
-    println!("throughput, rust-libp2p bitswap client, window {}:", args.window);
+    println!(
+        "throughput, rust-libp2p bitswap client, window {}:",
+        args.window
+    );
     println!("  direct from kubo      {d:8.1} MiB/s");
     println!("  through Kitsune       {p:8.1} MiB/s");
     println!("  ratio                 {:8.3}   (target >= 0.95)", p / d);
+    println!("  CPU seconds per GiB   kubo / proxy / client");
+    for (i, label) in ["direct", "through Kitsune"].into_iter().enumerate() {
+        println!(
+            "    {label:<18} {:5.2} / {:5.2} / {:5.2}   (total {:5.2}; the machine has {} cores)",
+            cpu[i][0] / moved[i],
+            cpu[i][1] / moved[i],
+            cpu[i][2] / moved[i],
+            cpu[i].iter().sum::<f64>() / moved[i],
+            num_cpus()
+        );
+    }
 
     // 2. Throughput, a real Helia client.
     let expected = random_bytes(size, 7);
@@ -123,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
         lat.push(samples);
     }
     let (ld, lp) = (&lat[0], &lat[1]);
-    println!("latency, 1 KiB blocks, one want at a time ({} blocks):", ld.len());
+    println!(
+        "latency, 1 KiB blocks, one want at a time ({} blocks):",
+        ld.len()
+    );
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         let (a, b) = (percentile(ld, p), percentile(lp, p));
         println!(
@@ -134,6 +187,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// User plus system CPU seconds a process has used (Linux `/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0 // USER_HZ on Linux
 }
 
 fn num_cpus() -> usize {

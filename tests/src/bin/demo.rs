@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir};
+use kitsune_e2e::{
+    KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir,
+};
 
 #[derive(Parser)]
 #[command(about = "Kitsune demo: real kubo backends, the proxy, a real Helia client")]
@@ -26,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let dir = scratch_dir("demo")?;
     let file = kitsune_e2e::write_random_file(dir.path(), "demo.bin", size, 42)?;
 
-    println!("Starting {} kubo 0.22 backends, each holding a {} MiB file...", args.backends, args.size_mib);
+    println!(
+        "Starting {} kubo 0.22 backends, each holding a {} MiB file...",
+        args.backends, args.size_mib
+    );
     let mut kubos = Vec::new();
     for _ in 0..args.backends {
         kubos.push(
@@ -50,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    proxy.wait_backends(kubos.len(), Duration::from_secs(30)).await?;
+    proxy
+        .wait_backends(kubos.len(), Duration::from_secs(30))
+        .await?;
     println!();
     println!("Kitsune is up in {:?}", proxy.startup);
     println!("  Peer ID: {}", proxy.peer_id);
@@ -65,7 +72,10 @@ async fn main() -> anyhow::Result<()> {
     let runs = [
         ("direct from kubo-0 (TCP)", kubos[0].tcp_addr.clone()),
         ("through Kitsune (TCP)", proxy.tcp_addr.clone()),
-        ("through Kitsune (WebSocket)", proxy.ws_addr.clone().unwrap_or_default()),
+        (
+            "through Kitsune (WebSocket)",
+            proxy.ws_addr.clone().unwrap_or_default(),
+        ),
     ];
     let mut failed = false;
     for (label, addr) in runs {
