@@ -52,9 +52,25 @@ pub struct Cli {
         short = 'd',
         long = "downstream",
         env = "KITSUNE_DOWNSTREAM",
-        value_delimiter = ','
+        value_delimiter = ',',
+        conflicts_with_all = ["backends_file", "backends_url"]
     )]
     pub downstream: Vec<Multiaddr>,
+
+    /// Backends from a file: one kubo RPC multiaddr a line (as -d), `#` comments; re-read
+    /// when it changes (an atomic rename included).
+    #[arg(long, env = "KITSUNE_BACKENDS_FILE", conflicts_with = "backends_url")]
+    pub backends_file: Option<PathBuf>,
+
+    /// Backends streamed by the operator's watch channel
+    /// (`http://OPERATOR/v1/backends/NAMESPACE/NAME`).
+    #[arg(long, env = "KITSUNE_BACKENDS_URL")]
+    pub backends_url: Option<String>,
+
+    /// The bearer token for --backends-url (a projected ServiceAccount token); re-read
+    /// on every connect.
+    #[arg(long, env = "KITSUNE_BACKENDS_TOKEN_FILE", requires = "backends_url")]
+    pub backends_token_file: Option<PathBuf>,
 
     /// Enable preload mode: serve /api/v0/refs on this port.
     #[arg(short = 'p', long = "preload-port", env = "KITSUNE_PRELOAD_PORT")]
@@ -182,6 +198,26 @@ mod tests {
             "/ip4/0.0.0.0/tcp/8442/ws"
         );
         assert_eq!(cli.limits.max_wants_per_client, 16384);
+    }
+
+    #[test]
+    fn backend_sources_are_mutually_exclusive() {
+        let d = ["-d", "/ip4/127.0.0.1/tcp/5001"];
+        let file = ["--backends-file", "/etc/kitsune/backends"];
+        let url = ["--backends-url", "http://op/v1/backends/ns/kp"];
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("kitsune-proxy").chain(args.iter().copied()))
+        };
+        assert!(parse(&[d[0], d[1], file[0], file[1]]).is_err());
+        assert!(parse(&[d[0], d[1], url[0], url[1]]).is_err());
+        assert!(parse(&[file[0], file[1], url[0], url[1]]).is_err());
+        assert!(
+            parse(&["--backends-token-file", "/t"]).is_err(),
+            "a token needs a URL"
+        );
+        let cli = parse(&[url[0], url[1], "--backends-token-file", "/t"]).unwrap();
+        assert_eq!(cli.backends_url.as_deref(), Some(url[1]));
+        assert!(parse(&file).unwrap().backends_file.is_some());
     }
 
     #[test]

@@ -11,16 +11,29 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-/// What `/readyz` reports: listening, and at least one backend connected.
-#[derive(Debug, Default)]
+/// What `/readyz` reports: listening, the backend set known (with the watch channel:
+/// the first snapshot applied; never cleared, so an absent operator does not make the
+/// proxy unready), and at least one backend connected.
+#[derive(Debug)]
 pub struct Health {
     pub listening: AtomicBool,
     pub backend_connected: AtomicBool,
+    pub synced: Arc<AtomicBool>,
 }
 
 impl Health {
+    pub fn new(synced: Arc<AtomicBool>) -> Self {
+        Self {
+            listening: AtomicBool::new(false),
+            backend_connected: AtomicBool::new(false),
+            synced,
+        }
+    }
+
     pub fn ready(&self) -> bool {
-        self.listening.load(Ordering::Relaxed) && self.backend_connected.load(Ordering::Relaxed)
+        self.listening.load(Ordering::Relaxed)
+            && self.synced.load(Ordering::Relaxed)
+            && self.backend_connected.load(Ordering::Relaxed)
     }
 }
 
@@ -68,6 +81,11 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else if !s.health.listening.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
+    } else if !s.health.synced.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend set from the operator yet\n",
+        )
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no backend connected\n")
     }

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod router;
+pub mod sources;
 
 use std::sync::Arc;
 
@@ -31,20 +32,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .iter()
         .map(BackendSpec::from_multiaddr)
         .collect::<Result<Vec<_>, _>>()?;
-    if specs.is_empty() {
-        anyhow::bail!("no backends: give kubo RPC addresses with -d/--downstream");
+    if let Some(path) = &cli.backends_file {
+        // Fail fast on a bad file at start; later bad edits only log and keep the set.
+        sources::file::load(path).with_context(|| format!("backends file {}", path.display()))?;
+    }
+    if specs.is_empty() && cli.backends_file.is_none() && cli.backends_url.is_none() {
+        anyhow::bail!("no backends: give -d/--downstream, --backends-file or --backends-url");
     }
     println!("Peer ID: {peer_id}");
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
+    let watch_status = cli
+        .backends_url
+        .as_ref()
+        .map(|_| sources::watch::WatchStatus::register(&mut registry));
+    // With the watch channel the backend set is unknown until the first snapshot.
+    let synced = watch_status.as_ref().map_or_else(
+        || Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        |w| w.synced.clone(),
+    );
     let mut swarm = net::swarm::build(key, &cli.limits, &mut registry).await?;
     for addr in cli.listen.iter().chain(cli.ws_listen_addrs().iter()) {
         swarm
             .listen_on(addr.clone())
             .with_context(|| format!("listening on {addr}"))?;
     }
-    let health = Arc::new(http::Health::default());
+    let health = Arc::new(http::Health::new(synced));
     let (engine, handle) = Engine::new(
         Parts {
             swarm,
@@ -59,7 +73,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     for s in &specs {
         tracing::info!(backend = %s, "backend configured");
     }
-    handle.set_backends(specs).await?;
+    if !specs.is_empty() {
+        handle.set_backends(specs).await?;
+    }
+    if let Some(path) = cli.backends_file.clone() {
+        tokio::spawn(sources::file::watch(
+            path,
+            handle.clone(),
+            std::time::Duration::from_secs(1),
+        ));
+    }
+    if let (Some(url), Some(status)) = (cli.backends_url.clone(), watch_status) {
+        let cfg = sources::watch::WatchConfig::new(url, cli.backends_token_file.clone());
+        tokio::spawn(sources::watch::run(cfg, handle.clone(), status));
+    }
 
     let admin = http::router(Arc::new(registry), health);
     let admin = tokio::spawn(http::serve(cli.metrics_addr, admin));

@@ -255,6 +255,114 @@ impl Message {
     }
 }
 
+/// One frame as pieces to write in order: the length prefix and protobuf headers are
+/// small buffers; block data is the `Bytes` the block arrived in, never copied.
+pub type Segments = Vec<Bytes>;
+
+impl Message {
+    /// Like [`Message::encode_frames`] but each frame is returned as length-prefixed
+    /// segments that share block data instead of copying it into one buffer.
+    pub fn encode_segmented(&self, version: Version, max_frame: usize) -> Vec<Segments> {
+        let mut frames = Vec::new();
+        let head = Message {
+            full: self.full,
+            wants: self.wants.clone(),
+            blocks: Vec::new(),
+            presences: self.presences.clone(),
+        };
+        let head_pb = head.to_pb(version);
+        let mut frame = Frame::new(if head.is_empty() {
+            Bytes::new()
+        } else {
+            encode_pb(&head_pb)
+        });
+        for b in &self.blocks {
+            let Some(parts) = block_field(b, version) else {
+                continue;
+            };
+            let cost: usize = parts.iter().map(Bytes::len).sum();
+            if frame.len + cost > max_frame && frame.has_blocks {
+                frames.push(std::mem::replace(&mut frame, Frame::new(Bytes::new())).finish());
+            }
+            frame.push_block(parts, cost);
+        }
+        if frame.len > 0 || frames.is_empty() {
+            frames.push(frame.finish());
+        }
+        frames
+    }
+}
+
+/// A frame being assembled from already-encoded protobuf fields.
+struct Frame {
+    parts: Vec<Bytes>,
+    len: usize,
+    has_blocks: bool,
+}
+
+impl Frame {
+    fn new(head: Bytes) -> Self {
+        let len = head.len();
+        Self {
+            parts: if head.is_empty() {
+                Vec::new()
+            } else {
+                vec![head]
+            },
+            len,
+            has_blocks: false,
+        }
+    }
+
+    fn push_block(&mut self, parts: [Bytes; 2], cost: usize) {
+        self.parts.extend(parts);
+        self.len += cost;
+        self.has_blocks = true;
+    }
+
+    /// Prepends the frame's varint length.
+    fn finish(self) -> Segments {
+        let mut out = Vec::with_capacity(self.parts.len() + 1);
+        let mut tmp = unsigned_varint::encode::usize_buffer();
+        out.push(Bytes::copy_from_slice(unsigned_varint::encode::usize(
+            self.len, &mut tmp,
+        )));
+        out.extend(self.parts.into_iter().filter(|p| !p.is_empty()));
+        out
+    }
+}
+
+/// A block as a top-level protobuf field: (field key, lengths and prefix) then the data.
+/// `None` when the version cannot carry it (CIDv1 in 1.0.0).
+fn block_field(b: &Block, version: Version) -> Option<[Bytes; 2]> {
+    let mut head = BytesMut::with_capacity(32);
+    let mut tmp = unsigned_varint::encode::u64_buffer();
+    let mut varint = |buf: &mut BytesMut, v: u64| {
+        buf.put_slice(unsigned_varint::encode::u64(v, &mut tmp));
+    };
+    let data_len = b.data.len() as u64;
+    if version.has_payload() {
+        // payload (3): Block { prefix (1), data (2) }
+        let prefix = cid_prefix(&b.cid);
+        let mut inner = BytesMut::with_capacity(24);
+        inner.put_u8(0x0a);
+        varint(&mut inner, prefix.len() as u64);
+        inner.put_slice(&prefix);
+        inner.put_u8(0x12);
+        varint(&mut inner, data_len);
+        head.put_u8(0x1a);
+        varint(&mut head, inner.len() as u64 + data_len);
+        head.put_slice(&inner);
+    } else if b.cid.version() == cid::Version::V0 {
+        // blocks (2): raw data
+        head.put_u8(0x12);
+        varint(&mut head, data_len);
+    } else {
+        return None;
+    }
+    Some([head.freeze(), b.data.clone()])
+}
+
 fn encode_pb(m: &pb::Message) -> Bytes {
     let mut buf = BytesMut::with_capacity(m.encoded_len());
     m.encode(&mut buf).expect("BytesMut grows as needed");
@@ -458,6 +566,52 @@ mod tests {
         assert_eq!(m.wants.len(), 1);
         assert_eq!(m.wants[0].cid, ok);
         assert!(Message::decode(Bytes::from_static(&[0xff, 0xff, 0xff])).is_err());
+    }
+
+    #[test]
+    fn segmented_frames_are_the_same_bytes_without_copying_blocks() {
+        let m = sample();
+        for v in Version::ALL {
+            let seg = m.encode_segmented(v, 1 << 22);
+            assert_eq!(seg.len(), 1);
+            let joined: Vec<u8> = seg[0].iter().flat_map(|b| b.to_vec()).collect();
+            let (len, body) = unsigned_varint::decode::usize(&joined).unwrap();
+            assert_eq!(len, body.len());
+            let (back, rejected) = Message::decode(Bytes::copy_from_slice(body)).unwrap();
+            assert_eq!(rejected, Rejected::default());
+            let (expected, _) = Message::decode(m.encode_frames(v, 1 << 22)[0].clone()).unwrap();
+            assert_eq!(back, expected, "{v:?}");
+            // The block data segments are the very buffers the blocks hold.
+            for b in &back.blocks {
+                let orig = m.blocks.iter().find(|x| x.cid == b.cid).unwrap();
+                assert!(seg[0].iter().any(|s| s.as_ptr() == orig.data.as_ptr()));
+            }
+        }
+        let big = Message {
+            blocks: (0..10u8).map(|i| raw_block(&vec![i; 300_000])).collect(),
+            ..Default::default()
+        };
+        let frames = big.encode_segmented(Version::V1_2_0, 1 << 20);
+        assert!(frames.len() >= 3);
+        let mut seen = Vec::new();
+        for f in frames {
+            let joined: Vec<u8> = f.iter().flat_map(|b| b.to_vec()).collect();
+            let (len, body) = unsigned_varint::decode::usize(&joined).unwrap();
+            assert!(len <= 1 << 20 && len == body.len());
+            seen.extend(
+                Message::decode(Bytes::copy_from_slice(body))
+                    .unwrap()
+                    .0
+                    .blocks,
+            );
+        }
+        assert_eq!(seen, big.blocks);
+        assert_eq!(
+            Message::default()
+                .encode_segmented(Version::V1_2_0, 1 << 20)
+                .len(),
+            1
+        );
     }
 
     #[test]

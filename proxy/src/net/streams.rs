@@ -13,7 +13,7 @@ use libp2p::{PeerId, Stream};
 use libp2p_stream::{Control, OpenStreamError};
 use tokio::sync::mpsc;
 
-use crate::bitswap::codec::{FrameError, read_frame, write_frame};
+use crate::bitswap::codec::{FrameError, read_frame};
 use crate::bitswap::{MAX_FRAME_BYTES, Message, Version};
 use crate::metrics::Metrics;
 
@@ -226,11 +226,11 @@ async fn write_loop(
                 }
             }
             let (stream, version) = out.as_mut().expect("just opened");
-            let frames = msg.encode_frames(*version, TARGET_FRAME_BYTES);
+            let frames = msg.encode_segmented(*version, TARGET_FRAME_BYTES);
             let n = frames.len();
             let write = async {
-                for f in &frames {
-                    write_frame(stream, f).await?;
+                for segment in frames.iter().flatten() {
+                    stream.write_all(segment).await?;
                 }
                 stream.flush().await
             };

@@ -1,0 +1,850 @@
+//! The backend index: for every KitsuneProxy, the live set of kubo backends.
+//!
+//! Pure and synchronous (linkerd's index pattern): watch events go in through `apply_*`,
+//! `delete_*` and `reset_*`, and each call returns the proxies whose set changed. Each
+//! proxy's current set is published on a `tokio::sync::watch` channel, which coalesces
+//! bursts, so the watch-channel server (a later issue) serves subscribers without ever
+//! buffering. The I/O that feeds it lives in [`crate::informers`].
+//!
+//! What counts as a live backend:
+//! - `serviceName`: endpoints of the Service's `discovery.k8s.io/v1` EndpointSlices that
+//!   are ready (unset means ready) and not terminating (unset means not terminating);
+//!   ports resolved per slice (a named port the slice lacks drops that slice's endpoints).
+//! - `selector`: Pods matching the selector, read directly, because a bare selector's
+//!   pods need not be behind any Service and so may have no EndpointSlice at all. A pod
+//!   counts when its `Ready` condition is `True`, it has an IP, and it is not being deleted.
+//!
+//! Sets are sorted and deduplicated by (address, RPC port); every change gets a new
+//! version, larger than any version this index handed out before.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kitsune_common::watch::{Backend, Snapshot};
+use kube::ResourceExt;
+use tokio::sync::watch;
+
+use crate::crd::KitsuneProxy;
+use crate::spec::{self, BackendSource, PortRef, Selection, SpecError};
+
+/// The label EndpointSlices carry naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Identifies one KitsuneProxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProxyKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ProxyKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+    fn of(kp: &KitsuneProxy) -> Self {
+        Self::new(kp.namespace().unwrap_or_default(), kp.name_any())
+    }
+}
+
+impl std::fmt::Display for ProxyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+type ObjKey = (String, String);
+
+#[derive(Debug, Clone, PartialEq)]
+struct SliceRecord {
+    service: Option<String>,
+    /// (name, port) of each slice port.
+    ports: Vec<(Option<String>, Option<i32>)>,
+    endpoints: Vec<EndpointRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct EndpointRecord {
+    address: Option<String>,
+    live: bool,
+    pod_name: Option<String>,
+    zone: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PodRecord {
+    labels: BTreeMap<String, String>,
+    ip: Option<String>,
+    live: bool,
+    /// Named TCP container ports.
+    ports: BTreeMap<String, i32>,
+}
+
+impl From<&EndpointSlice> for SliceRecord {
+    fn from(s: &EndpointSlice) -> Self {
+        Self {
+            service: s.labels().get(SERVICE_NAME_LABEL).cloned(),
+            ports: s
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.clone().filter(|n| !n.is_empty()), p.port))
+                .collect(),
+            endpoints: s
+                .endpoints
+                .iter()
+                .flatten()
+                .map(|e| {
+                    let c = e.conditions.as_ref();
+                    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                    EndpointRecord {
+                        address: e.addresses.first().cloned(),
+                        live: ready && !terminating,
+                        pod_name: e
+                            .target_ref
+                            .as_ref()
+                            .filter(|r| r.kind.as_deref() == Some("Pod"))
+                            .and_then(|r| r.name.clone()),
+                        zone: e.zone.clone(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Pod> for PodRecord {
+    fn from(p: &Pod) -> Self {
+        let status = p.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let finished = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        let ip = status
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty());
+        let ports = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|cp| cp.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|cp| cp.name.clone().map(|n| (n, cp.container_port)))
+            .collect();
+        Self {
+            labels: p.labels().clone(),
+            live: ready && !finished && p.metadata.deletion_timestamp.is_none() && ip.is_some(),
+            ip,
+            ports,
+        }
+    }
+}
+
+struct ProxyEntry {
+    source: Result<BackendSource, SpecError>,
+    tx: watch::Sender<Snapshot>,
+}
+
+/// The index. Wrap it in a lock to share it; never hold the lock across an await.
+pub struct Index {
+    proxies: BTreeMap<ProxyKey, ProxyEntry>,
+    slices: BTreeMap<ObjKey, SliceRecord>,
+    pods: BTreeMap<ObjKey, PodRecord>,
+    next_version: u64,
+}
+
+/// The proxies whose backend set changed (or that appeared or went away).
+pub type Changed = Vec<ProxyKey>;
+
+impl Index {
+    /// `first_version` seeds the version counter; seeding it from the clock keeps
+    /// versions growing across operator restarts.
+    pub fn new(first_version: u64) -> Self {
+        Self {
+            proxies: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            next_version: first_version,
+        }
+    }
+
+    /// The current snapshot of a proxy, or `None` if the index does not know it.
+    pub fn snapshot(&self, key: &ProxyKey) -> Option<Snapshot> {
+        self.proxies.get(key).map(|e| e.tx.borrow().clone())
+    }
+
+    /// A receiver that always holds the proxy's latest snapshot. The sender is dropped
+    /// (so `changed()` errors) when the proxy is deleted.
+    pub fn subscribe(&self, key: &ProxyKey) -> Option<watch::Receiver<Snapshot>> {
+        self.proxies.get(key).map(|e| e.tx.subscribe())
+    }
+
+    /// How many backends are live for a proxy.
+    pub fn ready_backends(&self, key: &ProxyKey) -> Option<usize> {
+        self.proxies.get(key).map(|e| e.tx.borrow().backends.len())
+    }
+
+    /// The proxies the index knows.
+    pub fn proxies(&self) -> impl Iterator<Item = &ProxyKey> {
+        self.proxies.keys()
+    }
+
+    pub fn apply_proxy(&mut self, kp: &KitsuneProxy) -> Changed {
+        let key = ProxyKey::of(kp);
+        let source = spec::backend_source(&kp.spec);
+        let backends = self.compute(&key.namespace, &source);
+        match self.proxies.get_mut(&key) {
+            Some(entry) => {
+                entry.source = source;
+                if publish(&mut self.next_version, &entry.tx, backends) {
+                    return vec![key];
+                }
+                vec![]
+            }
+            None => {
+                let version = bump(&mut self.next_version);
+                let (tx, _) = watch::channel(Snapshot { version, backends });
+                self.proxies.insert(key.clone(), ProxyEntry { source, tx });
+                vec![key]
+            }
+        }
+    }
+
+    pub fn delete_proxy(&mut self, namespace: &str, name: &str) -> Changed {
+        let key = ProxyKey::new(namespace, name);
+        match self.proxies.remove(&key) {
+            Some(_) => vec![key],
+            None => vec![],
+        }
+    }
+
+    pub fn apply_slice(&mut self, s: &EndpointSlice) -> Changed {
+        let ns = s.namespace().unwrap_or_default();
+        self.slices.insert((ns.clone(), s.name_any()), s.into());
+        self.recompute_namespace(&ns)
+    }
+
+    pub fn delete_slice(&mut self, namespace: &str, name: &str) -> Changed {
+        if self
+            .slices
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .is_none()
+        {
+            return vec![];
+        }
+        self.recompute_namespace(namespace)
+    }
+
+    pub fn apply_pod(&mut self, p: &Pod) -> Changed {
+        let ns = p.namespace().unwrap_or_default();
+        let record = PodRecord::from(p);
+        let key = (ns.clone(), p.name_any());
+        if self.pods.get(&key) == Some(&record) {
+            return vec![];
+        }
+        self.pods.insert(key, record);
+        self.recompute_namespace(&ns)
+    }
+
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Changed {
+        if self
+            .pods
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .is_none()
+        {
+            return vec![];
+        }
+        self.recompute_namespace(namespace)
+    }
+
+    /// Replaces every KitsuneProxy at once (after a relist).
+    pub fn reset_proxies(&mut self, all: &[KitsuneProxy]) -> Changed {
+        let keep: std::collections::BTreeSet<ProxyKey> = all.iter().map(ProxyKey::of).collect();
+        let mut changed: Changed = self
+            .proxies
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        self.proxies.retain(|k, _| keep.contains(k));
+        for kp in all {
+            changed.extend(self.apply_proxy(kp));
+        }
+        changed
+    }
+
+    /// Replaces every EndpointSlice at once (after a relist).
+    pub fn reset_slices(&mut self, all: &[EndpointSlice]) -> Changed {
+        self.slices = all
+            .iter()
+            .map(|s| ((s.namespace().unwrap_or_default(), s.name_any()), s.into()))
+            .collect();
+        self.recompute_all()
+    }
+
+    /// Replaces every Pod at once (after a relist).
+    pub fn reset_pods(&mut self, all: &[Pod]) -> Changed {
+        self.pods = all
+            .iter()
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.into()))
+            .collect();
+        self.recompute_all()
+    }
+
+    fn recompute_all(&mut self) -> Changed {
+        let namespaces: std::collections::BTreeSet<String> =
+            self.proxies.keys().map(|k| k.namespace.clone()).collect();
+        namespaces
+            .iter()
+            .flat_map(|ns| self.recompute_namespace(ns))
+            .collect()
+    }
+
+    fn recompute_namespace(&mut self, ns: &str) -> Changed {
+        let keys: Vec<ProxyKey> = self
+            .proxies
+            .keys()
+            .filter(|k| k.namespace == ns)
+            .cloned()
+            .collect();
+        let mut changed = vec![];
+        for key in keys {
+            let backends = self.compute(ns, &self.proxies[&key].source);
+            let entry = &self.proxies[&key];
+            if publish(&mut self.next_version, &entry.tx, backends) {
+                changed.push(key);
+            }
+        }
+        changed
+    }
+
+    fn compute(&self, ns: &str, source: &Result<BackendSource, SpecError>) -> Vec<Backend> {
+        let Ok(source) = source else {
+            return vec![];
+        };
+        let mut out: BTreeMap<(String, u16), Backend> = BTreeMap::new();
+        match &source.selection {
+            Selection::Service(service) => {
+                for (_, slice) in in_namespace(&self.slices, ns) {
+                    if slice.service.as_deref() != Some(service.as_str()) {
+                        continue;
+                    }
+                    let Some(rpc_port) = resolve_slice_port(&source.rpc_port, &slice.ports) else {
+                        continue;
+                    };
+                    let swarm_port = resolve_slice_port(&source.swarm_port, &slice.ports);
+                    for ep in slice.endpoints.iter().filter(|e| e.live) {
+                        let Some(address) = &ep.address else { continue };
+                        out.entry((address.clone(), rpc_port))
+                            .or_insert_with(|| Backend {
+                                address: address.clone(),
+                                rpc_port,
+                                swarm_port,
+                                pod_name: ep.pod_name.clone(),
+                                zone: ep.zone.clone(),
+                            });
+                    }
+                }
+            }
+            Selection::Pods(selector) => {
+                for ((_, name), pod) in in_namespace(&self.pods, ns) {
+                    if !pod.live || !selector.matches(&pod.labels) {
+                        continue;
+                    }
+                    let Some(ip) = &pod.ip else { continue };
+                    let Some(rpc_port) = resolve_pod_port(&source.rpc_port, &pod.ports) else {
+                        continue;
+                    };
+                    out.entry((ip.clone(), rpc_port))
+                        .or_insert_with(|| Backend {
+                            address: ip.clone(),
+                            rpc_port,
+                            swarm_port: resolve_pod_port(&source.swarm_port, &pod.ports),
+                            pod_name: Some(name.clone()),
+                            zone: None,
+                        });
+                }
+            }
+        }
+        out.into_values().collect()
+    }
+}
+
+fn in_namespace<'a, V>(
+    map: &'a BTreeMap<ObjKey, V>,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a ObjKey, &'a V)> {
+    map.range((ns.to_owned(), String::new())..)
+        .take_while(move |((n, _), _)| n == ns)
+}
+
+fn resolve_slice_port(want: &PortRef, ports: &[(Option<String>, Option<i32>)]) -> Option<u16> {
+    match want {
+        PortRef::Number(n) => Some(*n),
+        PortRef::Name(name) => ports
+            .iter()
+            .find(|(n, _)| n.as_deref() == Some(name.as_str()))
+            .and_then(|(_, p)| *p)
+            .and_then(|p| u16::try_from(p).ok()),
+    }
+}
+
+fn resolve_pod_port(want: &PortRef, ports: &BTreeMap<String, i32>) -> Option<u16> {
+    match want {
+        PortRef::Number(n) => Some(*n),
+        PortRef::Name(name) => ports.get(name).and_then(|p| u16::try_from(*p).ok()),
+    }
+}
+
+fn bump(next: &mut u64) -> u64 {
+    *next += 1;
+    *next
+}
+
+/// Sends a new snapshot if the set differs; returns whether it did.
+fn publish(next: &mut u64, tx: &watch::Sender<Snapshot>, backends: Vec<Backend>) -> bool {
+    if tx.borrow().backends == backends {
+        return false;
+    }
+    let version = bump(next);
+    tx.send_replace(Snapshot { version, backends });
+    true
+}
+
+/// The index shared between the informers (writers) and the controller and watch
+/// server (readers).
+pub type SharedIndex = std::sync::Arc<std::sync::RwLock<Index>>;
+
+impl Index {
+    /// Whether any EndpointSlice names this Service (for "no EndpointSlices" messages).
+    pub fn has_slices_for(&self, ns: &str, service: &str) -> bool {
+        in_namespace(&self.slices, ns).any(|(_, s)| s.service.as_deref() == Some(service))
+    }
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BackendsSpec, IdentitySpec, KitsuneProxySpec};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, ObjectReference, PodCondition, PodSpec, PodStatus,
+    };
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    fn proxy_for_service(ns: &str, name: &str, service: &str) -> KitsuneProxy {
+        let mut kp = KitsuneProxy::new(
+            name,
+            KitsuneProxySpec {
+                identity: IdentitySpec {
+                    secret_ref: None,
+                    generate: true,
+                },
+                backends: BackendsSpec {
+                    selector: None,
+                    service_name: Some(service.into()),
+                    rpc_port: Some(IntOrString::Int(5001)),
+                    swarm_port: Some(IntOrString::String("swarm".into())),
+                },
+                proxy: Default::default(),
+                service: Default::default(),
+            },
+        );
+        kp.metadata.namespace = Some(ns.into());
+        kp
+    }
+
+    fn proxy_for_selector(ns: &str, name: &str, app: &str) -> KitsuneProxy {
+        let mut kp = proxy_for_service(ns, name, "unused");
+        kp.spec.backends.service_name = None;
+        kp.spec.backends.selector = Some(LabelSelector {
+            match_labels: Some([("app".to_string(), app.to_string())].into()),
+            match_expressions: None,
+        });
+        kp
+    }
+
+    /// (ip, ready, terminating, pod)
+    type Ep<'a> = (&'a str, Option<bool>, Option<bool>, &'a str);
+
+    fn slice(ns: &str, name: &str, service: &str, eps: &[Ep]) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                eps.iter()
+                    .map(|(ip, ready, terminating, pod)| Endpoint {
+                        addresses: vec![ip.to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: *ready,
+                            serving: *ready,
+                            terminating: *terminating,
+                        }),
+                        target_ref: Some(ObjectReference {
+                            kind: Some("Pod".into()),
+                            name: Some(pod.to_string()),
+                            namespace: Some(ns.into()),
+                            ..Default::default()
+                        }),
+                        zone: Some("zone-a".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![
+                EndpointPort {
+                    name: Some("rpc".into()),
+                    port: Some(5001),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+                EndpointPort {
+                    name: Some("swarm".into()),
+                    port: Some(4001),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+            ]),
+        }
+    }
+
+    fn pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some([("app".to_string(), app.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "kubo".into(),
+                    ports: Some(vec![
+                        ContainerPort {
+                            name: Some("rpc".into()),
+                            container_port: 5001,
+                            ..Default::default()
+                        },
+                        ContainerPort {
+                            name: Some("swarm".into()),
+                            container_port: 4001,
+                            ..Default::default()
+                        },
+                    ]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(ip.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn addrs(index: &Index, ns: &str, name: &str) -> Vec<String> {
+        index
+            .snapshot(&ProxyKey::new(ns, name))
+            .unwrap()
+            .backends
+            .into_iter()
+            .map(|b| b.address)
+            .collect()
+    }
+
+    #[test]
+    fn slice_add_update_delete() {
+        let mut index = Index::new(100);
+        let key = ProxyKey::new("ns", "kp");
+        assert_eq!(
+            index.apply_proxy(&proxy_for_service("ns", "kp", "kubo")),
+            vec![key.clone()]
+        );
+        let mut rx = index.subscribe(&key).unwrap();
+        let first = rx.borrow_and_update().clone();
+        assert!(first.backends.is_empty());
+        assert_eq!(first.version, 101);
+
+        // Add.
+        let s = slice(
+            "ns",
+            "kubo-abc",
+            "kubo",
+            &[("10.0.0.2", Some(true), None, "kubo-1")],
+        );
+        assert_eq!(index.apply_slice(&s), vec![key.clone()]);
+        assert!(rx.has_changed().unwrap());
+        let snap = rx.borrow_and_update().clone();
+        assert!(snap.version > first.version);
+        assert_eq!(
+            snap.backends,
+            vec![Backend {
+                address: "10.0.0.2".into(),
+                rpc_port: 5001,
+                swarm_port: Some(4001),
+                pod_name: Some("kubo-1".into()),
+                zone: Some("zone-a".into()),
+            }]
+        );
+
+        // Update: a second endpoint appears; output stays sorted.
+        let s = slice(
+            "ns",
+            "kubo-abc",
+            "kubo",
+            &[
+                ("10.0.0.9", Some(true), None, "kubo-2"),
+                ("10.0.0.2", Some(true), None, "kubo-1"),
+            ],
+        );
+        assert_eq!(index.apply_slice(&s), vec![key.clone()]);
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.2", "10.0.0.9"]);
+        assert_eq!(index.ready_backends(&key), Some(2));
+
+        // The same content again changes nothing and sends nothing.
+        rx.borrow_and_update();
+        assert!(index.apply_slice(&s).is_empty());
+        assert!(!rx.has_changed().unwrap());
+
+        // Delete.
+        assert_eq!(index.delete_slice("ns", "kubo-abc"), vec![key.clone()]);
+        assert!(addrs(&index, "ns", "kp").is_empty());
+        assert!(index.delete_slice("ns", "kubo-abc").is_empty());
+    }
+
+    #[test]
+    fn not_ready_and_terminating_endpoints_are_not_backends() {
+        let mut index = Index::new(0);
+        index.apply_proxy(&proxy_for_service("ns", "kp", "kubo"));
+        index.apply_slice(&slice(
+            "ns",
+            "s1",
+            "kubo",
+            &[
+                ("10.0.0.1", Some(true), Some(false), "ready"),
+                ("10.0.0.2", Some(false), None, "not-ready"),
+                ("10.0.0.3", Some(true), Some(true), "terminating-but-ready"),
+                ("10.0.0.4", Some(false), Some(true), "terminating"),
+                ("10.0.0.5", None, None, "unknown-means-ready"),
+            ],
+        ));
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1", "10.0.0.5"]);
+
+        // An endpoint turning unready is removed.
+        let key = ProxyKey::new("ns", "kp");
+        let changed = index.apply_slice(&slice(
+            "ns",
+            "s1",
+            "kubo",
+            &[("10.0.0.1", Some(true), Some(true), "ready")],
+        ));
+        assert_eq!(changed, vec![key]);
+        assert!(addrs(&index, "ns", "kp").is_empty());
+    }
+
+    #[test]
+    fn several_slices_per_service_merge_and_deduplicate() {
+        let mut index = Index::new(0);
+        index.apply_proxy(&proxy_for_service("ns", "kp", "kubo"));
+        index.apply_slice(&slice(
+            "ns",
+            "a",
+            "kubo",
+            &[("10.0.0.3", Some(true), None, "p3")],
+        ));
+        index.apply_slice(&slice(
+            "ns",
+            "b",
+            "kubo",
+            &[
+                ("10.0.0.1", Some(true), None, "p1"),
+                // The same endpoint in two slices (mid-migration) counts once.
+                ("10.0.0.3", Some(true), None, "p3"),
+            ],
+        ));
+        // Another Service's slice, and the same Service name in another namespace.
+        index.apply_slice(&slice(
+            "ns",
+            "c",
+            "web",
+            &[("10.0.0.7", Some(true), None, "w")],
+        ));
+        index.apply_slice(&slice(
+            "other",
+            "d",
+            "kubo",
+            &[("10.9.0.1", Some(true), None, "x")],
+        ));
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1", "10.0.0.3"]);
+        assert!(index.has_slices_for("ns", "kubo"));
+        assert!(!index.has_slices_for("ns", "nothing"));
+
+        index.delete_slice("ns", "b");
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.3"]);
+    }
+
+    #[test]
+    fn named_ports_resolve_per_slice() {
+        let mut index = Index::new(0);
+        let mut kp = proxy_for_service("ns", "kp", "kubo");
+        kp.spec.backends.rpc_port = Some(IntOrString::String("rpc".into()));
+        index.apply_proxy(&kp);
+        let mut s = slice("ns", "a", "kubo", &[("10.0.0.3", Some(true), None, "p3")]);
+        s.ports.as_mut().unwrap()[0].port = Some(15001);
+        index.apply_slice(&s);
+        let snap = index.snapshot(&ProxyKey::new("ns", "kp")).unwrap();
+        assert_eq!(snap.backends[0].rpc_port, 15001);
+        assert_eq!(snap.backends[0].swarm_port, Some(4001));
+
+        // A slice without the named RPC port contributes nothing.
+        s.ports = Some(vec![]);
+        index.apply_slice(&s);
+        assert!(addrs(&index, "ns", "kp").is_empty());
+    }
+
+    #[test]
+    fn bare_selector_reads_pods_without_endpoint_slices() {
+        let mut index = Index::new(0);
+        index.apply_proxy(&proxy_for_selector("ns", "kp", "kubo"));
+        index.apply_pod(&pod("ns", "kubo-0", "kubo", "10.1.0.1", true));
+        index.apply_pod(&pod("ns", "kubo-1", "kubo", "10.1.0.2", false));
+        index.apply_pod(&pod("ns", "web-0", "web", "10.1.0.3", true));
+        let mut deleting = pod("ns", "kubo-2", "kubo", "10.1.0.4", true);
+        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        index.apply_pod(&deleting);
+        let snap = index.snapshot(&ProxyKey::new("ns", "kp")).unwrap();
+        assert_eq!(
+            snap.backends,
+            vec![Backend {
+                address: "10.1.0.1".into(),
+                rpc_port: 5001,
+                swarm_port: Some(4001),
+                pod_name: Some("kubo-0".into()),
+                zone: None,
+            }]
+        );
+        // Becoming ready adds it; deletion removes it.
+        index.apply_pod(&pod("ns", "kubo-1", "kubo", "10.1.0.2", true));
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1", "10.1.0.2"]);
+        index.delete_pod("ns", "kubo-0");
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.2"]);
+        // Slices do not matter in selector mode.
+        assert!(
+            index
+                .apply_slice(&slice(
+                    "ns",
+                    "s",
+                    "kubo",
+                    &[("10.0.0.1", Some(true), None, "p")]
+                ))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn selector_changes_move_the_set() {
+        let mut index = Index::new(0);
+        let key = ProxyKey::new("ns", "kp");
+        index.apply_pod(&pod("ns", "kubo-0", "kubo", "10.1.0.1", true));
+        index.apply_pod(&pod("ns", "ipfs-0", "ipfs", "10.1.0.9", true));
+        index.apply_slice(&slice(
+            "ns",
+            "s",
+            "svc",
+            &[("10.0.0.1", Some(true), None, "p")],
+        ));
+
+        index.apply_proxy(&proxy_for_selector("ns", "kp", "kubo"));
+        let mut rx = index.subscribe(&key).unwrap();
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1"]);
+
+        // The selector changes to other pods.
+        rx.borrow_and_update();
+        assert_eq!(
+            index.apply_proxy(&proxy_for_selector("ns", "kp", "ipfs")),
+            vec![key.clone()]
+        );
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.9"]);
+
+        // Switching to a Service uses its EndpointSlices instead.
+        index.apply_proxy(&proxy_for_service("ns", "kp", "svc"));
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1"]);
+
+        // An invalid selector tracks the proxy with no backends (the reconciler reports why).
+        let mut bad = proxy_for_selector("ns", "kp", "kubo");
+        bad.spec.backends.selector = Some(LabelSelector::default());
+        index.apply_proxy(&bad);
+        assert_eq!(index.ready_backends(&key), Some(0));
+
+        // Unchanged spec: nothing to send.
+        assert!(index.apply_proxy(&bad).is_empty());
+    }
+
+    #[test]
+    fn deleting_a_proxy_closes_its_channel_and_relists_replace() {
+        let mut index = Index::new(0);
+        let key = ProxyKey::new("ns", "kp");
+        index.apply_proxy(&proxy_for_service("ns", "kp", "kubo"));
+        let rx = index.subscribe(&key).unwrap();
+        assert_eq!(index.delete_proxy("ns", "kp"), vec![key.clone()]);
+        assert!(
+            rx.has_changed().is_err(),
+            "subscribers see the channel close"
+        );
+        assert!(index.subscribe(&key).is_none());
+        assert!(index.snapshot(&key).is_none());
+
+        // Relists replace state atomically, dropping what the relist lacks.
+        index.reset_proxies(&[
+            proxy_for_service("ns", "a", "kubo"),
+            proxy_for_service("ns", "b", "kubo"),
+        ]);
+        index.apply_slice(&slice(
+            "ns",
+            "old",
+            "kubo",
+            &[("10.0.0.1", Some(true), None, "p")],
+        ));
+        assert_eq!(addrs(&index, "ns", "a"), ["10.0.0.1"]);
+        let changed = index.reset_slices(&[slice(
+            "ns",
+            "new",
+            "kubo",
+            &[("10.0.0.2", Some(true), None, "q")],
+        )]);
+        assert_eq!(changed.len(), 2);
+        assert_eq!(addrs(&index, "ns", "b"), ["10.0.0.2"]);
+        let changed = index.reset_proxies(&[proxy_for_service("ns", "a", "kubo")]);
+        assert_eq!(changed, vec![ProxyKey::new("ns", "b")]);
+        assert_eq!(index.proxies().count(), 1);
+        index.reset_pods(&[]);
+        assert_eq!(addrs(&index, "ns", "a"), ["10.0.0.2"]);
+    }
+}

@@ -1,0 +1,279 @@
+//! Feeds the backend index from three watches: KitsuneProxies, EndpointSlices (those
+//! naming a Service) and Pods. Runs on every replica, leader or not, so every replica
+//! can serve the watch channel. A relist (`Init` … `InitDone`) replaces one kind's state
+//! atomically. Each backend-set change is forwarded so the controller can refresh status.
+
+use std::sync::Arc;
+
+use futures::channel::mpsc::UnboundedSender;
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::crd::KitsuneProxy;
+use crate::index::{Changed, Index, ProxyKey, SERVICE_NAME_LABEL, SharedIndex};
+use crate::metrics::{Metrics, ProxyLabels};
+
+/// One watch event of any of the three kinds.
+// Each event is moved straight into the index; boxing the large Pod variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    Proxy(watcher::Event<KitsuneProxy>),
+    Slice(watcher::Event<EndpointSlice>),
+    Pod(watcher::Event<Pod>),
+}
+
+/// Relist buffers, and which kinds have completed their first list.
+#[derive(Default)]
+pub struct SyncState {
+    proxies: Option<Vec<KitsuneProxy>>,
+    slices: Option<Vec<EndpointSlice>>,
+    pods: Option<Vec<Pod>>,
+    synced: [bool; 3],
+}
+
+impl SyncState {
+    /// True once all three kinds were listed: only then is the index complete.
+    pub fn synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+}
+
+/// Applies one watch event to the index. Pure apart from the index itself.
+pub fn apply(index: &mut Index, state: &mut SyncState, input: Input) -> Changed {
+    use watcher::Event as E;
+    match input {
+        Input::Proxy(ev) => match ev {
+            E::Init => {
+                state.proxies = Some(vec![]);
+                vec![]
+            }
+            E::InitApply(o) => {
+                state.proxies.get_or_insert_with(Vec::new).push(o);
+                vec![]
+            }
+            E::InitDone => {
+                state.synced[0] = true;
+                index.reset_proxies(&state.proxies.take().unwrap_or_default())
+            }
+            E::Apply(o) => index.apply_proxy(&o),
+            E::Delete(o) => index.delete_proxy(&o.namespace().unwrap_or_default(), &o.name_any()),
+        },
+        Input::Slice(ev) => match ev {
+            E::Init => {
+                state.slices = Some(vec![]);
+                vec![]
+            }
+            E::InitApply(o) => {
+                state.slices.get_or_insert_with(Vec::new).push(o);
+                vec![]
+            }
+            E::InitDone => {
+                state.synced[1] = true;
+                index.reset_slices(&state.slices.take().unwrap_or_default())
+            }
+            E::Apply(o) => index.apply_slice(&o),
+            E::Delete(o) => index.delete_slice(&o.namespace().unwrap_or_default(), &o.name_any()),
+        },
+        Input::Pod(ev) => match ev {
+            E::Init => {
+                state.pods = Some(vec![]);
+                vec![]
+            }
+            E::InitApply(o) => {
+                state.pods.get_or_insert_with(Vec::new).push(o);
+                vec![]
+            }
+            E::InitDone => {
+                state.synced[2] = true;
+                index.reset_pods(&state.pods.take().unwrap_or_default())
+            }
+            E::Apply(o) => index.apply_pod(&o),
+            E::Delete(o) => index.delete_pod(&o.namespace().unwrap_or_default(), &o.name_any()),
+        },
+    }
+}
+
+/// Watches until `shutdown`. `synced` turns true once every kind was listed; `changes`
+/// receives each proxy whose backend set changed.
+pub async fn run(
+    client: Client,
+    index: SharedIndex,
+    changes: UnboundedSender<ProxyKey>,
+    metrics: Arc<Metrics>,
+    synced: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let proxies = watcher(
+        Api::<KitsuneProxy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|r| r.map(Input::Proxy));
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+    )
+    .default_backoff()
+    .map(|r| r.map(Input::Slice));
+    let pods = watcher(Api::<Pod>::all(client), watcher::Config::default())
+        .default_backoff()
+        .map(|r| r.map(Input::Pod));
+    let mut events = stream::select_all([proxies.boxed(), slices.boxed(), pods.boxed()]);
+    let mut state = SyncState::default();
+    loop {
+        let next = tokio::select! {
+            n = events.next() => n,
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(next) = next else { break };
+        let input = match next {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        let changed = {
+            let mut idx = index.write().unwrap_or_else(|e| e.into_inner());
+            let changed = apply(&mut idx, &mut state, input);
+            for key in &changed {
+                let labels = ProxyLabels {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                };
+                match idx.ready_backends(key) {
+                    Some(n) => {
+                        metrics
+                            .ready_backends
+                            .get_or_create(&labels)
+                            .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    }
+                    None => {
+                        metrics.ready_backends.remove(&labels);
+                    }
+                }
+            }
+            changed
+        };
+        if state.synced() && !*synced.borrow() {
+            info!("backend index synced");
+            synced.send_replace(true);
+        }
+        for key in changed {
+            // The controller may be gone during shutdown; that is fine.
+            let _ = changes.unbounded_send(key);
+        }
+    }
+    info!("informers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{BackendsSpec, IdentitySpec, KitsuneProxySpec};
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use watcher::Event as E;
+
+    fn kp(name: &str) -> KitsuneProxy {
+        let mut kp = KitsuneProxy::new(
+            name,
+            KitsuneProxySpec {
+                identity: IdentitySpec {
+                    secret_ref: None,
+                    generate: true,
+                },
+                backends: BackendsSpec {
+                    selector: None,
+                    service_name: Some("kubo".into()),
+                    rpc_port: Some(IntOrString::Int(5001)),
+                    swarm_port: Some(IntOrString::Int(4001)),
+                },
+                proxy: Default::default(),
+                service: Default::default(),
+            },
+        );
+        kp.metadata.namespace = Some("ns".into());
+        kp
+    }
+
+    fn slice(name: &str, ip: &str) -> EndpointSlice {
+        EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: Some([(SERVICE_NAME_LABEL.to_string(), "kubo".to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(vec![Endpoint {
+                addresses: vec![ip.into()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ports: None,
+        }
+    }
+
+    #[test]
+    fn relists_apply_atomically_and_sync_needs_every_kind() {
+        let mut index = Index::new(0);
+        let mut st = SyncState::default();
+        let key = ProxyKey::new("ns", "a");
+        assert!(apply(&mut index, &mut st, Input::Proxy(E::Init)).is_empty());
+        assert!(apply(&mut index, &mut st, Input::Proxy(E::InitApply(kp("a")))).is_empty());
+        assert!(
+            index.snapshot(&key).is_none(),
+            "nothing lands before InitDone"
+        );
+        assert_eq!(
+            apply(&mut index, &mut st, Input::Proxy(E::InitDone)),
+            vec![key.clone()]
+        );
+        apply(&mut index, &mut st, Input::Slice(E::Init));
+        apply(
+            &mut index,
+            &mut st,
+            Input::Slice(E::InitApply(slice("s1", "10.0.0.1"))),
+        );
+        assert_eq!(index.ready_backends(&key), Some(0));
+        apply(&mut index, &mut st, Input::Slice(E::InitDone));
+        assert_eq!(index.ready_backends(&key), Some(1));
+        assert!(!st.synced());
+        apply(&mut index, &mut st, Input::Pod(E::Init));
+        apply(&mut index, &mut st, Input::Pod(E::InitDone));
+        assert!(st.synced());
+
+        // A later relist that lacks s1 drops it.
+        apply(&mut index, &mut st, Input::Slice(E::Init));
+        apply(
+            &mut index,
+            &mut st,
+            Input::Slice(E::InitApply(slice("s2", "10.0.0.2"))),
+        );
+        let changed = apply(&mut index, &mut st, Input::Slice(E::InitDone));
+        assert_eq!(changed, vec![key.clone()]);
+        let snap = index.snapshot(&key).unwrap();
+        assert_eq!(snap.backends[0].address, "10.0.0.2");
+
+        // Live events.
+        apply(
+            &mut index,
+            &mut st,
+            Input::Slice(E::Delete(slice("s2", "10.0.0.2"))),
+        );
+        assert_eq!(index.ready_backends(&key), Some(0));
+        apply(&mut index, &mut st, Input::Proxy(E::Delete(kp("a"))));
+        assert!(index.snapshot(&key).is_none());
+    }
+}

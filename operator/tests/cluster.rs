@@ -1,0 +1,384 @@
+//! Opt-in suite against a real cluster: runs only when `KUBECONFIG` is set.
+//!
+//! It needs no kubelet (pods never run): it applies `crds/`, creates a namespace with an
+//! identity Secret, backend Pods and an EndpointSlice of its own, runs the operator binary
+//! as a local process, and asserts the Deployment, Service, status and conditions, then a
+//! backend change and a missing-Secret case. Everything lives in a fresh namespace that is
+//! deleted at the end. See operator/README.md.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, ObjectReference, Pod, PodSpec, Secret, Service,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kitsune_operator::crd::KitsuneProxy;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+
+const NAME: &str = "preload";
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out waiting for {what}: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn slice(ns: &str, ready: &[(&str, &str, bool, bool)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("kubo-manual".into()),
+            namespace: Some(ns.into()),
+            labels: Some(BTreeMap::from([
+                ("kubernetes.io/service-name".into(), "kubo".into()),
+                // Not the EndpointSlice controller's: it leaves this slice alone.
+                (
+                    "endpointslice.kubernetes.io/managed-by".into(),
+                    "kitsune-cluster-test".into(),
+                ),
+            ])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            ready
+                .iter()
+                .map(|(ip, pod, ready, terminating)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(*ready),
+                        serving: Some(*ready),
+                        terminating: Some(*terminating),
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some(pod.to_string()),
+                        namespace: Some(ns.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(vec![EndpointPort {
+            name: Some("rpc".into()),
+            port: Some(5001),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+fn condition(kp: &KitsuneProxy, type_: &str) -> Option<(String, String)> {
+    kp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn operator_against_a_real_cluster() {
+    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
+        eprintln!("skipped: KUBECONFIG unset");
+        return;
+    }
+    let client = Client::try_default()
+        .await
+        .expect("a client from KUBECONFIG");
+    let ssa = PatchParams::apply("kitsune-cluster-test").force();
+
+    // 1. The CRD, exactly as committed.
+    let yaml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/kitsuneproxy.yaml"
+    ))
+    .unwrap();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch("kitsuneproxies.kitsune.dev", &ssa, &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    eventually("the CRD to be established", || {
+        let crds = crds.clone();
+        async move {
+            let c = crds
+                .get("kitsuneproxies.kitsune.dev")
+                .await
+                .map_err(|e| e.to_string())?;
+            let established = c
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                Ok(())
+            } else {
+                Err("not established".into())
+            }
+        }
+    })
+    .await;
+
+    // 2. A fresh namespace with an identity, backend Pods and their EndpointSlice.
+    let ns = format!("kitsune-test-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (key, raw) = kitsune_common::key::generate_ed25519();
+    let peer_id = key.public().to_peer_id().to_string();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("preload-key".into()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([("key".into(), ByteString(raw))])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for name in ["kubo-0", "kubo-1", "kubo-2"] {
+        pods.create(
+            &PostParams::default(),
+            &Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    labels: Some(BTreeMap::from([("app".into(), "kubo".into())])),
+                    ..Default::default()
+                },
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "kubo".into(),
+                        image: Some("ipfs/kubo:v0.22.0".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    slices
+        .patch(
+            "kubo-manual",
+            &ssa,
+            &Patch::Apply(slice(
+                &ns,
+                &[
+                    ("10.200.0.1", "kubo-0", true, false),
+                    ("10.200.0.2", "kubo-1", true, false),
+                    ("10.200.0.3", "kubo-2", false, false),
+                ],
+            )),
+        )
+        .await
+        .unwrap();
+
+    // 3. The KitsuneProxy, and one whose Secret is missing.
+    let kps: Api<KitsuneProxy> = Api::namespaced(client.clone(), &ns);
+    for (name, secret) in [(NAME, "preload-key"), ("orphan", "does-not-exist")] {
+        let kp: KitsuneProxy = serde_json::from_value(json!({
+            "apiVersion": "kitsune.dev/v1alpha1",
+            "kind": "KitsuneProxy",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "identity": {"secretRef": {"name": secret}},
+                "backends": {"serviceName": "kubo", "rpcPort": "rpc"},
+                "proxy": {"replicas": 1}
+            }
+        }))
+        .unwrap();
+        kps.create(&PostParams::default(), &kp).await.unwrap();
+    }
+
+    // 4. The operator, as a local process.
+    let _operator = Operator(
+        Command::new(env!("CARGO_BIN_EXE_kitsune-operator"))
+            .args([
+                "run",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--lease-namespace",
+                &ns,
+            ])
+            .args(["--watch-base-url", "http://kitsune-operator.test.svc:8080"])
+            .env("RUST_LOG", "info,kitsune_operator=debug")
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the operator binary starts"),
+    );
+
+    // 5. Deployment, Service, status and conditions.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let d = eventually("the Deployment", || {
+        let deployments = deployments.clone();
+        async move { deployments.get(NAME).await.map_err(|e| e.to_string()) }
+    })
+    .await;
+    let pod = d.spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.contains(&format!(
+            "--backends-url http://kitsune-operator.test.svc:8080/v1/backends/{ns}/{NAME}"
+        )),
+        "{args}"
+    );
+    assert_eq!(
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["kitsune.dev/peer-id"],
+        peer_id
+    );
+    assert_eq!(d.metadata.owner_references.unwrap()[0].kind, "KitsuneProxy");
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let svc = services.get(NAME).await.unwrap();
+    let ports: Vec<String> = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert_eq!(ports, ["libp2p-tcp", "libp2p-quic", "libp2p-ws"]);
+
+    let kp = eventually("status with peer ID and two backends", || {
+        let kps = kps.clone();
+        async move {
+            let kp = kps.get(NAME).await.map_err(|e| e.to_string())?;
+            let st = kp.status.clone().unwrap_or_default();
+            if st.peer_id.is_some() && st.ready_backends == 2 {
+                Ok(kp)
+            } else {
+                Err(format!("{st:?}"))
+            }
+        }
+    })
+    .await;
+    let st = kp.status.clone().unwrap();
+    assert_eq!(st.peer_id.as_deref(), Some(peer_id.as_str()));
+    assert_eq!(st.observed_generation, kp.metadata.generation);
+    assert_eq!(
+        condition(&kp, "IdentityReady"),
+        Some(("True".into(), "KeyLoaded".into()))
+    );
+    assert_eq!(
+        condition(&kp, "BackendsAvailable"),
+        Some(("True".into(), "BackendsReady".into()))
+    );
+    // No kubelet: no proxy pod ever becomes ready.
+    assert_eq!(
+        condition(&kp, "Ready"),
+        Some(("False".into(), "NoReadyReplicas".into()))
+    );
+
+    // 6. A backend starts terminating: the count follows.
+    slices
+        .patch(
+            "kubo-manual",
+            &ssa,
+            &Patch::Apply(slice(
+                &ns,
+                &[
+                    ("10.200.0.1", "kubo-0", true, false),
+                    ("10.200.0.2", "kubo-1", true, true),
+                ],
+            )),
+        )
+        .await
+        .unwrap();
+    eventually("one ready backend", || {
+        let kps = kps.clone();
+        async move {
+            let st = kps
+                .get(NAME)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if st.ready_backends == 1 {
+                Ok(())
+            } else {
+                Err(format!("{}", st.ready_backends))
+            }
+        }
+    })
+    .await;
+
+    // 7. Bad input: a missing Secret is a False condition, and no Deployment.
+    let orphan = eventually("the orphan's IdentityReady=False", || {
+        let kps = kps.clone();
+        async move {
+            let kp = kps.get("orphan").await.map_err(|e| e.to_string())?;
+            match condition(&kp, "IdentityReady") {
+                Some((s, r)) if s == "False" => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(orphan, "SecretNotFound");
+    assert!(deployments.get_opt("orphan").await.unwrap().is_none());
+
+    drop(_operator);
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,341 @@
+//! `--backends-url`: the backend set streamed by the operator (the watch channel).
+//!
+//! Semantics follow linkerd's destination stream and Envoy's EDS: every message is the
+//! full set with a version, so a (re)connect simply replaces what we had; while the
+//! operator is away the last set stays in force; limits on connecting, on silence
+//! (missed heartbeats) and on a stream's lifetime turn every failure into a reconnect
+//! with jittered exponential backoff.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use kitsune_common::watch::{self, Snapshot, WatchEvent};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::backend::spec::Host;
+use crate::backend::{BackendSpec, Backoff};
+use crate::engine::Handle;
+
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub url: String,
+    /// A file holding the bearer token (a projected ServiceAccount token); re-read on
+    /// every connect, since the kubelet rotates it.
+    pub token_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// No line (snapshot or heartbeat) for this long means the stream is dead.
+    pub idle_timeout: Duration,
+    /// Reconnect after this long anyway, so a stream never outlives a rebalanced
+    /// operator replica or an expired token.
+    pub max_lifetime: Duration,
+    pub backoff: Backoff,
+}
+
+impl WatchConfig {
+    pub fn new(url: String, token_file: Option<PathBuf>) -> Self {
+        Self {
+            url,
+            token_file,
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_lifetime: Duration::from_secs(30 * 60),
+            backoff: Backoff {
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(30),
+                dial_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+/// The client's metrics and what readiness needs.
+#[derive(Clone, Default)]
+pub struct WatchStatus {
+    /// Set once the first snapshot has been applied; never cleared.
+    pub synced: Arc<AtomicBool>,
+    pub version: Gauge,
+    pub last_message: Gauge,
+    pub connected: Gauge,
+    pub reconnects: Counter,
+}
+
+impl WatchStatus {
+    pub fn register(registry: &mut Registry) -> Self {
+        let s = Self::default();
+        let r = registry.sub_registry_with_prefix("kitsune_watch");
+        r.register(
+            "snapshot_version",
+            "Version of the last backend snapshot applied",
+            s.version.clone(),
+        );
+        r.register(
+            "last_message_timestamp_seconds",
+            "Unix time of the last line (snapshot or heartbeat) from the operator",
+            s.last_message.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while the watch stream is open",
+            s.connected.clone(),
+        );
+        r.register(
+            "reconnects",
+            "Watch streams that ended and were retried",
+            s.reconnects.clone(),
+        );
+        s
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("reading the token file: {0}")]
+    Token(std::io::Error),
+    #[error("connecting: {0}")]
+    Connect(String),
+    #[error("the operator answered {0}")]
+    Status(u16),
+    #[error("no message for {0:?} (heartbeats missed)")]
+    Idle(Duration),
+    #[error("stream broken: {0}")]
+    Stream(String),
+    #[error("a line over {} bytes", watch::MAX_LINE_BYTES)]
+    LineTooLong,
+    #[error("a malformed line: {0}")]
+    Malformed(String),
+    #[error("a snapshot with an unusable backend: {0}")]
+    BadBackend(String),
+}
+
+/// Runs until the engine stops.
+pub async fn run(cfg: WatchConfig, engine: Handle, status: WatchStatus) {
+    let http = reqwest::Client::builder()
+        .connect_timeout(cfg.connect_timeout)
+        .no_proxy()
+        .build()
+        .expect("a plain HTTP client builds");
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = session(&http, &cfg, &engine, &status).await;
+        status.connected.set(0);
+        match result {
+            Ok(()) => tracing::debug!("watch stream reached its lifetime; reconnecting"),
+            Err(e) => {
+                tracing::warn!(url = %cfg.url, error = %e, "watch stream ended; keeping the last backend set")
+            }
+        }
+        if engine.is_closed() {
+            return;
+        }
+        status.reconnects.inc();
+        // A stream that lived a while was healthy: start the backoff afresh.
+        if started.elapsed() > cfg.idle_timeout {
+            failures = 0;
+        }
+        let delay = cfg.backoff.delay(failures, rand::random());
+        failures = failures.saturating_add(1);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+async fn session(
+    http: &reqwest::Client,
+    cfg: &WatchConfig,
+    engine: &Handle,
+    status: &WatchStatus,
+) -> Result<(), WatchError> {
+    let mut req = http.get(&cfg.url).header("accept", watch::CONTENT_TYPE);
+    if let Some(path) = &cfg.token_file {
+        let token = std::fs::read_to_string(path).map_err(WatchError::Token)?;
+        req = req.bearer_auth(token.trim());
+    }
+    let resp = tokio::time::timeout(cfg.connect_timeout, req.send())
+        .await
+        .map_err(|_| WatchError::Connect("timed out".into()))?
+        .map_err(|e| WatchError::Connect(e.without_url().to_string()))?;
+    if !resp.status().is_success() {
+        return Err(WatchError::Status(resp.status().as_u16()));
+    }
+    status.connected.set(1);
+    let deadline = Instant::now() + cfg.max_lifetime;
+    let mut body = resp.bytes_stream();
+    let mut lines = LineBuffer::default();
+    let mut version: Option<u64> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let chunk = match tokio::time::timeout(cfg.idle_timeout.min(left), body.next()).await {
+            Err(_) if left <= cfg.idle_timeout => return Ok(()),
+            Err(_) => return Err(WatchError::Idle(cfg.idle_timeout)),
+            Ok(None) => return Err(WatchError::Stream("closed by the operator".into())),
+            Ok(Some(Err(e))) => return Err(WatchError::Stream(e.without_url().to_string())),
+            Ok(Some(Ok(c))) => c,
+        };
+        for line in lines.push(&chunk)? {
+            status.last_message.set(unix_now());
+            match parse_line(&line)? {
+                WatchEvent::Heartbeat { .. } => {}
+                WatchEvent::Snapshot(snap) => {
+                    // Within one stream versions only grow; a new stream (say, a
+                    // restarted operator) resets us to whatever it says.
+                    if version.is_some_and(|v| snap.version <= v) {
+                        continue;
+                    }
+                    version = Some(snap.version);
+                    let specs = to_specs(&snap)?;
+                    tracing::info!(
+                        version = snap.version,
+                        backends = specs.len(),
+                        "backend snapshot applied"
+                    );
+                    engine
+                        .set_backends(specs)
+                        .await
+                        .map_err(|e| WatchError::Stream(e.to_string()))?;
+                    status.version.set(snap.version as i64);
+                    status.synced.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// One NDJSON line.
+pub fn parse_line(line: &[u8]) -> Result<WatchEvent, WatchError> {
+    serde_json::from_slice(line).map_err(|e| WatchError::Malformed(e.to_string()))
+}
+
+/// The backend specs a snapshot names.
+pub fn to_specs(snap: &Snapshot) -> Result<Vec<BackendSpec>, WatchError> {
+    let mut specs = Vec::with_capacity(snap.backends.len());
+    for b in &snap.backends {
+        let host = match b.address.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) if is_dns_name(&b.address) => Host::Dns4(b.address.clone()),
+            Err(_) => return Err(WatchError::BadBackend(b.address.clone())),
+        };
+        if b.rpc_port == 0 {
+            return Err(WatchError::BadBackend(format!("{}: port 0", b.address)));
+        }
+        specs.push(BackendSpec {
+            host,
+            rpc_port: b.rpc_port,
+            swarm_port: b.swarm_port,
+        });
+    }
+    specs.sort();
+    specs.dedup();
+    Ok(specs)
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        })
+}
+
+/// Splits a byte stream into lines, refusing any line over the contract's bound.
+#[derive(Default)]
+pub struct LineBuffer {
+    partial: Vec<u8>,
+}
+
+impl LineBuffer {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, WatchError> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&rest[..i]);
+            if self.partial.len() > watch::MAX_LINE_BYTES {
+                return Err(WatchError::LineTooLong);
+            }
+            let line = std::mem::take(&mut self.partial);
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                out.push(line);
+            }
+            rest = &rest[i + 1..];
+        }
+        self.partial.extend_from_slice(rest);
+        if self.partial.len() > watch::MAX_LINE_BYTES {
+            return Err(WatchError::LineTooLong);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kitsune_common::watch::Backend;
+
+    #[test]
+    fn lines_split_across_chunks_and_are_bounded() {
+        let mut b = LineBuffer::default();
+        assert!(b.push(b"{\"type\":\"heart").unwrap().is_empty());
+        let lines = b.push(b"beat\",\"version\":1}\n\n{\"a\":1}\n{").unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(matches!(
+            parse_line(&lines[0]).unwrap(),
+            WatchEvent::Heartbeat { version: 1 }
+        ));
+        assert!(parse_line(&lines[1]).is_err());
+        let huge = vec![b'x'; watch::MAX_LINE_BYTES + 1];
+        assert!(matches!(
+            LineBuffer::default().push(&huge),
+            Err(WatchError::LineTooLong)
+        ));
+    }
+
+    #[test]
+    fn snapshots_become_specs_and_bad_addresses_are_refused() {
+        let backend = |address: &str, rpc_port| Backend {
+            address: address.into(),
+            rpc_port,
+            swarm_port: Some(4001),
+            pod_name: Some("kubo-0".into()),
+            zone: None,
+        };
+        let snap = Snapshot {
+            version: 3,
+            backends: vec![
+                backend("10.0.0.7", 5001),
+                backend("fd00::7", 5001),
+                backend("kubo-1.kubo", 5001),
+            ],
+        };
+        let specs = to_specs(&snap).unwrap();
+        assert_eq!(specs.len(), 3);
+        assert!(specs.iter().all(|s| s.swarm_port == Some(4001)));
+        assert!(specs.iter().any(|s| s.rpc_url() == "http://[fd00::7]:5001"));
+        for bad in [
+            backend("not a host", 5001),
+            backend("10.0.0.7", 0),
+            backend("", 5001),
+        ] {
+            let snap = Snapshot {
+                version: 4,
+                backends: vec![bad],
+            };
+            assert!(to_specs(&snap).is_err());
+        }
+    }
+}
