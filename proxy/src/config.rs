@@ -1,13 +1,14 @@
 //! Command-line flags, each with an environment fallback (`KITSUNE_*`).
 //! The short flags are the original go-libp2p-kitsune's.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use libp2p::Multiaddr;
 
+use crate::preload::Cidr;
 use crate::router::Policy;
 
 #[derive(Debug, Clone, Parser)]
@@ -72,9 +73,14 @@ pub struct Cli {
     #[arg(long, env = "KITSUNE_BACKENDS_TOKEN_FILE", requires = "backends_url")]
     pub backends_token_file: Option<PathBuf>,
 
-    /// Enable preload mode: serve /api/v0/refs on this port.
+    /// Enable preload mode: serve /api/v0/refs on this port, and the libp2p WebSocket
+    /// listener on the same port (so a Service with ClientIP affinity keeps a client's
+    /// WebSocket and refs call on one replica).
     #[arg(short = 'p', long = "preload-port", env = "KITSUNE_PRELOAD_PORT")]
     pub preload_port: Option<u16>,
+
+    #[command(flatten)]
+    pub preload: PreloadArgs,
 
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "KITSUNE_METRICS_ADDR", default_value = "0.0.0.0:9090")]
@@ -90,6 +96,54 @@ pub struct Cli {
 
     #[command(flatten)]
     pub limits: Limits,
+}
+
+/// Preload mode's address, trust and bounds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PreloadArgs {
+    /// The address the preload port binds (`::` for dual-stack).
+    #[arg(
+        long = "preload-bind",
+        env = "KITSUNE_PRELOAD_BIND",
+        default_value = "0.0.0.0"
+    )]
+    pub bind: IpAddr,
+    /// A proxy or load balancer whose X-Forwarded-For is believed (CIDR or address;
+    /// repeatable). Others' X-Forwarded-For is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "KITSUNE_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+    /// /api/v0/refs calls in flight at once; more are answered 429.
+    #[arg(
+        long = "preload-max-concurrent",
+        env = "KITSUNE_PRELOAD_MAX_CONCURRENT",
+        default_value_t = 64
+    )]
+    pub max_concurrent: usize,
+    /// The whole budget of one refs call at the backend (its streamed body included);
+    /// past it the call fails (504, or a cut stream).
+    #[arg(long = "preload-timeout", env = "KITSUNE_PRELOAD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub timeout: Duration,
+    /// CIDs one preloaded DAG may grow to; the rest of a bigger DAG is not fetched.
+    #[arg(
+        long = "preload-max-dag-blocks",
+        env = "KITSUNE_PRELOAD_MAX_DAG_BLOCKS",
+        default_value_t = 100_000
+    )]
+    pub max_dag_blocks: usize,
+    /// CIDs all open preloads may hold together.
+    #[arg(
+        long = "preload-max-total-blocks",
+        env = "KITSUNE_PRELOAD_MAX_TOTAL_BLOCKS",
+        default_value_t = 1_000_000
+    )]
+    pub max_total_blocks: usize,
+    /// How long a preload's reverse wants stay allowed after its refs call ends.
+    #[arg(long = "preload-linger", env = "KITSUNE_PRELOAD_LINGER", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -155,6 +209,20 @@ impl Cli {
                 }
             })
             .collect()
+    }
+
+    /// The preload tables' bounds: one session per call in flight, plus room for
+    /// those lingering after their call; a session lives at most the call's budget
+    /// plus the linger.
+    pub fn preload_limits(&self) -> crate::preload::Limits {
+        let p = &self.preload;
+        crate::preload::Limits {
+            max_sessions: p.max_concurrent.saturating_mul(4).max(1),
+            max_blocks_per_session: p.max_dag_blocks,
+            max_total_blocks: p.max_total_blocks,
+            linger: p.linger,
+            max_lifetime: p.timeout + p.linger,
+        }
     }
 
     pub fn router_config(&self) -> crate::router::Config {
@@ -229,5 +297,25 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["kitsune-proxy", "-d", "not-a-multiaddr"]).is_err());
         assert!(Cli::try_parse_from(["kitsune-proxy", "-p", "70000"]).is_err());
+    }
+
+    #[test]
+    fn preload_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "kitsune-proxy",
+            "-p",
+            "8441",
+            "--trusted-proxy",
+            "10.0.0.0/8,fd00::/8",
+            "--trusted-proxy",
+            "192.0.2.1",
+            "--preload-bind",
+            "::",
+        ])
+        .unwrap();
+        assert_eq!(cli.preload.trusted_proxies.len(), 3);
+        assert!(cli.preload.bind.is_ipv6());
+        assert_eq!(cli.preload_limits().max_sessions, 256);
+        assert!(Cli::try_parse_from(["kitsune-proxy", "--trusted-proxy", "10.0.0.0/40"]).is_err());
     }
 }

@@ -3,25 +3,33 @@
 //! that talk to it over bounded channels.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, Swarm};
 use libp2p_stream::Control;
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
 use crate::bitswap::Message;
 use crate::http::Health;
-use crate::metrics::{Direction, DirectionLabels, Metrics, ReasonLabels, StateLabels};
+use crate::metrics::{
+    Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
+};
 use crate::net::inbound::InboundStream;
 use crate::net::streams::{Inbound, QueueError, Readers, Writer};
 use crate::net::swarm::{Behaviour, BehaviourEvent};
+use crate::preload::Reverse;
+use crate::preload::front::{Splices, socket_addr_of};
+use crate::preload::refs::{OpenFail, Opened, PreloadCmd};
 use crate::router::Router;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -78,6 +86,27 @@ pub struct Engine {
     libp2p_metrics: libp2p::metrics::Metrics,
     health: Arc<Health>,
     max_client_buffer: usize,
+    preload: Option<Preload>,
+    preload_rx: Option<mpsc::UnboundedReceiver<PreloadCmd>>,
+}
+
+/// Preload mode's part of the engine.
+pub struct PreloadParts {
+    pub reverse: Reverse,
+    pub commands: mpsc::UnboundedReceiver<PreloadCmd>,
+    /// Who the spliced WebSocket connections really are.
+    pub splices: Splices,
+    /// The loopback WebSocket listener the preload port splices to.
+    pub internal_ws: ListenerId,
+    /// Where that listener ended up, for the preload port.
+    pub internal_ws_addr: watch::Sender<Option<SocketAddr>>,
+}
+
+struct Preload {
+    reverse: Reverse,
+    splices: Splices,
+    internal_ws: ListenerId,
+    internal_ws_addr: watch::Sender<Option<SocketAddr>>,
 }
 
 pub struct Parts {
@@ -87,6 +116,7 @@ pub struct Parts {
     pub health: Arc<Health>,
     pub max_streams_per_peer: usize,
     pub max_client_buffer: usize,
+    pub preload: Option<PreloadParts>,
 }
 
 impl Engine {
@@ -101,6 +131,18 @@ impl Engine {
         let (tx, commands) = mpsc::channel(16);
         let (resolved_tx, resolved_rx) = mpsc::channel(64);
         let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
+        let (preload, preload_rx) = match parts.preload {
+            Some(p) => (
+                Some(Preload {
+                    reverse: p.reverse,
+                    splices: p.splices,
+                    internal_ws: p.internal_ws,
+                    internal_ws_addr: p.internal_ws_addr,
+                }),
+                Some(p.commands),
+            ),
+            None => (None, None),
+        };
         Ok((
             Self {
                 swarm: parts.swarm,
@@ -123,6 +165,8 @@ impl Engine {
                 libp2p_metrics,
                 health: parts.health,
                 max_client_buffer: parts.max_client_buffer,
+                preload,
+                preload_rx,
             },
             Handle { tx },
         ))
@@ -139,6 +183,7 @@ impl Engine {
                     let actions = self.backends.resolved(&spec, result, Instant::now(), rand::random());
                     self.perform(actions);
                 }
+                Some(cmd) = next_preload_cmd(&mut self.preload_rx) => self.on_preload(cmd),
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::SetBackends(specs) => {
                         let actions = self.backends.set(specs);
@@ -148,6 +193,11 @@ impl Engine {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.router.tick(now);
+                    if let Some(p) = &mut self.preload {
+                        for gone in p.reverse.tick(now) {
+                            self.metrics.preload_dag_blocks.observe(gone.dag_size() as f64);
+                        }
+                    }
                     let actions = self.backends.tick(now);
                     self.perform(actions);
                     self.update_gauges();
@@ -170,16 +220,95 @@ impl Engine {
                     })
                     .inc_by(bytes);
             }
-            self.router.backend_message(peer, &msg, now);
+            match &mut self.preload {
+                Some(p) => {
+                    for b in &msg.blocks {
+                        p.reverse.observe(b);
+                    }
+                    self.router.backend_replies(peer, &msg, now);
+                    p.reverse.backend_wants(peer, msg.full, &msg.wants);
+                }
+                None => self.router.backend_message(peer, &msg, now),
+            }
         } else if self.clients.contains(&peer) {
             self.router.client_message(peer, &msg, now);
+            if let Some(p) = &mut self.preload
+                && (!msg.blocks.is_empty() || !msg.presences.is_empty())
+            {
+                // The uploader answering a backend's preload fetch. A block that
+                // answers it may also answer other clients' wants.
+                for block in p.reverse.client_message(peer, &msg) {
+                    self.router.offer_block(&block, now);
+                }
+            }
         }
         // Anything else is a peer whose connection already closed: nothing to do.
+    }
+
+    fn on_preload(&mut self, cmd: PreloadCmd) {
+        let Some(p) = &mut self.preload else {
+            return;
+        };
+        match cmd {
+            PreloadCmd::Open {
+                roots,
+                client,
+                max_depth,
+                reply,
+            } => {
+                let result = (|| {
+                    let backend = self
+                        .router
+                        .backend_for(&roots[0])
+                        .ok_or(OpenFail::NoBackend)?;
+                    let rpc_url = self
+                        .backends
+                        .spec_of(&backend)
+                        .ok_or(OpenFail::NoBackend)?
+                        .rpc_url();
+                    let id = p
+                        .reverse
+                        .open(&roots, client, backend, max_depth, Instant::now())
+                        .map_err(|_| OpenFail::TooMany)?;
+                    Ok(Opened { id, rpc_url })
+                })();
+                let _ = reply.send(result);
+            }
+            PreloadCmd::Close(id) => p.reverse.close(id, Instant::now()),
+        }
+    }
+
+    /// The client's address behind a listener-side connection: for a connection
+    /// spliced from the preload port, the client the splice came from.
+    fn client_addr(&self, endpoint: &ConnectedPoint) -> Option<SocketAddr> {
+        let ConnectedPoint::Listener { send_back_addr, .. } = endpoint else {
+            return None;
+        };
+        let seen = socket_addr_of(send_back_addr)?;
+        Some(
+            self.preload
+                .as_ref()
+                .and_then(|p| p.splices.client_of(&seen))
+                .unwrap_or(seen),
+        )
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         libp2p::metrics::Recorder::record(&self.libp2p_metrics, &event);
         match event {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } if self
+                .preload
+                .as_ref()
+                .is_some_and(|p| p.internal_ws == listener_id) =>
+            {
+                // Internal: reached through the preload port, never announced.
+                if let (Some(p), Some(addr)) = (&self.preload, socket_addr_of(&address)) {
+                    p.internal_ws_addr.send_replace(Some(addr));
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let id = *self.swarm.local_peer_id();
                 println!("Listening on {address}/p2p/{id}");
@@ -188,8 +317,17 @@ impl Engine {
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
+                connection_id,
+                endpoint,
                 ..
             } => {
+                if !self.backends.is_backend(&peer_id)
+                    && let Some(addr) = self.client_addr(&endpoint)
+                    && let Some(p) = &mut self.preload
+                {
+                    p.reverse
+                        .client_connected(peer_id, connection_id, addr.ip());
+                }
                 if num_established.get() != 1 {
                     return;
                 }
@@ -202,9 +340,16 @@ impl Engine {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                if let Some(p) = &mut self.preload {
+                    p.reverse.client_disconnected(peer_id, connection_id);
+                }
+                if num_established != 0 {
+                    return;
+                }
                 if self.clients.remove(&peer_id) {
                     self.metrics.upstream_peers.dec();
                     self.router.client_disconnected(peer_id, Instant::now());
@@ -299,6 +444,9 @@ impl Engine {
                     self.connected_backends.remove(&peer);
                     self.metrics.downstream_peers.dec();
                     self.router.backend_down(peer, now);
+                    if let Some(p) = &mut self.preload {
+                        p.reverse.backend_down(peer);
+                    }
                     self.writers.remove(&peer);
                 }
                 Action::Disconnect(peer) => {
@@ -313,7 +461,10 @@ impl Engine {
 
     /// Sends what the router decided.
     fn flush(&mut self) {
-        let out = self.router.take_outbox();
+        let mut out = self.router.take_outbox();
+        if let Some(p) = &mut self.preload {
+            out.merge(p.reverse.take_outbox());
+        }
         for rtt in &out.rtts {
             self.metrics
                 .downstream_block_rtt_ms
@@ -322,6 +473,20 @@ impl Engine {
         for (backend, msg) in out.to_backends {
             if !self.connected_backends.contains(&backend) {
                 continue;
+            }
+            let bytes: u64 = msg.blocks.iter().map(|b| b.data.len() as u64).sum();
+            if bytes > 0 {
+                let down = DirectionLabels {
+                    direction: Direction::Downstream,
+                };
+                self.metrics
+                    .blocks_forwarded
+                    .get_or_create(&down)
+                    .inc_by(msg.blocks.len() as u64);
+                self.metrics
+                    .bytes_forwarded
+                    .get_or_create(&down)
+                    .inc_by(bytes);
             }
             tracing::debug!(peer = %backend, summary = %Summary(&msg), "to backend");
             let writer = self.writers.entry(backend).or_insert_with(|| {
@@ -396,6 +561,40 @@ impl Engine {
             }),
             stats.dont_haves_delivered,
         );
+        if let Some(p) = &self.preload {
+            let sessions = p.reverse.sessions();
+            self.metrics.preload_sessions.set(sessions.len() as i64);
+            self.metrics
+                .preload_blocks_tracked
+                .set(sessions.total_blocks() as i64);
+            let stats = p.reverse.stats();
+            let wants = &self.metrics.reverse_wants;
+            catch_up(
+                &wants.get_or_create(&OutcomeLabels {
+                    outcome: "forwarded",
+                }),
+                stats.wants_forwarded,
+            );
+            catch_up(
+                &wants.get_or_create(&OutcomeLabels { outcome: "refused" }),
+                stats.wants_refused,
+            );
+            catch_up(
+                &self.metrics.rejected.get_or_create(&ReasonLabels {
+                    reason: "preload_undecodable_block",
+                }),
+                stats.undecodable_blocks,
+            );
+        }
+    }
+}
+
+async fn next_preload_cmd(
+    rx: &mut Option<mpsc::UnboundedReceiver<PreloadCmd>>,
+) -> Option<PreloadCmd> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

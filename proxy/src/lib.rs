@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod net;
+pub mod preload;
 pub mod router;
 pub mod sources;
 
@@ -52,12 +53,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         || Arc::new(std::sync::atomic::AtomicBool::new(true)),
         |w| w.synced.clone(),
     );
-    let mut swarm = net::swarm::build(key, &cli.limits, &mut registry).await?;
+    let splices = cli.preload_port.map(|_| preload::front::Splices::default());
+    let mut swarm = net::swarm::build(key, &cli.limits, splices.clone(), &mut registry).await?;
     for addr in cli.listen.iter().chain(cli.ws_listen_addrs().iter()) {
         swarm
             .listen_on(addr.clone())
             .with_context(|| format!("listening on {addr}"))?;
     }
+    let (preload_parts, front) = match (cli.preload_port, splices) {
+        (Some(port), Some(splices)) => {
+            let (parts, front) = preload_setup(&cli, port, splices, &mut swarm, &metrics).await?;
+            (Some(parts), Some(front))
+        }
+        _ => (None, None),
+    };
     let health = Arc::new(http::Health::new(synced));
     let (engine, handle) = Engine::new(
         Parts {
@@ -67,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             health: health.clone(),
             max_streams_per_peer: cli.limits.max_streams_per_peer,
             max_client_buffer: cli.limits.max_client_buffer_bytes,
+            preload: preload_parts,
         },
         &mut registry,
     )?;
@@ -91,12 +101,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let admin = http::router(Arc::new(registry), health);
     let admin = tokio::spawn(http::serve(cli.metrics_addr, admin));
     let engine = tokio::spawn(engine.run());
+    let front = async {
+        match front {
+            Some((listener, front)) => preload::front::serve(listener, front).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = admin => r.context("admin server")??,
+        r = front => r.context("preload port")?,
         r = engine => r.context("engine")?,
         _ = shutdown_signal() => tracing::info!("shutting down"),
     }
     Ok(())
+}
+
+/// Preload mode: the loopback WebSocket listener the preload port splices to, the
+/// preload port itself, and the engine's side of both.
+async fn preload_setup(
+    cli: &Cli,
+    port: u16,
+    splices: preload::front::Splices,
+    swarm: &mut libp2p::Swarm<net::swarm::Behaviour>,
+    metrics: &metrics::Metrics,
+) -> anyhow::Result<(
+    engine::PreloadParts,
+    (tokio::net::TcpListener, preload::front::Front),
+)> {
+    let internal_ws = swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0/ws".parse().expect("valid"))
+        .context("listening on loopback for the preload port's WebSocket")?;
+    let bind = std::net::SocketAddr::new(cli.preload.bind, port);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding the preload port {bind}"))?;
+    let local = listener.local_addr()?;
+    let ip = match local.ip() {
+        std::net::IpAddr::V4(v4) => format!("/ip4/{v4}"),
+        std::net::IpAddr::V6(v6) => format!("/ip6/{v6}"),
+    };
+    println!(
+        "Listening on {ip}/tcp/{}/ws/p2p/{}",
+        local.port(),
+        swarm.local_peer_id()
+    );
+    tracing::info!(%local, "preload mode: /api/v0/refs and the WebSocket listener share this port");
+    let (commands_tx, commands) = tokio::sync::mpsc::unbounded_channel();
+    let (internal_ws_addr, ws_target) = tokio::sync::watch::channel(None);
+    let trusted = Arc::new(cli.preload.trusted_proxies.clone());
+    let app = preload::refs::router(preload::refs::RefsState {
+        engine: commands_tx,
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .context("building the preload HTTP client")?,
+        permits: Arc::new(tokio::sync::Semaphore::new(cli.preload.max_concurrent)),
+        trusted: trusted.clone(),
+        timeout: cli.preload.timeout,
+        metrics: metrics.clone(),
+    });
+    let front = preload::front::Front {
+        app,
+        ws_target,
+        splices: splices.clone(),
+        trusted,
+        max_connections: (cli.limits.max_connections + cli.limits.max_pending_connections) as usize,
+    };
+    let parts = engine::PreloadParts {
+        reverse: preload::Reverse::new(cli.preload_limits()),
+        commands,
+        splices,
+        internal_ws,
+        internal_ws_addr,
+    };
+    Ok((parts, (listener, front)))
 }
 
 async fn shutdown_signal() {

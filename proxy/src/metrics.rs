@@ -40,6 +40,11 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub upstream_peers: Gauge,
@@ -55,6 +60,14 @@ pub struct Metrics {
     pub backends: Family<StateLabels, Gauge>,
     pub rejected: Family<ReasonLabels, Counter>,
     pub failovers: Counter,
+    /// Preload: `/api/v0/refs` calls by outcome.
+    pub refs_requests: Family<OutcomeLabels, Counter>,
+    /// Preload: backend wants passed to an uploader, or refused (DONT_HAVE).
+    pub reverse_wants: Family<OutcomeLabels, Counter>,
+    /// Preload: the DAG size (CIDs) each preload reached.
+    pub preload_dag_blocks: Histogram,
+    pub preload_sessions: Gauge,
+    pub preload_blocks_tracked: Gauge,
 }
 
 impl Metrics {
@@ -75,6 +88,13 @@ impl Metrics {
             backends: Family::default(),
             rejected: Family::default(),
             failovers: Counter::default(),
+            refs_requests: Family::default(),
+            reverse_wants: Family::default(),
+            preload_dag_blocks: Histogram::new([
+                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+            ]),
+            preload_sessions: Gauge::default(),
+            preload_blocks_tracked: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("kitsune");
         r.register(
@@ -142,7 +162,38 @@ impl Metrics {
             "Wants moved to another backend (DONT_HAVE, timeout, lost backend)",
             m.failovers.clone(),
         );
+        r.register(
+            "preload_refs_requests",
+            "Preload /api/v0/refs calls by outcome (ok, bad_request, too_many_requests, no_backend, backend_error, backend_timeout, client_gone, error)",
+            m.refs_requests.clone(),
+        );
+        r.register(
+            "preload_reverse_wants",
+            "Backend wants during preload: forwarded to the uploader, or refused with DONT_HAVE",
+            m.reverse_wants.clone(),
+        );
+        r.register(
+            "preload_dag_blocks",
+            "CIDs in each finished preload's DAG",
+            m.preload_dag_blocks.clone(),
+        );
+        r.register(
+            "preload_sessions",
+            "Preloads open (in flight or lingering)",
+            m.preload_sessions.clone(),
+        );
+        r.register(
+            "preload_blocks_tracked",
+            "CIDs held by all open preloads",
+            m.preload_blocks_tracked.clone(),
+        );
         m
+    }
+
+    pub fn refs_outcome(&self, outcome: &'static str) {
+        self.refs_requests
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn reject(&self, reason: &'static str) {

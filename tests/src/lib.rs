@@ -20,6 +20,7 @@ mod helia;
 mod jsipfs;
 mod kubo;
 mod ports;
+pub mod preload;
 mod process;
 mod proxy;
 mod rpc;

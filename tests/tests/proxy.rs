@@ -85,8 +85,7 @@ async fn ipfs_core_client_fetches_through_the_proxy_over_mplex() {
     let k = kubo_with(&[file], true).await;
     let proxy = proxy_for(&[&k], false).await;
     let cid = k.added["f.bin"].clone();
-    // TCP: ipfs-core 0.18's own WebSocket dialer fails before any byte is sent
-    // (InvalidMultiaddrError inside @libp2p/websockets 5.0.5), a harness limit.
+    // TCP here; the preload tests cover ipfs-core over the proxy's WebSocket.
     let r = jsipfs_client(&JsIpfsOptions {
         connect: vec![proxy.tcp_addr.clone()],
         cat: Some(cid),

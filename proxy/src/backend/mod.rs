@@ -234,6 +234,11 @@ impl Backends {
         actions
     }
 
+    /// The configured backend behind `peer`.
+    pub fn spec_of(&self, peer: &PeerId) -> Option<&BackendSpec> {
+        self.by_peer.get(peer)
+    }
+
     /// Is `peer` a backend we dialed or are connected to?
     pub fn is_backend(&self, peer: &PeerId) -> bool {
         self.by_peer.contains_key(peer)

@@ -16,6 +16,8 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
+use crate::preload::front::{Splices, socket_addr_of};
+
 #[derive(Debug, thiserror::Error)]
 #[error("{ip} already has {limit} connections")]
 pub struct TooManyFromIp {
@@ -25,6 +27,7 @@ pub struct TooManyFromIp {
 
 pub struct Behaviour {
     limit: u32,
+    splices: Option<Splices>,
     per_ip: HashMap<IpAddr, u32>,
     by_conn: HashMap<ConnectionId, IpAddr>,
 }
@@ -33,9 +36,16 @@ impl Behaviour {
     pub fn new(limit: u32) -> Self {
         Self {
             limit,
+            splices: None,
             per_ip: HashMap::new(),
             by_conn: HashMap::new(),
         }
+    }
+
+    /// Connections spliced from the preload port count against their client's address.
+    pub fn with_splices(mut self, splices: Option<Splices>) -> Self {
+        self.splices = splices;
+        self
     }
 
     fn release(&mut self, id: ConnectionId) {
@@ -68,7 +78,12 @@ impl NetworkBehaviour for Behaviour {
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        let Some(ip) = ip_of(remote) else {
+        let spliced = self
+            .splices
+            .as_ref()
+            .zip(socket_addr_of(remote))
+            .and_then(|(s, seen)| s.client_of(&seen));
+        let Some(ip) = spliced.map(|a| a.ip()).or_else(|| ip_of(remote)) else {
             return Ok(());
         };
         let n = self.per_ip.entry(ip).or_default();

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::{inbound, ip_limit};
 use crate::config::Limits;
+use crate::preload::front::Splices;
 
 /// Identify's agent string.
 pub const AGENT: &str = concat!("kitsune/", env!("CARGO_PKG_VERSION"));
@@ -35,9 +36,12 @@ fn mplex() -> libp2p_mplex::Config {
     c
 }
 
+/// Builds the host. `splices` (preload mode) maps connections spliced from the preload
+/// port back to their clients, so the per-IP limit counts the real address.
 pub async fn build(
     key: Keypair,
     limits: &Limits,
+    splices: Option<Splices>,
     registry: &mut Registry,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let conn_limits = connection_limits::ConnectionLimits::default()
@@ -61,7 +65,7 @@ pub async fn build(
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
-            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip),
+            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip).with_splices(splices),
             identify: identify::Behaviour::new(
                 identify::Config::new("ipfs/0.1.0".into(), key.public())
                     .with_agent_version(AGENT.into()),

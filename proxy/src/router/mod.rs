@@ -354,20 +354,49 @@ impl Router {
     }
 
     /// A message from a backend: blocks and presences for our wants; its own wants
-    /// (it fetching from the proxy) are answered DONT_HAVE where asked.
+    /// (it fetching from the proxy) are answered DONT_HAVE where asked. Preload mode
+    /// calls [`Router::backend_replies`] and routes the wants itself.
     pub fn backend_message(&mut self, backend: PeerId, msg: &Message, now: Instant) {
+        self.backend_replies(backend, msg, now);
+        self.refuse_backend_wants(backend, &msg.wants);
+    }
+
+    /// A backend's blocks and presences, answering clients' wants.
+    pub fn backend_replies(&mut self, backend: PeerId, msg: &Message, now: Instant) {
         for block in &msg.blocks {
-            self.deliver(backend, block, now);
+            self.deliver(Some(backend), block, now);
         }
         for p in &msg.presences {
             self.presence(backend, p.cid, p.kind, now);
         }
-        for w in &msg.wants {
+    }
+
+    /// A backend's wants, all answered DONT_HAVE where asked: nothing is forwarded.
+    pub fn refuse_backend_wants(&mut self, backend: PeerId, wants: &[WantEntry]) {
+        for w in wants {
             if !w.cancel && w.send_dont_have {
                 self.out
                     .presence_to_backend(backend, w.cid, PresenceKind::DontHave);
             }
         }
+    }
+
+    /// A verified block that came from elsewhere (preload's reverse path): it answers
+    /// any client waiting for it, as a backend's copy would, and the want is cancelled
+    /// at the backend that still holds it.
+    pub fn offer_block(&mut self, block: &Block, now: Instant) {
+        if self.wants.contains_key(&block.cid) {
+            self.deliver(None, block, now);
+        }
+    }
+
+    /// The healthy backend `cid`'s wants go to first under rendezvous hashing, which
+    /// every replica computes alike (whatever `--balance` says): a preload of `cid` is
+    /// fetched by the backend that will later serve it.
+    pub fn backend_for(&self, cid: &Cid) -> Option<PeerId> {
+        let mut order: Vec<PeerId> = self.backends.keys().copied().collect();
+        balancer::rank(Policy::Rendezvous, cid, &mut order, 0);
+        order.first().copied()
     }
 
     /// Moves on every want whose backend has not answered in time.
@@ -399,17 +428,20 @@ impl Router {
         }
     }
 
-    fn deliver(&mut self, from: PeerId, block: &Block, now: Instant) {
+    /// Delivers a block from backend `from` (`None`: from preload's reverse path).
+    fn deliver(&mut self, from: Option<PeerId>, block: &Block, now: Instant) {
         let Some(want) = self.wants.remove(&block.cid) else {
             self.stats.unsolicited_blocks += 1;
             return;
         };
-        if let State::Sent { at, .. } = want.state {
+        if let State::Sent { at, .. } = want.state
+            && from.is_some()
+        {
             self.out.rtts.push(now.saturating_duration_since(at));
         }
         // Cancel wherever it is still pending, unless that is the sender (who has
         // served it and dropped it from its ledger).
-        let cancel = !matches!(want.state, State::Sent { backend, .. } if backend == from);
+        let cancel = !matches!(want.state, State::Sent { backend, .. } if Some(backend) == from);
         self.release(block.cid, want.state, cancel, now);
         for (client, kind) in want.wanters {
             if let Some(w) = self.clients.get_mut(&client) {

@@ -23,7 +23,23 @@ impl Outbox {
         self.to_backends.is_empty() && self.to_clients.is_empty()
     }
 
-    pub(super) fn want(&mut self, backend: PeerId, cid: Cid, kind: WantKind, priority: i32) {
+    /// Appends `other`'s messages after this one's.
+    pub fn merge(&mut self, other: Outbox) {
+        for (map, more) in [
+            (&mut self.to_backends, other.to_backends),
+            (&mut self.to_clients, other.to_clients),
+        ] {
+            for (peer, msg) in more {
+                let m = map.entry(peer).or_default();
+                m.wants.extend(msg.wants);
+                m.blocks.extend(msg.blocks);
+                m.presences.extend(msg.presences);
+            }
+        }
+        self.rtts.extend(other.rtts);
+    }
+
+    pub(crate) fn want(&mut self, backend: PeerId, cid: Cid, kind: WantKind, priority: i32) {
         self.to_backends
             .entry(backend)
             .or_default()
@@ -38,7 +54,7 @@ impl Outbox {
             });
     }
 
-    pub(super) fn cancel(&mut self, backend: PeerId, cid: Cid) {
+    pub(crate) fn cancel(&mut self, backend: PeerId, cid: Cid) {
         self.to_backends
             .entry(backend)
             .or_default()
@@ -52,7 +68,7 @@ impl Outbox {
             });
     }
 
-    pub(super) fn presence_to_backend(&mut self, backend: PeerId, cid: Cid, kind: PresenceKind) {
+    pub(crate) fn presence_to_backend(&mut self, backend: PeerId, cid: Cid, kind: PresenceKind) {
         self.to_backends
             .entry(backend)
             .or_default()
@@ -60,7 +76,7 @@ impl Outbox {
             .push(Presence { cid, kind });
     }
 
-    pub(super) fn block_to_client(&mut self, client: PeerId, block: Block) {
+    pub(crate) fn block_to_client(&mut self, client: PeerId, block: Block) {
         self.to_clients
             .entry(client)
             .or_default()
@@ -68,11 +84,48 @@ impl Outbox {
             .push(block);
     }
 
-    pub(super) fn presence_to_client(&mut self, client: PeerId, cid: Cid, kind: PresenceKind) {
+    pub(crate) fn presence_to_client(&mut self, client: PeerId, cid: Cid, kind: PresenceKind) {
         self.to_clients
             .entry(client)
             .or_default()
             .presences
             .push(Presence { cid, kind });
+    }
+
+    /// Preload's reverse path: a backend's want, passed on to a client.
+    pub(crate) fn want_to_client(&mut self, client: PeerId, cid: Cid, kind: WantKind) {
+        self.to_clients
+            .entry(client)
+            .or_default()
+            .wants
+            .push(WantEntry {
+                cid,
+                priority: 1,
+                cancel: false,
+                kind,
+                send_dont_have: true,
+            });
+    }
+
+    pub(crate) fn cancel_to_client(&mut self, client: PeerId, cid: Cid) {
+        self.to_clients
+            .entry(client)
+            .or_default()
+            .wants
+            .push(WantEntry {
+                cid,
+                priority: 0,
+                cancel: true,
+                kind: WantKind::Block,
+                send_dont_have: false,
+            });
+    }
+
+    pub(crate) fn block_to_backend(&mut self, backend: PeerId, block: Block) {
+        self.to_backends
+            .entry(backend)
+            .or_default()
+            .blocks
+            .push(block);
     }
 }

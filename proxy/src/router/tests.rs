@@ -671,3 +671,54 @@ fn randomised_no_loss_no_duplicates() {
         assert_eq!(r.wants_in_flight(), 0, "seed {seed}");
     }
 }
+
+#[test]
+fn backend_for_is_the_rendezvous_first_choice_whatever_the_policy() {
+    let now = Instant::now();
+    let backends: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+    let mut r = Router::new(Config {
+        policy: Policy::RoundRobin,
+        ..Config::default()
+    });
+    for b in &backends {
+        r.backend_up(*b, now);
+    }
+    for i in 0..50 {
+        let b = block(i);
+        assert_eq!(r.backend_for(&b.cid), Some(order_for(&b, &backends)[0]));
+    }
+    assert_eq!(
+        Router::new(Config::default()).backend_for(&block(0).cid),
+        None
+    );
+}
+
+#[test]
+fn an_offered_block_answers_waiting_clients_and_cancels_at_the_backend() {
+    let now = Instant::now();
+    let backends: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+    let mut r = router(&backends, now);
+    let client = PeerId::random();
+    let b = block(1);
+    r.client_message(client, &wants(vec![want(&b, WantKind::Block, true)]), now);
+    let first = order_for(&b, &backends)[0];
+    assert_eq!(
+        sent_wants(&r.take_outbox(), &first),
+        vec![(b.cid, false, WantKind::Block)]
+    );
+    r.offer_block(&b, now);
+    let out = r.take_outbox();
+    assert_eq!(out.to_clients[&client].blocks, vec![b.clone()]);
+    assert_eq!(
+        sent_wants(&out, &first),
+        vec![(b.cid, true, WantKind::Block)]
+    );
+    assert!(
+        out.rtts.is_empty(),
+        "no backend RTT for a block from elsewhere"
+    );
+    // Offered again, or a block nobody wants: nothing happens.
+    r.offer_block(&b, now);
+    r.offer_block(&block(2), now);
+    assert!(r.take_outbox().is_empty());
+}

@@ -7,23 +7,33 @@
 //   --add-bytes N       add N deterministic bytes (see --seed); preload fires for the new root CID
 //   --seed S            seed of the byte generator (default 0); same bytes as the Rust
 //                       harness's random_bytes(N, S): mulberry32, 4 little-endian bytes per step
+//   --add-dag-cbor N    put N raw blocks of --leaf-size bytes (leaf i = bytes(--leaf-size, seed + i))
+//                       without preloading them, then a dag-cbor root {"leaves": [links...]},
+//                       whose dag.put preloads it; ADDED is the root
+//   --leaf-size B       leaf size for --add-dag-cbor (default 65536)
 //   --cat CID           fetch CID via bitswap (UnixFS cat)
+//   --get-dag CID       fetch a --add-dag-cbor root (dag.get) and its leaves (block.get) via
+//                       bitswap; the "file" is the leaves' bytes in order
 //   --out FILE          write the fetched bytes to FILE
 //   --timeout S         budget for connect + cat (default 60)
 //   --linger S          stay up S seconds before stopping (default 1; lets preload requests finish)
 // Swarm listens on /ip4/127.0.0.1/tcp/0 only; no MDNS, no webRTCStar, no routing, no pubsub.
+// --connect addresses may be /ws (the multiaddr-to-uri override in package.json makes
+// @libp2p/websockets 5 dial them).
 // Last stdout line (machine-readable), exit 0 on success, 1 on failure, 2 on usage errors:
 //   RESULT {"ok":true,"peer_id":"12D3...","added":"Qm..."|null,"added_bytes":N|null,
 //           "bytes":N|null,"ms":T|null,"connect_ms":C|null,"connected":[...]}
 //   RESULT {"ok":false,"error":"...", ...same fields so far}
 import { create } from 'ipfs-core'
 import { multiaddr } from '@multiformats/multiaddr'
+import { CID } from 'multiformats/cid'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 const args = process.argv.slice(2)
-const WITH_VALUE = ['--connect', '--preload', '--add-bytes', '--seed', '--cat', '--out', '--timeout', '--linger']
+const WITH_VALUE = ['--connect', '--preload', '--add-bytes', '--seed', '--cat', '--out', '--timeout', '--linger',
+  '--add-dag-cbor', '--leaf-size', '--get-dag']
 const flags = {}; const connect = []
 for (let i = 0; i < args.length; i++) {
   const k = args[i]
@@ -35,6 +45,8 @@ for (let i = 0; i < args.length; i++) {
   if (k === '--connect') connect.push(args[++i]); else flags[k] = args[++i]
 }
 const preload = flags['--preload']; const catCid = flags['--cat']; const out = flags['--out']
+const addDag = flags['--add-dag-cbor'] != null ? Number(flags['--add-dag-cbor']) : null
+const leafSize = Number(flags['--leaf-size'] ?? 65536); const getDag = flags['--get-dag']
 const addBytes = flags['--add-bytes'] != null ? Number(flags['--add-bytes']) : null
 const seed = BigInt(flags['--seed'] ?? 0)
 const timeoutS = Number(flags['--timeout'] ?? 60); const linger = Number(flags['--linger'] ?? 1)
@@ -98,6 +110,28 @@ try {
     const r = await node.add(deterministicBytes(addBytes, seed))
     res.added = r.cid.toString(); res.added_bytes = addBytes
     console.log(`ADDED ${res.added} size ${r.size}`)
+  }
+  if (addDag != null) {
+    const leaves = []
+    for (let i = 0; i < addDag; i++) {
+      const cid = await node.block.put(deterministicBytes(leafSize, seed + BigInt(i)),
+        { format: 'raw', mhtype: 'sha2-256', version: 1, preload: false })
+      leaves.push(cid)
+    }
+    const root = await node.dag.put({ leaves }, { storeCodec: 'dag-cbor', hashAlg: 'sha2-256' })
+    res.added = root.toString(); res.added_bytes = addDag * leafSize
+    console.log(`ADDED ${res.added} size ${res.added_bytes}`)
+  }
+  if (getDag) {
+    const t = Date.now(); const chunks = []; let n = 0
+    const root = await node.dag.get(CID.parse(getDag), { signal })
+    for (const leaf of root.value.leaves) {
+      const b = await node.block.get(leaf, { signal })
+      n += b.length; chunks.push(b)
+    }
+    res.ms = Date.now() - t; res.bytes = n
+    console.log(`FETCHED ${getDag} ${n} bytes in ${res.ms} ms`)
+    if (out) writeFileSync(out, Buffer.concat(chunks))
   }
   if (catCid) {
     const t = Date.now(); const chunks = []; let n = 0
