@@ -266,8 +266,7 @@ impl Router {
                             kind: WantKind::Block,
                             at: now,
                         };
-                        self.deadlines
-                            .push_back((now + self.cfg.want_timeout, entry.cid, backend));
+                        self.push_deadline(entry.cid, backend, now);
                         self.out
                             .want(backend, entry.cid, WantKind::Block, entry.priority);
                     }
@@ -529,8 +528,7 @@ impl Router {
                 kind,
                 at: now,
             };
-            self.deadlines
-                .push_back((now + self.cfg.want_timeout, cid, first));
+            self.push_deadline(cid, first, now);
             self.out.want(first, cid, kind, priority);
         } else if self.queued < self.cfg.max_queued_wants {
             backend.queue.push_back(cid);
@@ -578,8 +576,43 @@ impl Router {
                     self.pump(backend, now);
                 }
             }
-            State::Queued(_) => self.queued -= 1,
+            State::Queued(backend) => {
+                self.queued -= 1;
+                self.compact_queue(backend);
+            }
             State::Exhausted => {}
+        }
+    }
+
+    /// Drops stale entries (cancelled or moved wants) from a backend's queue once they
+    /// outnumber the live ones, so a client churning want/cancel cannot grow it.
+    fn compact_queue(&mut self, backend: PeerId) {
+        let wants = &self.wants;
+        if let Some(b) = self.backends.get_mut(&backend)
+            && b.queue.len() > 2 * self.queued + 64
+        {
+            b.queue.retain(|c| {
+                wants
+                    .get(c)
+                    .is_some_and(|w| w.state == State::Queued(backend))
+            });
+        }
+    }
+
+    /// Records when a want sent now times out. Stale entries (answered, cancelled or
+    /// re-sent wants) are dropped once they outnumber the wants, for the same reason.
+    fn push_deadline(&mut self, cid: Cid, backend: PeerId, now: Instant) {
+        self.deadlines
+            .push_back((now + self.cfg.want_timeout, cid, backend));
+        if self.deadlines.len() > 2 * self.wants.len() + 64 {
+            let (wants, timeout) = (&self.wants, self.cfg.want_timeout);
+            let mut kept = std::collections::HashSet::new();
+            self.deadlines.retain(|(deadline, c, b)| {
+                let live = wants.get(c).is_some_and(|w| {
+                    matches!(w.state, State::Sent { backend, at, .. } if backend == *b && at + timeout == *deadline)
+                });
+                live && kept.insert(*c)
+            });
         }
     }
 

@@ -722,3 +722,45 @@ fn an_offered_block_answers_waiting_clients_and_cancels_at_the_backend() {
     r.offer_block(&block(2), now);
     assert!(r.take_outbox().is_empty());
 }
+
+#[test]
+fn want_cancel_churn_leaves_no_stale_growth() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = Router::new(Config {
+        max_inflight_per_backend: 2,
+        ..Config::default()
+    });
+    r.backend_up(bs[0], t);
+    let c = PeerId::random();
+    // Fill the backend, so further wants queue.
+    r.client_message(
+        c,
+        &wants(vec![
+            want(&block(0), WantKind::Block, false),
+            want(&block(1), WantKind::Block, false),
+        ]),
+        t,
+    );
+    for i in 0..20_000 {
+        let b = block(2 + i % 7);
+        r.client_message(c, &wants(vec![want(&b, WantKind::Block, false)]), t);
+        r.client_message(c, &wants(vec![cancel(&b)]), t);
+        // And churn a sent want too (the deadline queue).
+        r.client_message(c, &wants(vec![cancel(&block(0))]), t);
+        r.client_message(c, &wants(vec![want(&block(0), WantKind::Block, false)]), t);
+        r.take_outbox();
+    }
+    assert_eq!(r.queued_wants(), 0);
+    let queue_len: usize = r.backends.values().map(|b| b.queue.len()).sum();
+    assert!(
+        queue_len <= 2 * r.queued_wants() + 65,
+        "stale queue entries: {queue_len}"
+    );
+    assert!(
+        r.deadlines.len() <= 2 * r.wants_in_flight() + 65,
+        "stale deadlines: {}",
+        r.deadlines.len()
+    );
+    assert_eq!(r.wants_in_flight(), 2);
+}
