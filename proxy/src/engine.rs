@@ -19,13 +19,13 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
-use crate::bitswap::Message;
+use crate::bitswap::{Message, WantEntry, WantKind};
 use crate::http::Health;
 use crate::metrics::{
     Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
 };
 use crate::net::inbound::InboundStream;
-use crate::net::streams::{Inbound, QueueError, Readers, Writer};
+use crate::net::streams::{Inbound, QueueError, Readers, Undelivered, Writer};
 use crate::net::swarm::{Behaviour, BehaviourEvent};
 use crate::preload::Reverse;
 use crate::preload::front::{Splices, socket_addr_of};
@@ -81,6 +81,8 @@ pub struct Engine {
     commands: mpsc::Receiver<Command>,
     resolved_tx: mpsc::Sender<(BackendSpec, Result<Resolved, ResolveError>)>,
     resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
+    undelivered_tx: mpsc::Sender<Undelivered>,
+    undelivered_rx: mpsc::Receiver<Undelivered>,
     http: reqwest::Client,
     metrics: Metrics,
     libp2p_metrics: libp2p::metrics::Metrics,
@@ -130,6 +132,7 @@ impl Engine {
         );
         let (tx, commands) = mpsc::channel(16);
         let (resolved_tx, resolved_rx) = mpsc::channel(64);
+        let (undelivered_tx, undelivered_rx) = mpsc::channel(1024);
         let libp2p_metrics = libp2p::metrics::Metrics::new(registry);
         let (preload, preload_rx) = match parts.preload {
             Some(p) => (
@@ -157,6 +160,8 @@ impl Engine {
                 commands,
                 resolved_tx,
                 resolved_rx,
+                undelivered_tx,
+                undelivered_rx,
                 http: reqwest::Client::builder()
                     .no_proxy()
                     .build()
@@ -184,6 +189,7 @@ impl Engine {
                     self.perform(actions);
                 }
                 Some(cmd) = next_preload_cmd(&mut self.preload_rx) => self.on_preload(cmd),
+                Some(u) = self.undelivered_rx.recv() => self.on_undelivered(u),
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::SetBackends(specs) => {
                         let actions = self.backends.set(specs);
@@ -243,6 +249,31 @@ impl Engine {
             }
         }
         // Anything else is a peer whose connection already closed: nothing to do.
+    }
+
+    /// Blocks a client's writer could not deliver: the router had cleared those wants,
+    /// so they are wanted again on the client's behalf (it still wants them, or it
+    /// would not have asked; a later cancel clears them as usual).
+    fn on_undelivered(&mut self, u: Undelivered) {
+        if !self.clients.contains(&u.peer) {
+            return;
+        }
+        tracing::debug!(peer = %u.peer, blocks = u.cids.len(), "re-wanting undelivered blocks");
+        let msg = Message {
+            wants: u
+                .cids
+                .into_iter()
+                .map(|cid| WantEntry {
+                    cid,
+                    priority: 1,
+                    cancel: false,
+                    kind: WantKind::Block,
+                    send_dont_have: false,
+                })
+                .collect(),
+            ..Message::default()
+        };
+        self.router.client_message(u.peer, &msg, Instant::now());
     }
 
     fn on_preload(&mut self, cmd: PreloadCmd) {
@@ -428,7 +459,12 @@ impl Engine {
                     // ledger for us starts clean), and it opens the long-lived stream
                     // that keeps this connection out of libp2p's idle timeout.
                     let writer = self.writers.entry(peer).or_insert_with(|| {
-                        Writer::spawn(peer, self.control.clone(), self.metrics.clone())
+                        Writer::spawn(
+                            peer,
+                            self.control.clone(),
+                            self.metrics.clone(),
+                            self.undelivered_tx.clone(),
+                        )
                     });
                     let _ = writer.send(
                         Message {
@@ -490,7 +526,12 @@ impl Engine {
             }
             tracing::debug!(peer = %backend, summary = %Summary(&msg), "to backend");
             let writer = self.writers.entry(backend).or_insert_with(|| {
-                Writer::spawn(backend, self.control.clone(), self.metrics.clone())
+                Writer::spawn(
+                    backend,
+                    self.control.clone(),
+                    self.metrics.clone(),
+                    self.undelivered_tx.clone(),
+                )
             });
             if let Err(e) = writer.send(msg, usize::MAX) {
                 tracing::warn!(%backend, ?e, "backend writer queue refused a message");
@@ -504,7 +545,12 @@ impl Engine {
             tracing::debug!(peer = %client, summary = %Summary(&msg), "to client");
             let blocks = msg.blocks.len() as u64;
             let writer = self.writers.entry(client).or_insert_with(|| {
-                Writer::spawn(client, self.control.clone(), self.metrics.clone())
+                Writer::spawn(
+                    client,
+                    self.control.clone(),
+                    self.metrics.clone(),
+                    self.undelivered_tx.clone(),
+                )
             });
             match writer.send(msg, self.max_client_buffer) {
                 Ok(()) => {

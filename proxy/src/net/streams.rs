@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::AsyncWriteExt;
 use futures::io::BufReader;
 use libp2p::{PeerId, Stream};
@@ -153,6 +154,14 @@ async fn read_stream(
     }
 }
 
+/// Blocks a writer could not deliver, handed back so the engine can fetch them again
+/// for a client that still wants them (the router cleared those wants on sending).
+#[derive(Debug)]
+pub struct Undelivered {
+    pub peer: PeerId,
+    pub cids: Vec<cid::Cid>,
+}
+
 /// The sending side of one peer's writer task.
 pub struct Writer {
     tx: mpsc::Sender<(Message, usize)>,
@@ -170,10 +179,24 @@ pub enum QueueError {
 }
 
 impl Writer {
-    pub fn spawn(peer: PeerId, control: Control, metrics: Metrics) -> Self {
+    pub fn spawn(
+        peer: PeerId,
+        control: Control,
+        metrics: Metrics,
+        undelivered: mpsc::Sender<Undelivered>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_loop(peer, control, rx, queued_bytes.clone(), metrics));
+        let task = WriteTask {
+            peer,
+            control,
+            metrics,
+            undelivered,
+            queued_bytes: queued_bytes.clone(),
+            out: None,
+            next: None,
+        };
+        tokio::spawn(task.run(rx));
         Self { tx, queued_bytes }
     }
 
@@ -195,64 +218,194 @@ impl Writer {
     }
 }
 
-async fn write_loop(
+/// Bytes written on one outbound stream before the next frame goes on a fresh one.
+/// mplex has no flow control: js-libp2p resets a stream whose unread buffer passes
+/// 4 MiB, and whatever it held is lost, so a busy js-ipfs reader would lose blocks on
+/// one long-lived stream. Below that bound on every stream, nothing is lost whatever
+/// the muxer. The next stream is opened ahead, so a rotation costs no round trip.
+const STREAM_BUDGET: usize = 3 * 1024 * 1024;
+
+struct OutStream {
+    stream: Stream,
+    version: Version,
+    written: usize,
+}
+
+type Opening = tokio::task::JoinHandle<Result<(Stream, Version), OpenStreamError>>;
+
+struct WriteTask {
     peer: PeerId,
-    mut control: Control,
-    mut rx: mpsc::Receiver<(Message, usize)>,
-    queued_bytes: Arc<AtomicUsize>,
+    control: Control,
     metrics: Metrics,
-) {
-    let mut out: Option<(Stream, Version)> = None;
-    while let Some((first, mut size)) = rx.recv().await {
-        let mut msg = first;
-        let mut merged = 1;
-        while merged < MAX_BATCH {
-            let Ok((next, n)) = rx.try_recv() else { break };
-            msg.wants.extend(next.wants);
-            msg.blocks.extend(next.blocks);
-            msg.presences.extend(next.presences);
-            size += n;
-            merged += 1;
+    undelivered: mpsc::Sender<Undelivered>,
+    queued_bytes: Arc<AtomicUsize>,
+    out: Option<OutStream>,
+    /// The stream opened ahead for the next rotation.
+    next: Option<Opening>,
+}
+
+impl Drop for WriteTask {
+    fn drop(&mut self) {
+        if let Some(next) = self.next.take() {
+            next.abort();
         }
-        let mut sent = false;
-        for _attempt in 0..2 {
-            if out.is_none() {
-                match open(&mut control, peer).await {
-                    Ok(s) => out = Some(s),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "cannot open a bitswap stream");
-                        break;
-                    }
+    }
+}
+
+impl WriteTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<(Message, usize)>) {
+        while let Some((first, mut size)) = rx.recv().await {
+            let mut msg = first;
+            let mut merged = 1;
+            while merged < MAX_BATCH {
+                let Ok((next, n)) = rx.try_recv() else { break };
+                msg.wants.extend(next.wants);
+                msg.blocks.extend(next.blocks);
+                msg.presences.extend(next.presences);
+                size += n;
+                merged += 1;
+            }
+            let units = split(msg, TARGET_FRAME_BYTES);
+            if let Err(first_unsent) = self.deliver(&units).await {
+                self.metrics.reject("undeliverable_message");
+                let cids: Vec<_> = units[first_unsent..]
+                    .iter()
+                    .flat_map(|u| u.blocks.iter().map(|b| b.cid))
+                    .collect();
+                if !cids.is_empty() {
+                    let back = Undelivered {
+                        peer: self.peer,
+                        cids,
+                    };
+                    // Bounded: if the engine is that far behind, the peer's own
+                    // rebroadcast is the remaining recovery.
+                    let _ = self.undelivered.try_send(back);
                 }
             }
-            let (stream, version) = out.as_mut().expect("just opened");
-            let frames = msg.encode_segmented(*version, TARGET_FRAME_BYTES);
-            let n = frames.len();
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        }
+        if let Some(mut o) = self.out.take() {
+            let _ = o.stream.close().await;
+        }
+    }
+
+    /// Writes `units` in order, each as its own frame(s), rotating streams at the
+    /// budget. A failed write gets one more try on a new stream; on a second failure
+    /// the index of the first unit not written is returned (units already flushed are
+    /// not sent twice).
+    async fn deliver(&mut self, units: &[Message]) -> Result<(), usize> {
+        let mut done = 0;
+        let mut failures = 0;
+        while done < units.len() {
+            if let Err(e) = self.ready().await {
+                tracing::debug!(peer = %self.peer, error = %e, "cannot open a bitswap stream");
+                return Err(done);
+            }
+            let out = self.out.as_mut().expect("ready");
+            let frames = units[done].encode_segmented(out.version, TARGET_FRAME_BYTES);
+            let len: usize = frames.iter().flatten().map(Bytes::len).sum();
+            if out.written > 0 && out.written + len > STREAM_BUDGET {
+                self.rotate();
+                continue;
+            }
+            if out.written + len > STREAM_BUDGET / 2 && self.next.is_none() {
+                self.open_ahead();
+            }
+            let out = self.out.as_mut().expect("ready");
             let write = async {
                 for segment in frames.iter().flatten() {
-                    stream.write_all(segment).await?;
+                    out.stream.write_all(segment).await?;
                 }
-                stream.flush().await
+                out.stream.flush().await
             };
             match tokio::time::timeout(WRITE_TIMEOUT, write).await {
                 Ok(Ok(())) => {
-                    metrics.messages_sent.inc_by(n as u64);
-                    sent = true;
-                    break;
+                    out.written += len;
+                    self.metrics.messages_sent.inc_by(frames.len() as u64);
+                    done += 1;
+                    continue;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "bitswap write failed; reopening"),
-                Err(_) => tracing::debug!(%peer, "bitswap write timed out; reopening"),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "bitswap write failed; reopening")
+                }
+                Err(_) => tracing::debug!(peer = %self.peer, "bitswap write timed out; reopening"),
             }
-            out = None;
+            self.out = None;
+            failures += 1;
+            if failures >= 2 {
+                return Err(done);
+            }
         }
-        if !sent {
-            metrics.reject("undeliverable_message");
+        Ok(())
+    }
+
+    /// Makes sure there is a current stream: the one opened ahead, or a new one.
+    async fn ready(&mut self) -> Result<(), OpenStreamError> {
+        if self.out.is_some() {
+            return Ok(());
         }
-        queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        let opened = match self.next.take() {
+            Some(ahead) => match ahead.await {
+                Ok(Ok(s)) => Ok(s),
+                // It failed while unused: one fresh try before giving up.
+                _ => open(&mut self.control, self.peer).await,
+            },
+            None => open(&mut self.control, self.peer).await,
+        };
+        let (stream, version) = opened?;
+        self.out = Some(OutStream {
+            stream,
+            version,
+            written: 0,
+        });
+        Ok(())
     }
-    if let Some((mut s, _)) = out {
-        let _ = s.close().await;
+
+    fn open_ahead(&mut self) {
+        let (mut control, peer) = (self.control.clone(), self.peer);
+        self.next = Some(tokio::spawn(async move { open(&mut control, peer).await }));
     }
+
+    /// Closes the current stream (in the background: the reader may be slow) so the
+    /// next write takes the stream opened ahead.
+    fn rotate(&mut self) {
+        if let Some(mut old) = self.out.take() {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, old.stream.close()).await;
+            });
+        }
+        if self.next.is_none() {
+            self.open_ahead();
+        }
+    }
+}
+
+/// Splits a batch into units of at most about `max` bytes of blocks: first the wants
+/// and presences, then the blocks in order. Each unit is encoded on its own, for the
+/// version of the stream it goes on, and a failure is reported by unit.
+fn split(msg: Message, max: usize) -> Vec<Message> {
+    let mut units = Vec::new();
+    let head = Message {
+        full: msg.full,
+        wants: msg.wants,
+        blocks: Vec::new(),
+        presences: msg.presences,
+    };
+    let mut unit = head;
+    let mut size = 0;
+    for b in msg.blocks {
+        let cost = b.data.len() + 64;
+        if size + cost > max && !unit.blocks.is_empty() {
+            units.push(std::mem::take(&mut unit));
+            size = 0;
+        }
+        size += cost;
+        unit.blocks.push(b);
+    }
+    if !unit.is_empty() || unit.full || units.is_empty() {
+        units.push(unit);
+    }
+    units
 }
 
 /// Opens a bitswap stream, newest version first.
@@ -268,4 +421,79 @@ async fn open(control: &mut Control, peer: PeerId) -> Result<(Stream, Version), 
         }
     }
     Err(last.expect("at least one version tried"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitswap::{Block, WantEntry, WantKind};
+    use multihash_codetable::{Code, MultihashDigest};
+
+    fn block(len: usize, seed: u8) -> Block {
+        let data = bytes::Bytes::from(vec![seed; len]);
+        Block {
+            cid: cid::Cid::new_v1(0x55, Code::Sha2_256.digest(&data)),
+            data,
+        }
+    }
+
+    #[test]
+    fn split_keeps_order_and_bounds_units() {
+        let want = WantEntry {
+            cid: block(1, 0).cid,
+            priority: 1,
+            cancel: false,
+            kind: WantKind::Block,
+            send_dont_have: true,
+        };
+        let blocks: Vec<Block> = (0..10).map(|i| block(400 * 1024, i)).collect();
+        let msg = Message {
+            full: false,
+            wants: vec![want.clone()],
+            blocks: blocks.clone(),
+            presences: Vec::new(),
+        };
+        let units = split(msg, 1024 * 1024);
+        // Two 400 KiB blocks fit under 1 MiB, a third does not.
+        assert_eq!(units.len(), 5);
+        assert_eq!(units[0].wants, vec![want], "wants travel in the first unit");
+        assert!(units[1..].iter().all(|u| u.wants.is_empty()));
+        let flat: Vec<_> = units
+            .iter()
+            .flat_map(|u| u.blocks.iter().cloned())
+            .collect();
+        assert_eq!(flat, blocks, "every block once, in order");
+        for u in &units {
+            let frames = u.encode_segmented(Version::V1_2_0, TARGET_FRAME_BYTES);
+            let len: usize = frames.iter().flatten().map(Bytes::len).sum();
+            assert!(len < STREAM_BUDGET, "a unit always fits a fresh stream");
+        }
+    }
+
+    #[test]
+    fn split_keeps_an_empty_full_wantlist_and_an_oversized_block() {
+        let units = split(
+            Message {
+                full: true,
+                ..Message::default()
+            },
+            1024,
+        );
+        assert_eq!(units.len(), 1);
+        assert!(units[0].full);
+        let big = block(4096, 7);
+        let units = split(
+            Message {
+                blocks: vec![big.clone()],
+                ..Message::default()
+            },
+            1024,
+        );
+        assert_eq!(
+            units.len(),
+            1,
+            "a block over the unit size still goes, alone"
+        );
+        assert_eq!(units[0].blocks, vec![big]);
+    }
 }
