@@ -1,5 +1,6 @@
-//! The event loop: one task owns the swarm, the router and the backend pool, so
-//! routing state needs no locks. Readers, writers and resolvers are separate tasks
+//! The event loop: one task owns both libp2p hosts (clients see the fixed identity,
+//! backends this process's own; see `net::swarm`), the router and the backend pool,
+//! so routing state needs no locks. Readers, writers and resolvers are separate tasks
 //! that talk to it over bounded channels.
 
 use std::collections::{HashMap, HashSet};
@@ -69,15 +70,12 @@ impl Handle {
 }
 
 pub struct Engine {
-    swarm: Swarm<Behaviour>,
-    control: Control,
-    readers: Readers,
+    clients_side: Side,
+    backends_side: Side,
     router: Router,
     backends: Backends,
-    writers: HashMap<PeerId, Writer>,
     clients: HashSet<PeerId>,
     connected_backends: HashSet<PeerId>,
-    inbound: mpsc::Receiver<Inbound>,
     commands: mpsc::Receiver<Command>,
     resolved_tx: mpsc::Sender<(BackendSpec, Result<Resolved, ResolveError>)>,
     resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
@@ -111,8 +109,51 @@ struct Preload {
     internal_ws_addr: watch::Sender<Option<SocketAddr>>,
 }
 
+/// One libp2p host and its bitswap stream I/O.
+struct Side {
+    swarm: Swarm<Behaviour>,
+    control: Control,
+    readers: Readers,
+    inbound: mpsc::Receiver<Inbound>,
+    writers: HashMap<PeerId, Writer>,
+}
+
+impl Side {
+    fn new(swarm: Swarm<Behaviour>, max_streams_per_peer: usize, metrics: &Metrics) -> Self {
+        let control = swarm.behaviour().stream.new_control();
+        let (tx, inbound) = mpsc::channel(1024);
+        Self {
+            swarm,
+            control,
+            readers: Readers::new(max_streams_per_peer, tx, metrics.clone()),
+            inbound,
+            writers: HashMap::new(),
+        }
+    }
+
+    /// The writer for `peer`, started on first use.
+    fn writer(
+        &mut self,
+        peer: PeerId,
+        metrics: &Metrics,
+        undelivered: &mpsc::Sender<Undelivered>,
+    ) -> &Writer {
+        self.writers.entry(peer).or_insert_with(|| {
+            Writer::spawn(
+                peer,
+                self.control.clone(),
+                metrics.clone(),
+                undelivered.clone(),
+            )
+        })
+    }
+}
+
 pub struct Parts {
+    /// The client-facing host, with the fixed identity.
     pub swarm: Swarm<Behaviour>,
+    /// The backend-facing host, with this process's own identity.
+    pub backend_swarm: Swarm<Behaviour>,
     pub router: Router,
     pub metrics: Metrics,
     pub health: Arc<Health>,
@@ -123,12 +164,11 @@ pub struct Parts {
 
 impl Engine {
     pub fn new(parts: Parts, registry: &mut Registry) -> anyhow::Result<(Self, Handle)> {
-        let control = parts.swarm.behaviour().stream.new_control();
-        let (inbound_tx, inbound) = mpsc::channel(1024);
-        let readers = Readers::new(
+        let clients_side = Side::new(parts.swarm, parts.max_streams_per_peer, &parts.metrics);
+        let backends_side = Side::new(
+            parts.backend_swarm,
             parts.max_streams_per_peer,
-            inbound_tx,
-            parts.metrics.clone(),
+            &parts.metrics,
         );
         let (tx, commands) = mpsc::channel(16);
         let (resolved_tx, resolved_rx) = mpsc::channel(64);
@@ -148,15 +188,12 @@ impl Engine {
         };
         Ok((
             Self {
-                swarm: parts.swarm,
-                control,
-                readers,
+                clients_side,
+                backends_side,
                 router: parts.router,
                 backends: Backends::default(),
-                writers: HashMap::new(),
                 clients: HashSet::new(),
                 connected_backends: HashSet::new(),
-                inbound,
                 commands,
                 resolved_tx,
                 resolved_rx,
@@ -182,8 +219,14 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(Inbound { peer, msg }) = self.inbound.recv() => self.on_message(peer, msg),
+                event = self.clients_side.swarm.select_next_some() => self.on_client_event(event),
+                event = self.backends_side.swarm.select_next_some() => self.on_backend_event(event),
+                Some(Inbound { peer, msg }) = self.clients_side.inbound.recv() => {
+                    self.on_client_message(peer, msg)
+                }
+                Some(Inbound { peer, msg }) = self.backends_side.inbound.recv() => {
+                    self.on_backend_message(peer, msg)
+                }
                 Some((spec, result)) = self.resolved_rx.recv() => {
                     let actions = self.backends.resolved(&spec, result, Instant::now(), rand::random());
                     self.perform(actions);
@@ -213,42 +256,49 @@ impl Engine {
         }
     }
 
-    fn on_message(&mut self, peer: PeerId, msg: Message) {
+    fn on_backend_message(&mut self, peer: PeerId, msg: Message) {
+        if !self.connected_backends.contains(&peer) {
+            return; // its connection already closed
+        }
         let now = Instant::now();
-        tracing::debug!(%peer, summary = %Summary(&msg), "received");
-        if self.connected_backends.contains(&peer) {
-            let bytes: u64 = msg.blocks.iter().map(|b| b.data.len() as u64).sum();
-            if bytes > 0 {
-                self.metrics
-                    .bytes_forwarded
-                    .get_or_create(&DirectionLabels {
-                        direction: Direction::Upstream,
-                    })
-                    .inc_by(bytes);
-            }
-            match &mut self.preload {
-                Some(p) => {
-                    for b in &msg.blocks {
-                        p.reverse.observe(b);
-                    }
-                    self.router.backend_replies(peer, &msg, now);
-                    p.reverse.backend_wants(peer, msg.full, &msg.wants);
+        tracing::debug!(%peer, summary = %Summary(&msg), "from backend");
+        let bytes: u64 = msg.blocks.iter().map(|b| b.data.len() as u64).sum();
+        if bytes > 0 {
+            self.metrics
+                .bytes_forwarded
+                .get_or_create(&DirectionLabels {
+                    direction: Direction::Upstream,
+                })
+                .inc_by(bytes);
+        }
+        match &mut self.preload {
+            Some(p) => {
+                for b in &msg.blocks {
+                    p.reverse.observe(b);
                 }
-                None => self.router.backend_message(peer, &msg, now),
+                self.router.backend_replies(peer, &msg, now);
+                p.reverse.backend_wants(peer, msg.full, &msg.wants);
             }
-        } else if self.clients.contains(&peer) {
-            self.router.client_message(peer, &msg, now);
-            if let Some(p) = &mut self.preload
-                && (!msg.blocks.is_empty() || !msg.presences.is_empty())
-            {
-                // The uploader answering a backend's preload fetch. A block that
-                // answers it may also answer other clients' wants.
-                for block in p.reverse.client_message(peer, &msg) {
-                    self.router.offer_block(&block, now);
-                }
+            None => self.router.backend_message(peer, &msg, now),
+        }
+    }
+
+    fn on_client_message(&mut self, peer: PeerId, msg: Message) {
+        if !self.clients.contains(&peer) {
+            return; // its connection already closed
+        }
+        let now = Instant::now();
+        tracing::debug!(%peer, summary = %Summary(&msg), "from client");
+        self.router.client_message(peer, &msg, now);
+        if let Some(p) = &mut self.preload
+            && (!msg.blocks.is_empty() || !msg.presences.is_empty())
+        {
+            // The uploader answering a backend's preload fetch. A block that
+            // answers it may also answer other clients' wants.
+            for block in p.reverse.client_message(peer, &msg) {
+                self.router.offer_block(&block, now);
             }
         }
-        // Anything else is a peer whose connection already closed: nothing to do.
     }
 
     /// Blocks a client's writer could not deliver: the router had cleared those wants,
@@ -324,7 +374,7 @@ impl Engine {
         )
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn on_client_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         libp2p::metrics::Recorder::record(&self.libp2p_metrics, &event);
         match event {
             SwarmEvent::NewListenAddr {
@@ -341,7 +391,7 @@ impl Engine {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
-                let id = *self.swarm.local_peer_id();
+                let id = *self.clients_side.swarm.local_peer_id();
                 println!("Listening on {address}/p2p/{id}");
                 self.health.listening.store(true, Ordering::Relaxed);
             }
@@ -352,20 +402,13 @@ impl Engine {
                 endpoint,
                 ..
             } => {
-                if !self.backends.is_backend(&peer_id)
-                    && let Some(addr) = self.client_addr(&endpoint)
+                if let Some(addr) = self.client_addr(&endpoint)
                     && let Some(p) = &mut self.preload
                 {
                     p.reverse
                         .client_connected(peer_id, connection_id, addr.ip());
                 }
-                if num_established.get() != 1 {
-                    return;
-                }
-                if self.backends.is_backend(&peer_id) {
-                    let actions = self.backends.connected(peer_id);
-                    self.perform(actions);
-                } else if self.clients.insert(peer_id) {
+                if num_established.get() == 1 && self.clients.insert(peer_id) {
                     self.metrics.upstream_peers.inc();
                 }
             }
@@ -378,19 +421,49 @@ impl Engine {
                 if let Some(p) = &mut self.preload {
                     p.reverse.client_disconnected(peer_id, connection_id);
                 }
-                if num_established != 0 {
-                    return;
-                }
-                if self.clients.remove(&peer_id) {
+                if num_established == 0 && self.clients.remove(&peer_id) {
                     self.metrics.upstream_peers.dec();
                     self.router.client_disconnected(peer_id, Instant::now());
-                    self.writers.remove(&peer_id);
-                } else if self.backends.is_backend(&peer_id) {
-                    let actions =
-                        self.backends
-                            .disconnected(peer_id, Instant::now(), rand::random());
-                    self.perform(actions);
+                    self.clients_side.writers.remove(&peer_id);
                 }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "inbound connection refused or failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
+                peer, stream, ..
+            })) => {
+                self.clients_side.readers.spawn(peer, stream);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_backend_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 && self.backends.is_backend(&peer_id) => {
+                let actions = self.backends.connected(peer_id);
+                self.perform(actions);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if self.backends.is_backend(&peer_id) => {
+                let actions = self
+                    .backends
+                    .disconnected(peer_id, Instant::now(), rand::random());
+                self.perform(actions);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
@@ -403,19 +476,10 @@ impl Engine {
                     .disconnected(peer, Instant::now(), rand::random());
                 self.perform(actions);
             }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                tracing::debug!(%error, "inbound connection refused or failed");
-            }
             SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
                 peer, stream, ..
             })) => {
-                self.readers.spawn(peer, stream);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
-                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
-                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+                self.backends_side.readers.spawn(peer, stream);
             }
             _ => {}
         }
@@ -435,13 +499,14 @@ impl Engine {
                 Action::Dial { peer, addrs } => {
                     tracing::info!(%peer, addr = %addrs[0], "dialing backend");
                     if let Err(e) = self
+                        .backends_side
                         .swarm
                         .dial(DialOpts::peer_id(peer).addresses(addrs).build())
                     {
                         tracing::warn!(%peer, error = %e, "dial refused");
                         let actions = self.backends.disconnected(peer, now, rand::random());
                         self.perform(actions);
-                    } else if self.swarm.is_connected(&peer) {
+                    } else if self.backends_side.swarm.is_connected(&peer) {
                         let actions = self.backends.connected(peer);
                         self.perform(actions);
                     }
@@ -449,23 +514,13 @@ impl Engine {
                 Action::Up(peer) => {
                     tracing::info!(%peer, "backend connected");
                     self.connected_backends.insert(peer);
-                    // It may have connected to us as a client first (unlikely).
-                    if self.clients.remove(&peer) {
-                        self.metrics.upstream_peers.dec();
-                        self.router.client_disconnected(peer, now);
-                    }
                     self.metrics.downstream_peers.inc();
                     // An empty full wantlist is the truth at connect (the backend's
                     // ledger for us starts clean), and it opens the long-lived stream
                     // that keeps this connection out of libp2p's idle timeout.
-                    let writer = self.writers.entry(peer).or_insert_with(|| {
-                        Writer::spawn(
-                            peer,
-                            self.control.clone(),
-                            self.metrics.clone(),
-                            self.undelivered_tx.clone(),
-                        )
-                    });
+                    let writer =
+                        self.backends_side
+                            .writer(peer, &self.metrics, &self.undelivered_tx);
                     let _ = writer.send(
                         Message {
                             full: true,
@@ -483,10 +538,10 @@ impl Engine {
                     if let Some(p) = &mut self.preload {
                         p.reverse.backend_down(peer);
                     }
-                    self.writers.remove(&peer);
+                    self.backends_side.writers.remove(&peer);
                 }
                 Action::Disconnect(peer) => {
-                    let _ = self.swarm.disconnect_peer_id(peer);
+                    let _ = self.backends_side.swarm.disconnect_peer_id(peer);
                 }
             }
         }
@@ -525,14 +580,9 @@ impl Engine {
                     .inc_by(bytes);
             }
             tracing::debug!(peer = %backend, summary = %Summary(&msg), "to backend");
-            let writer = self.writers.entry(backend).or_insert_with(|| {
-                Writer::spawn(
-                    backend,
-                    self.control.clone(),
-                    self.metrics.clone(),
-                    self.undelivered_tx.clone(),
-                )
-            });
+            let writer = self
+                .backends_side
+                .writer(backend, &self.metrics, &self.undelivered_tx);
             if let Err(e) = writer.send(msg, usize::MAX) {
                 tracing::warn!(%backend, ?e, "backend writer queue refused a message");
                 self.metrics.reject("backend_queue_full");
@@ -544,14 +594,9 @@ impl Engine {
             }
             tracing::debug!(peer = %client, summary = %Summary(&msg), "to client");
             let blocks = msg.blocks.len() as u64;
-            let writer = self.writers.entry(client).or_insert_with(|| {
-                Writer::spawn(
-                    client,
-                    self.control.clone(),
-                    self.metrics.clone(),
-                    self.undelivered_tx.clone(),
-                )
-            });
+            let writer = self
+                .clients_side
+                .writer(client, &self.metrics, &self.undelivered_tx);
             match writer.send(msg, self.max_client_buffer) {
                 Ok(()) => {
                     let up = DirectionLabels {
@@ -565,10 +610,10 @@ impl Engine {
                 Err(QueueError::Full) => {
                     tracing::warn!(peer = %client, "client is not keeping up; disconnecting it");
                     self.metrics.reject("slow_client");
-                    let _ = self.swarm.disconnect_peer_id(client);
+                    let _ = self.clients_side.swarm.disconnect_peer_id(client);
                 }
                 Err(QueueError::Closed) => {
-                    self.writers.remove(&client);
+                    self.clients_side.writers.remove(&client);
                 }
             }
         }

@@ -68,9 +68,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => (None, None),
     };
     let health = Arc::new(http::Health::new(synced));
+    let backend_swarm = net::swarm::build_backend_side(&cli.limits)?;
+    tracing::info!(peer = %backend_swarm.local_peer_id(), "backend-facing identity of this process");
     let (engine, handle) = Engine::new(
         Parts {
             swarm,
+            backend_swarm,
             router: router::Router::new(cli.router_config()),
             metrics,
             health: health.clone(),

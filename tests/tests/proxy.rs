@@ -440,3 +440,68 @@ async fn an_unreachable_backend_is_retried_and_harms_nothing() {
     .unwrap();
     assert!(proxy.proc.stderr().contains("backend not reachable"));
 }
+
+/// Replicas share the public peer ID but not their identity towards kubo: each one
+/// is its own peer to the backend, so neither's full wantlist erases the other's and
+/// kubo's replies reach the replica that asked. Two replicas with one key in front of
+/// one kubo, a client on each, fetching at once.
+#[tokio::test]
+async fn replicas_sharing_a_key_are_distinct_peers_to_a_shared_backend() {
+    let dir = scratch_dir("replicas").unwrap();
+    let a_file = write_random_file(dir.path(), "a.bin", 4 * MIB, 21).unwrap();
+    let b_file = write_random_file(dir.path(), "b.bin", 4 * MIB, 22).unwrap();
+    let k = kubo_with(&[a_file, b_file], false).await;
+    let key = dir.path().join("shared-key");
+    let start = |key: std::path::PathBuf| {
+        let backend = k.api_multiaddr.clone();
+        async move {
+            let p = Proxy::start(ProxyOptions {
+                backends: vec![backend],
+                key: Some(key),
+                ..Default::default()
+            })
+            .await
+            .expect("proxy starts");
+            p.wait_backends(1, T).await.unwrap();
+            p
+        }
+    };
+    let ra = start(key.clone()).await;
+    let rb = start(key).await;
+    assert_eq!(ra.peer_id, rb.peer_id, "one public peer ID");
+
+    let peers = k.peers().await.unwrap();
+    let proxy_side: Vec<_> = peers.iter().filter(|p| **p != ra.peer_id).collect();
+    assert!(
+        !peers.contains(&ra.peer_id),
+        "kubo must not see the public identity: {peers:?}"
+    );
+    assert_eq!(
+        proxy_side.len(),
+        2,
+        "one backend-facing peer per replica: {peers:?}"
+    );
+
+    let (a_cids, b_cids) = (
+        blocks_of(&k, &k.added["a.bin"]).await,
+        blocks_of(&k, &k.added["b.bin"]).await,
+    );
+    let fetch = |addr: String, cids: Vec<Cid>| async move {
+        let mut c = BitswapClient::connect(&addr.parse().unwrap()).await?;
+        c.fetch(&cids, 64, Duration::from_secs(60)).await
+    };
+    let (a, b) = tokio::join!(
+        fetch(ra.tcp_addr.clone(), a_cids.clone()),
+        fetch(rb.tcp_addr.clone(), b_cids.clone())
+    );
+    assert_eq!(a.expect("client on replica A").0.len(), a_cids.len());
+    assert_eq!(b.expect("client on replica B").0.len(), b_cids.len());
+    for r in [&ra, &rb] {
+        let failovers = r
+            .metric("kitsune_bitswap_failovers_total")
+            .await
+            .unwrap()
+            .unwrap_or(0.0);
+        assert_eq!(failovers, 0.0, "no want had to time out and move");
+    }
+}

@@ -1,6 +1,13 @@
-//! The libp2p host: TCP, QUIC-v1 and WebSocket; noise or TLS; yamux or mplex (js-ipfs
-//! speaks only mplex). Exposes exactly bitswap, identify and ping: every other protocol
-//! is refused at negotiation, since nothing else is registered.
+//! The libp2p hosts. The client-facing host carries the fixed identity: TCP, QUIC-v1 and
+//! WebSocket; noise or TLS; yamux or mplex (js-ipfs speaks only mplex). It exposes
+//! exactly bitswap, identify and ping: every other protocol is refused at negotiation,
+//! since nothing else is registered.
+//!
+//! Backends are reached from a second host with an identity of this process's own.
+//! Replicas share the public peer ID; if they also shared it towards kubo, kubo would
+//! see one peer over several connections: one ledger (each replica's full wantlist
+//! erasing the others'), and replies sent on whichever connection kubo picks, so one
+//! replica would get another's blocks.
 
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
@@ -66,6 +73,41 @@ pub async fn build(
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
             ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip).with_splices(splices),
+            identify: identify::Behaviour::new(
+                identify::Config::new("ipfs/0.1.0".into(), key.public())
+                    .with_agent_version(AGENT.into()),
+            ),
+            ping: ping::Behaviour::default(),
+            bitswap: inbound::Behaviour::default(),
+            stream: libp2p_stream::Behaviour::new(),
+        })?
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(limits.idle_timeout)
+                .with_max_negotiating_inbound_streams(128)
+        })
+        .build();
+    Ok(swarm)
+}
+
+/// Builds the backend-facing host: a fresh Ed25519 identity, outbound TCP only (kubo
+/// announces its swarm port over `/api/v0/id`), noise and yamux, which every kubo
+/// speaks. It never listens.
+pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
+    let conn_limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(0))
+        .with_max_pending_incoming(Some(0))
+        .with_max_established_per_peer(Some(2));
+    let swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_dns()?
+        .with_behaviour(|key| Behaviour {
+            limits: connection_limits::Behaviour::new(conn_limits),
+            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip),
             identify: identify::Behaviour::new(
                 identify::Config::new("ipfs/0.1.0".into(), key.public())
                     .with_agent_version(AGENT.into()),
