@@ -394,6 +394,10 @@ impl Engine {
                 let id = *self.clients_side.swarm.local_peer_id();
                 println!("Listening on {address}/p2p/{id}");
                 self.health.listening.store(true, Ordering::Relaxed);
+                self.clients_side.swarm.add_external_address(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.clients_side.swarm.remove_external_address(&address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,

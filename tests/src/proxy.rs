@@ -93,7 +93,6 @@ impl Proxy {
         cmd.args(&opts.args);
         let started = Instant::now();
         let mut proc = ChildProcess::spawn("kitsune-proxy", cmd, dir.path())?;
-        let want = 1 + usize::from(ws.is_some()) + usize::from(quic.is_some());
         loop {
             let out = proc.stdout();
             let peer_id = out
@@ -104,19 +103,25 @@ impl Proxy {
                 .lines()
                 .filter_map(|l| l.strip_prefix("Listening on "))
                 .collect();
-            if let Some(peer_id) = peer_id
-                && addrs.len() >= want
+            let find = |needle: String| {
+                addrs
+                    .iter()
+                    .find(|a| a.contains(&needle))
+                    .map(|a| a.to_string())
+            };
+            // Each requested listener by its port: other lines (preload mode's port)
+            // may come first.
+            let tcp_addr = find(format!("/tcp/{tcp}/p2p/"));
+            let ws_addr = ws.and_then(|p| find(format!("/tcp/{p}/ws/p2p/")));
+            let quic_addr = quic.and_then(|p| find(format!("/udp/{p}/quic-v1/p2p/")));
+            if let (Some(peer_id), Some(tcp_addr)) = (peer_id, tcp_addr)
+                && ws_addr.is_some() == ws.is_some()
+                && quic_addr.is_some() == quic.is_some()
             {
-                let find = |needle: &str| {
-                    addrs
-                        .iter()
-                        .find(|a| a.contains(needle))
-                        .map(|a| a.to_string())
-                };
                 return Ok(Self {
-                    tcp_addr: find(&format!("/tcp/{tcp}/p2p/")).context("no TCP listen address")?,
-                    ws_addr: ws.and_then(|p| find(&format!("/tcp/{p}/ws/p2p/"))),
-                    quic_addr: quic.and_then(|p| find(&format!("/udp/{p}/quic-v1/p2p/"))),
+                    tcp_addr,
+                    ws_addr,
+                    quic_addr,
                     peer_id,
                     metrics_url: format!("http://127.0.0.1:{metrics}"),
                     startup: started.elapsed(),

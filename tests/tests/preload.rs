@@ -487,3 +487,55 @@ async fn two_replicas_sharing_a_key_preload_through_one_port() {
     assert!(done.ok, "B failed: {:?}\n{}", done.error, done.log);
     assert!(done.bytes.as_deref() == Some(&content[..]));
 }
+
+/// The loopback WebSocket listener behind the preload port is internal: identify
+/// announces only the public listeners, so a peer never learns (and dials) it.
+#[tokio::test]
+async fn identify_does_not_announce_the_internal_websocket_listener() {
+    use futures::StreamExt;
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{SwarmBuilder, identify, noise, tcp, yamux};
+
+    let k = kubo(Duration::from_secs(20)).await;
+    let (proxy, _port) = preload_proxy(&[&k], None, &[]).await;
+    let mut swarm = SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()))
+        })
+        .unwrap()
+        .build();
+    swarm
+        .dial(proxy.tcp_addr.parse::<libp2p::Multiaddr>().unwrap())
+        .unwrap();
+    let info = tokio::time::timeout(T, async {
+        loop {
+            if let SwarmEvent::Behaviour(identify::Event::Received { info, .. }) =
+                swarm.select_next_some().await
+            {
+                return info;
+            }
+        }
+    })
+    .await
+    .expect("the proxy identifies itself");
+    let addrs: Vec<String> = info.listen_addrs.iter().map(|a| a.to_string()).collect();
+    let tcp_port = proxy.tcp_addr.split('/').nth(4).unwrap().to_owned();
+    assert!(info.agent_version.starts_with("kitsune/"));
+    assert!(
+        addrs.iter().all(|a| !a.contains("/ws")),
+        "internal WebSocket listener announced: {addrs:?}"
+    );
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.contains(&format!("/tcp/{tcp_port}"))),
+        "the public TCP listener is announced: {addrs:?}"
+    );
+}

@@ -73,9 +73,12 @@ pub async fn build(
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
             ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip).with_splices(splices),
+            // Only external addresses are announced (the engine adds the public
+            // listeners): preload mode's loopback WebSocket listener must not leak.
             identify: identify::Behaviour::new(
                 identify::Config::new("ipfs/0.1.0".into(), key.public())
-                    .with_agent_version(AGENT.into()),
+                    .with_agent_version(AGENT.into())
+                    .with_hide_listen_addrs(true),
             ),
             ping: ping::Behaviour::default(),
             bitswap: inbound::Behaviour::default(),
