@@ -34,9 +34,16 @@ pub struct Config {
     pub max_inflight_per_backend: usize,
     /// Wants waiting for a backend with room, across all backends.
     pub max_queued_wants: usize,
-    /// How long a backend may take to answer before the want moves on.
+    /// How long a backend may take to answer before the want moves on. A backend that
+    /// answered anything within this time is busy, not hung: its wants get up to
+    /// [`BUSY_GRACE`] times this before they move.
     pub want_timeout: Duration,
 }
+
+/// How many want timeouts a want may wait at a backend that keeps answering others.
+/// A deep queue at a slow but working backend is not a reason to give up on it (and
+/// with one backend, giving up means DONT_HAVE to the client).
+pub const BUSY_GRACE: u32 = 6;
 
 impl Default for Config {
     fn default() -> Self {
@@ -107,6 +114,8 @@ impl Want {
 #[derive(Debug, Default)]
 struct Backend {
     inflight: std::collections::HashSet<Cid>,
+    /// When it last answered anything (a block or a presence).
+    last_answer: Option<Instant>,
     /// CIDs waiting for room here; entries may be stale (checked on pop).
     queue: VecDeque<Cid>,
 }
@@ -362,6 +371,11 @@ impl Router {
 
     /// A backend's blocks and presences, answering clients' wants.
     pub fn backend_replies(&mut self, backend: PeerId, msg: &Message, now: Instant) {
+        if (!msg.blocks.is_empty() || !msg.presences.is_empty())
+            && let Some(b) = self.backends.get_mut(&backend)
+        {
+            b.last_answer = Some(now);
+        }
         for block in &msg.blocks {
             self.deliver(Some(backend), block, now);
         }
@@ -412,6 +426,17 @@ impl Router {
                 State::Sent { backend: b, at, .. }
                     if b == backend && at + self.cfg.want_timeout <= now =>
                 {
+                    let timeout = self.cfg.want_timeout;
+                    let busy = self
+                        .backends
+                        .get(&backend)
+                        .is_some_and(|b| b.last_answer.is_some_and(|t| t + timeout > now));
+                    if busy && at + timeout * BUSY_GRACE > now {
+                        // Answering others: wait another round rather than move.
+                        self.deadlines.push_back((now + timeout, cid, backend));
+                        continue;
+                    }
+                    let want = self.wants.get_mut(&cid).expect("matched above");
                     want.tried.push(backend);
                     self.stats.timeouts += 1;
                     self.stats.failovers += 1;
@@ -609,7 +634,7 @@ impl Router {
             let mut kept = std::collections::HashSet::new();
             self.deadlines.retain(|(deadline, c, b)| {
                 let live = wants.get(c).is_some_and(|w| {
-                    matches!(w.state, State::Sent { backend, at, .. } if backend == *b && at + timeout == *deadline)
+                    matches!(w.state, State::Sent { backend, at, .. } if backend == *b && at + timeout <= *deadline)
                 });
                 live && kept.insert(*c)
             });

@@ -416,6 +416,78 @@ fn timeouts_move_wants_on_and_late_blocks_still_count_once() {
     assert_eq!(r.stats().timeouts, 1);
 }
 
+/// A backend that keeps answering other wants is busy, not hung: a want waiting in its
+/// queue stays for up to BUSY_GRACE timeouts, then moves like any other.
+#[test]
+fn a_busy_backend_keeps_its_wants_longer_than_a_silent_one() {
+    let t = Instant::now();
+    let s = |n: u64| t + Duration::from_secs(n);
+    let backend = PeerId::random();
+    let mut r = router(&[backend], t);
+    let c = PeerId::random();
+    let (slow, other) = (block(30), block(31));
+    r.client_message(
+        c,
+        &wants(vec![
+            want(&slow, WantKind::Block, true),
+            want(&other, WantKind::Block, true),
+        ]),
+        t,
+    );
+    r.take_outbox();
+    // It answers one want at 9 s: busy. At 11 s the other want is past its timeout
+    // but stays, and keeps staying while answers come.
+    r.backend_message(backend, &blocks(std::slice::from_ref(&other)), s(9));
+    r.take_outbox();
+    r.tick(s(11));
+    assert!(r.take_outbox().is_empty(), "a busy backend keeps the want");
+    for i in 0..4u32 {
+        let b = block(100 + i);
+        r.client_message(
+            c,
+            &wants(vec![want(&b, WantKind::Block, true)]),
+            s(12 + 10 * i as u64),
+        );
+        r.backend_message(backend, &blocks(&[b]), s(15 + 10 * i as u64));
+        r.take_outbox();
+        r.tick(s(20 + 10 * i as u64));
+        let out = r.take_outbox();
+        assert!(
+            out.to_clients
+                .get(&c)
+                .is_none_or(|m| m.presences.is_empty()),
+            "still waiting at {} s",
+            20 + 10 * i
+        );
+    }
+    assert_eq!(r.stats().timeouts, 0);
+    // Past BUSY_GRACE timeouts it moves on anyway: one backend, so DONT_HAVE.
+    r.client_message(
+        c,
+        &wants(vec![want(&block(200), WantKind::Block, true)]),
+        s(55),
+    );
+    r.backend_message(backend, &blocks(&[block(200)]), s(58));
+    r.take_outbox();
+    r.tick(s(61));
+    let out = r.take_outbox();
+    assert_eq!(
+        out.to_clients[&c].presences,
+        vec![Presence {
+            cid: slow.cid,
+            kind: PresenceKind::DontHave
+        }]
+    );
+    assert_eq!(r.stats().timeouts, 1);
+
+    // A silent backend loses its want after one timeout.
+    let mut r = router(&[backend], t);
+    r.client_message(c, &wants(vec![want(&slow, WantKind::Block, true)]), t);
+    r.take_outbox();
+    r.tick(s(11));
+    assert_eq!(r.stats().timeouts, 1);
+}
+
 #[test]
 fn per_backend_inflight_is_bounded_and_the_queue_drains() {
     let t = Instant::now();
