@@ -37,6 +37,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::conditions::{self, BACKENDS_AVAILABLE, Desired, IDENTITY_READY, READY, State};
 use crate::crd::{KitsuneProxy, KitsuneProxyStatus};
 use crate::index::{ProxyKey, SharedIndex};
+use crate::informers::scoped_api;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::resources::{self, BuildConfig, FIELD_MANAGER};
@@ -405,22 +406,28 @@ async fn publish(ctx: &Context, kp: &KitsuneProxy, type_: EventType, reason: &st
 
 /// Runs the controller until `shutdown`: reconciles on KitsuneProxy changes, on changes of
 /// the owned Deployments and Services, on backend-set changes from the index
-/// (`index_changes`), and all at once whenever this replica becomes leader.
+/// (`index_changes`), and all at once whenever this replica becomes leader. With a
+/// `namespace`, only that namespace is watched.
 pub async fn run(
     ctx: Arc<Context>,
+    namespace: Option<String>,
     index_changes: impl Stream<Item = ProxyKey> + Send + 'static,
     shutdown: CancellationToken,
 ) {
     let client = ctx.client.clone();
+    let ns = namespace.as_deref();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kitsune-operator");
     Controller::new(
-        Api::<KitsuneProxy>::all(client.clone()),
+        scoped_api::<KitsuneProxy>(client.clone(), ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ServiceAccount>::all(client.clone()), owned.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client), owned)
+    .owns(scoped_api::<Deployment>(client.clone(), ns), owned.clone())
+    .owns(scoped_api::<Service>(client.clone(), ns), owned.clone())
+    .owns(
+        scoped_api::<ServiceAccount>(client.clone(), ns),
+        owned.clone(),
+    )
+    .owns(scoped_api::<PodDisruptionBudget>(client, ns), owned)
     .reconcile_on(index_changes.map(|k| ObjectRef::new(&k.name).within(&k.namespace)))
     .reconcile_all_on(ctx.leader.acquisitions())
     .graceful_shutdown_on(shutdown.cancelled_owned())

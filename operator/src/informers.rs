@@ -10,7 +10,7 @@ use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -99,29 +99,43 @@ pub fn apply(index: &mut Index, state: &mut SyncState, input: Input) -> Changed 
     }
 }
 
-/// Watches until `shutdown`. `synced` turns true once every kind was listed; `changes`
-/// receives each proxy whose backend set changed.
+/// An API over one namespace, or over all of them when `namespace` is `None`. With a
+/// namespace, the operator needs only namespaced Roles there (no cluster-wide list).
+pub fn scoped_api<K>(client: Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// Watches until `shutdown`, in `namespace` or in all of them. `synced` turns true once
+/// every kind was listed; `changes` receives each proxy whose backend set changed.
 pub async fn run(
     client: Client,
+    namespace: Option<String>,
     index: SharedIndex,
     changes: UnboundedSender<ProxyKey>,
     metrics: Arc<Metrics>,
     synced: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
+    let ns = namespace.as_deref();
     let proxies = watcher(
-        Api::<KitsuneProxy>::all(client.clone()),
+        scoped_api::<KitsuneProxy>(client.clone(), ns),
         watcher::Config::default(),
     )
     .default_backoff()
     .map(|r| r.map(Input::Proxy));
     let slices = watcher(
-        Api::<EndpointSlice>::all(client.clone()),
+        scoped_api::<EndpointSlice>(client.clone(), ns),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
     )
     .default_backoff()
     .map(|r| r.map(Input::Slice));
-    let pods = watcher(Api::<Pod>::all(client), watcher::Config::default())
+    let pods = watcher(scoped_api::<Pod>(client, ns), watcher::Config::default())
         .default_backoff()
         .map(|r| r.map(Input::Pod));
     let mut events = stream::select_all([proxies.boxed(), slices.boxed(), pods.boxed()]);

@@ -15,8 +15,8 @@ use kitsune_operator::leader::{self, Leadership, LeaseConfig};
 use kitsune_operator::metrics::Metrics;
 use kitsune_operator::resources::BuildConfig;
 use kitsune_operator::watch_server::{self, TokenReviewer, WatchMetrics, WatchState};
+use kube::Client;
 use kube::api::ListParams;
-use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +90,10 @@ struct RunArgs {
     /// Lease duration in seconds; the holder renews at a third of it.
     #[arg(long, default_value_t = 15, env = "KITSUNE_LEASE_SECONDS")]
     lease_seconds: u64,
+    /// Watch and manage KitsuneProxies of this one namespace only, so the operator can run
+    /// with namespaced Roles (default: every namespace, which needs a ClusterRole).
+    #[arg(long, env = "KITSUNE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -136,9 +140,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    if let Err(e) = Api::<KitsuneProxy>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await
+    // An empty value (e.g. an unset chart value passed through the environment) means all.
+    let watch_namespace = args.watch_namespace.clone().filter(|ns| !ns.is_empty());
+    if let Err(e) =
+        informers::scoped_api::<KitsuneProxy>(client.clone(), watch_namespace.as_deref())
+            .list(&ListParams::default().limit(1))
+            .await
     {
         error!(error = %e, "cannot list KitsuneProxies; is the CRD installed? \
                kitsune-operator crdgen | kubectl apply -f -");
@@ -185,6 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     tasks.spawn(informers::run(
         client.clone(),
+        watch_namespace.clone(),
         index.clone(),
         changes_tx,
         metrics.clone(),
@@ -234,7 +242,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             r = synced.wait_for(|v| *v) => if r.is_err() { return },
             _ = s.cancelled() => return,
         }
-        controller::run(ctx, changes_rx, s).await;
+        controller::run(ctx, watch_namespace, changes_rx, s).await;
     });
 
     let signal = shutdown.clone();

@@ -73,6 +73,11 @@ pub struct Cli {
     #[arg(long, env = "KITSUNE_BACKENDS_TOKEN_FILE", requires = "backends_url")]
     pub backends_token_file: Option<PathBuf>,
 
+    /// PEM bundle of the CAs trusted for an https --backends-url (only these; without
+    /// it, the system's roots). Read at start.
+    #[arg(long, env = "KITSUNE_BACKENDS_CA_FILE", requires = "backends_url")]
+    pub backends_ca_file: Option<PathBuf>,
+
     /// Enable preload mode: serve /api/v0/refs on this port, and the libp2p WebSocket
     /// listener on the same port (so a Service with ClientIP affinity keeps a client's
     /// WebSocket and refs call on one replica).
@@ -283,8 +288,21 @@ mod tests {
             parse(&["--backends-token-file", "/t"]).is_err(),
             "a token needs a URL"
         );
-        let cli = parse(&[url[0], url[1], "--backends-token-file", "/t"]).unwrap();
+        assert!(
+            parse(&["--backends-ca-file", "/ca.pem"]).is_err(),
+            "a CA needs a URL"
+        );
+        let cli = parse(&[
+            url[0],
+            url[1],
+            "--backends-token-file",
+            "/t",
+            "--backends-ca-file",
+            "/ca.pem",
+        ])
+        .unwrap();
         assert_eq!(cli.backends_url.as_deref(), Some(url[1]));
+        assert_eq!(cli.backends_ca_file.as_deref(), Some("/ca.pem".as_ref()));
         assert!(parse(&file).unwrap().backends_file.is_some());
     }
 

@@ -221,10 +221,10 @@ impl Engine {
             tokio::select! {
                 event = self.clients_side.swarm.select_next_some() => self.on_client_event(event),
                 event = self.backends_side.swarm.select_next_some() => self.on_backend_event(event),
-                Some(Inbound { peer, msg }) = self.clients_side.inbound.recv() => {
+                Some(Inbound { peer, msg, .. }) = self.clients_side.inbound.recv() => {
                     self.on_client_message(peer, msg)
                 }
-                Some(Inbound { peer, msg }) = self.backends_side.inbound.recv() => {
+                Some(Inbound { peer, msg, .. }) = self.backends_side.inbound.recv() => {
                     self.on_backend_message(peer, msg)
                 }
                 Some((spec, result)) = self.resolved_rx.recv() => {
@@ -645,6 +645,12 @@ impl Engine {
             }
         };
         catch_up(&self.metrics.failovers, stats.failovers);
+        catch_up(
+            &self.metrics.rejected.get_or_create(&ReasonLabels {
+                reason: "too_many_wants",
+            }),
+            stats.refused_wants,
+        );
         let presences = &self.metrics.presences_sent;
         catch_up(
             &presences.get_or_create(&ReasonLabels { reason: "have" }),

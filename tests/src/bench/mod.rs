@@ -1,0 +1,92 @@
+//! The benchmark suite behind `kitsune-bench`: each module measures one thing against
+//! real peers and returns a [`Section`] of figures; the binary prints them and writes
+//! `docs/PERFORMANCE.md`. Figures, never pass/fail: goals are printed beside them.
+
+pub mod affinity;
+pub mod clients;
+pub mod footprint;
+pub mod scaling;
+pub mod soak;
+pub mod throughput;
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// One benchmark's results, as Markdown lines (also printed as they come).
+#[derive(Debug, Default)]
+pub struct Section {
+    pub title: String,
+    /// How it was measured: the setup, in a sentence or two.
+    pub method: String,
+    pub lines: Vec<String>,
+}
+
+impl Section {
+    pub fn new(title: &str, method: impl Into<String>) -> Self {
+        let s = Self {
+            title: title.into(),
+            method: method.into(),
+            lines: Vec::new(),
+        };
+        println!("\n## {}\n{}", s.title, s.method);
+        s
+    }
+
+    /// Adds (and prints) one result line.
+    pub fn line(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        println!("  {text}");
+        self.lines.push(text);
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!("## {}\n\n{}\n\n", self.title, self.method);
+        for l in &self.lines {
+            out.push_str(&format!("- {l}\n"));
+        }
+        out
+    }
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The `p` quantile (0..=1) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// User plus system CPU seconds a process has used (Linux `/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / 100.0 // USER_HZ on Linux
+}
+
+/// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`) in MiB.
+pub fn mem_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} for {pid}"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+pub fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

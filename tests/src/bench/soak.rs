@@ -1,0 +1,109 @@
+//! Goal 7: a soak. Clients fetch without pause for the given time; the proxy's RSS is
+//! sampled, and its growth after the warm-up is reported.
+
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+
+use super::{Section, mem_mib};
+use crate::bitswap_client::BitswapClient;
+use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes};
+
+pub struct Config {
+    pub duration: Duration,
+    pub clients: usize,
+}
+
+pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+    let kubo = KuboNode::start(KuboOptions::default()).await?;
+    let mut files: Vec<Vec<Cid>> = Vec::new();
+    for i in 0..16u64 {
+        let root = kubo.add_bytes(&random_bytes(2 << 20, 90_000 + i)).await?;
+        let mut cids = vec![root.parse::<Cid>()?];
+        for c in kubo.refs_recursive(&root).await? {
+            cids.push(c.parse()?);
+        }
+        files.push(cids);
+    }
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        release: true,
+        ..Default::default()
+    })
+    .await?;
+    proxy.wait_backends(1, Duration::from_secs(30)).await?;
+    let mut s = Section::new(
+        "7. Soak",
+        format!(
+            "{} clients fetch 2 MiB files from one kubo through the proxy without pause for \
+             {} min, each reconnecting every 20 fetches (connections churn too). The proxy's \
+             RSS is sampled every 10 s; growth is the last sample over the one at the end of \
+             the first fifth (the warm-up).",
+            cfg.clients,
+            cfg.duration.as_secs() / 60
+        ),
+    );
+    let addr: libp2p::Multiaddr = proxy.tcp_addr.parse()?;
+    let end = Instant::now() + cfg.duration;
+    let mut workers = Vec::new();
+    for w in 0..cfg.clients {
+        let (addr, files) = (addr.clone(), files.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut fetched, mut failed) = (0u64, 0u64);
+            let mut first_error = None;
+            let mut i = w;
+            while Instant::now() < end {
+                let mut c = match BitswapClient::connect(&addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(format!("connect: {e:#}"));
+                        continue;
+                    }
+                };
+                for _ in 0..20 {
+                    i = (i + 7) % files.len();
+                    match c.fetch(&files[i], 16, Duration::from_secs(60)).await {
+                        Ok(_) => fetched += 1,
+                        Err(e) => {
+                            failed += 1;
+                            first_error.get_or_insert(format!("fetch: {e:#}"));
+                        }
+                    }
+                }
+            }
+            (fetched, failed, first_error)
+        }));
+    }
+    let pid = proxy.proc.pid();
+    let warm = Instant::now() + cfg.duration / 5;
+    let mut samples = Vec::new();
+    let mut at_warm = None;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(10).min(cfg.duration / 10)).await;
+        let rss = mem_mib(pid, "VmRSS")?;
+        samples.push(rss);
+        if at_warm.is_none() && Instant::now() >= warm {
+            at_warm = Some(rss);
+        }
+    }
+    let (mut fetched, mut failed, mut first_error) = (0, 0, None);
+    for w in workers {
+        let (f, e, first) = w.await?;
+        fetched += f;
+        failed += e;
+        first_error = first_error.or(first);
+    }
+    let last = *samples.last().unwrap_or(&0.0);
+    let warm = at_warm.unwrap_or(last);
+    let max = samples.iter().copied().fold(0.0, f64::max);
+    s.line(format!(
+        "{fetched} fetches of 2 MiB ({failed} failed); RSS after warm-up {warm:.1} MiB, at the \
+         end {last:.1} MiB, max {max:.1} MiB: **growth {:+.1}%** (goal < 5%)",
+        (last - warm) / warm * 100.0
+    ));
+    if let Some(e) = first_error {
+        s.line(format!("first failure: {e}"));
+    }
+    Ok(s)
+}

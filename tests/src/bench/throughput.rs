@@ -1,0 +1,153 @@
+//! Goal 1: throughput through the proxy against a direct fetch from the same kubo, and
+//! the latency the proxy adds to a 1 KiB block.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use cid::Cid;
+
+use super::{Section, cpu_seconds, median, ms, num_cpus, percentile};
+use crate::bitswap_client::BitswapClient;
+use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir};
+
+pub struct Config {
+    pub size_mib: usize,
+    pub runs: usize,
+    pub small_blocks: usize,
+    pub window: usize,
+}
+
+pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
+    let size = cfg.size_mib << 20;
+    let dir = scratch_dir("bench")?;
+    let file = crate::write_random_file(dir.path(), "bench.bin", size, 7)?;
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        ..Default::default()
+    })
+    .await?;
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        release: true,
+        ..Default::default()
+    })
+    .await?;
+    proxy.wait_backends(1, Duration::from_secs(30)).await?;
+    let root = kubo.added["bench.bin"].clone();
+    let mut cids: Vec<Cid> = vec![root.parse()?];
+    for c in kubo.refs_recursive(&root).await? {
+        cids.push(c.parse()?);
+    }
+    let mut s = Section::new(
+        "1. Throughput and added latency",
+        format!(
+            "One kubo 0.22 backend holding a {} MiB file ({} blocks of up to 256 KiB). The same \
+             client fetches it directly from kubo and through Kitsune, alternating, {} runs \
+             each, median; a fresh connection every run. CPU time of each process is read from \
+             /proc. Latency: 1 KiB blocks wanted one at a time, want-to-block.",
+            cfg.size_mib,
+            cids.len(),
+            cfg.runs
+        ),
+    );
+
+    // Native client (the project's codec over rust-libp2p): the fastest client there is.
+    let timeout = Duration::from_secs(300);
+    let (kubo_pid, proxy_pid) = (kubo.pid().context("kubo pid")?, proxy.proc.pid());
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let mut cpu = [[0.0f64; 3]; 2]; // [direct, proxied] x [kubo, proxy, client]
+    let mut moved = [0.0f64; 2];
+    for _ in 0..cfg.runs {
+        for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
+            let before = [
+                cpu_seconds(kubo_pid),
+                cpu_seconds(proxy_pid),
+                cpu_seconds(std::process::id()),
+            ];
+            let mut c = BitswapClient::connect(&to.parse()?).await?;
+            let (_, stats) = c.fetch(&cids, cfg.window, timeout).await.context("fetch")?;
+            let after = [
+                cpu_seconds(kubo_pid),
+                cpu_seconds(proxy_pid),
+                cpu_seconds(std::process::id()),
+            ];
+            for k in 0..3 {
+                cpu[i][k] += after[k] - before[k];
+            }
+            moved[i] += stats.bytes as f64 / (1 << 30) as f64;
+            let mibs = stats.bytes as f64 / (1 << 20) as f64 / stats.elapsed.as_secs_f64();
+            if i == 0 {
+                direct.push(mibs)
+            } else {
+                proxied.push(mibs)
+            }
+        }
+    }
+    let (d, p) = (median(direct), median(proxied));
+    s.line(format!(
+        "rust-libp2p bitswap client, window {}: direct {d:.1} MiB/s, through Kitsune {p:.1} \
+         MiB/s, **ratio {:.3}** (goal >= 0.95)",
+        cfg.window,
+        p / d
+    ));
+    for (i, label) in ["direct", "through Kitsune"].into_iter().enumerate() {
+        s.line(format!(
+            "CPU seconds per GiB, {label}: kubo {:.2}, proxy {:.2}, client {:.2} (total {:.2}; \
+             {} cores)",
+            cpu[i][0] / moved[i],
+            cpu[i][1] / moved[i],
+            cpu[i][2] / moved[i],
+            cpu[i].iter().sum::<f64>() / moved[i],
+            num_cpus()
+        ));
+    }
+
+    // A real client: Helia 7's unixfs cat.
+    let expected = random_bytes(size, 7);
+    let (mut hd, mut hp) = (Vec::new(), Vec::new());
+    for _ in 0..cfg.runs {
+        for (to, out) in [(&kubo.tcp_addr, &mut hd), (&proxy.tcp_addr, &mut hp)] {
+            let got = helia_fetch(to, &root, timeout).await?;
+            anyhow::ensure!(got.bytes == expected, "Helia got different bytes");
+            out.push(size as f64 / (1 << 20) as f64 / (got.ms.max(1) as f64 / 1000.0));
+        }
+    }
+    let (hd, hp) = (median(hd), median(hp));
+    s.line(format!(
+        "Helia 7 (unixfs cat): direct {hd:.1} MiB/s, through Kitsune {hp:.1} MiB/s, **ratio \
+         {:.3}**",
+        hp / hd
+    ));
+
+    // Added latency for 1 KiB blocks: one want at a time, want to block.
+    let mut small = Vec::new();
+    for i in 0..cfg.small_blocks {
+        let cid = kubo.add_bytes(&random_bytes(1024, 1000 + i as u64)).await?;
+        small.push(cid.parse::<Cid>()?);
+    }
+    let mut lat = Vec::new();
+    for to in [&kubo.tcp_addr, &proxy.tcp_addr] {
+        let mut c = BitswapClient::connect(&to.parse()?).await?;
+        c.fetch(&small[..1], 1, timeout).await?; // warm up the streams
+        let mut samples = Vec::new();
+        for cid in &small[1..] {
+            let (_, stats) = c.fetch(std::slice::from_ref(cid), 1, timeout).await?;
+            samples.push(stats.latencies[0]);
+        }
+        samples.sort();
+        lat.push(samples);
+    }
+    let (ld, lp) = (&lat[0], &lat[1]);
+    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+        let (a, b) = (percentile(ld, q), percentile(lp, q));
+        s.line(format!(
+            "1 KiB block latency {name} ({} blocks): direct {:.3} ms, through Kitsune {:.3} ms, \
+             **added {:.3} ms** (goal < 0.5 ms)",
+            ld.len(),
+            ms(a),
+            ms(b),
+            ms(b) - ms(a)
+        ));
+    }
+    Ok(s)
+}

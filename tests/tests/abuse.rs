@@ -1,0 +1,502 @@
+//! Hostile clients against the real `kitsune-proxy` binary in front of a real kubo: a
+//! want flood, oversized frames, stream floods and a connection flood from one IP.
+//! In each, the proxy's memory stays bounded (its VmHWM, read from /proc), the offender
+//! is throttled or cut (seen on the wire and in `/metrics`), and a well-behaved client
+//! is served while it happens.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use cid::Cid;
+use futures::AsyncWriteExt;
+use kitsune_e2e::bitswap_client::{BitswapClient, Peer, PeerState, ended_by_peer, want};
+use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, scratch_dir, write_random_file};
+use kitsune_proxy::bitswap::{MAX_FRAME_BYTES, Message, PresenceKind, WantEntry};
+use libp2p::Multiaddr;
+use multihash_codetable::{Code, MultihashDigest};
+
+const MIB: usize = 1 << 20;
+/// A failure guard only: every wait below ends as soon as its condition holds.
+const T: Duration = Duration::from_secs(120);
+/// The proxy's defaults these tests lean on (proxy/src/config.rs).
+const MAX_WANTS_PER_CLIENT: usize = 16384;
+const MAX_STREAMS_PER_PEER: usize = 16;
+const MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// VmRSS and VmHWM of a process, in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Setup {
+    kubo: KuboNode,
+    proxy: Proxy,
+    addr: Multiaddr,
+    /// Every block of a 1 MiB file on the backend.
+    cids: Vec<Cid>,
+    /// The proxy's peak RSS once it has served one client.
+    baseline_hwm: u64,
+}
+
+async fn setup(name: &str) -> Setup {
+    let dir = scratch_dir(name).unwrap();
+    let file = write_random_file(dir.path(), "ok.bin", MIB, 42).unwrap();
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let root = kubo.added["ok.bin"].clone();
+    let mut cids: Vec<Cid> = vec![root.parse().unwrap()];
+    for c in kubo.refs_recursive(&root).await.unwrap() {
+        cids.push(c.parse().unwrap());
+    }
+    let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
+    // Warm up: one fetch through the proxy, so the baseline includes a served client.
+    served(&addr, &cids).await;
+    let (_, baseline_hwm) = memory(proxy.proc.pid());
+    eprintln!("{name}: baseline VmHWM {} KiB", baseline_hwm / 1024);
+    Setup {
+        kubo,
+        proxy,
+        addr,
+        cids,
+        baseline_hwm,
+    }
+}
+
+/// A fresh, well-behaved client fetches every block of the file.
+async fn served(addr: &Multiaddr, cids: &[Cid]) {
+    let mut c = BitswapClient::connect(addr)
+        .await
+        .expect("a well-behaved client connects");
+    let (blocks, _) = c
+        .fetch(cids, 16, T)
+        .await
+        .expect("a well-behaved client is served");
+    assert_eq!(blocks.len(), cids.len());
+}
+
+impl Setup {
+    /// Asserts the proxy is alive and its peak RSS grew by less than `budget` over the
+    /// baseline; returns the growth.
+    fn assert_memory_bounded(&mut self, what: &str, budget: usize) -> u64 {
+        assert!(
+            self.proxy.proc.is_running(),
+            "the proxy died during {what}\n{}",
+            self.proxy.proc.log_tail(30)
+        );
+        let (rss, hwm) = memory(self.proxy.proc.pid());
+        let growth = hwm.saturating_sub(self.baseline_hwm);
+        eprintln!(
+            "{what}: VmRSS {} KiB, VmHWM {} KiB (+{} KiB over the baseline)",
+            rss / 1024,
+            hwm / 1024,
+            growth / 1024
+        );
+        assert!(
+            growth < budget as u64,
+            "{what}: the proxy's peak RSS grew by {} KiB (budget {} KiB)",
+            growth / 1024,
+            budget / 1024
+        );
+        growth
+    }
+
+    async fn rejected(&self, reason: &str) -> f64 {
+        self.proxy
+            .metric(&format!("kitsune_rejected_total{{reason=\"{reason}\"}}"))
+            .await
+            .unwrap()
+            .unwrap_or(0.0)
+    }
+
+    async fn wait_rejected(&self, reason: &str, at_least: f64) {
+        kitsune_e2e::wait_for(
+            &format!("kitsune_rejected_total{{reason=\"{reason}\"}} >= {at_least}"),
+            T,
+            Duration::from_millis(50),
+            || async { Ok(self.rejected(reason).await >= at_least) },
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// A raw-codec CID nobody has.
+fn nobody_has(i: u64) -> Cid {
+    Cid::new_v1(0x55, Code::Sha2_256.digest(&i.to_le_bytes()))
+}
+
+#[tokio::test]
+async fn a_100k_want_flood_is_capped_and_others_are_still_served() {
+    let mut s = setup("want-flood").await;
+    let mut attacker = BitswapClient::connect(&s.addr).await.unwrap();
+    const WANTS: u64 = 100_000;
+    let flood: Vec<Cid> = (0..WANTS).map(nobody_has).collect();
+
+    // How many wants the proxy holds, sampled from /metrics for the whole flood.
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let metrics_url = s.proxy.metrics_url.clone();
+    let sampler = tokio::spawn(async move {
+        let mut most = 0.0f64;
+        loop {
+            if let Ok(r) = reqwest::get(format!("{metrics_url}/metrics")).await
+                && let Ok(text) = r.text().await
+                && let Some(v) = text.lines().find_map(|l| {
+                    l.strip_prefix("kitsune_bitswap_wants_in_flight ")?
+                        .parse::<f64>()
+                        .ok()
+                })
+            {
+                most = most.max(v);
+            }
+            tokio::select! {
+                _ = stopped.changed() => return most,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    });
+    // The innocent client fetches while the flood is being sent and routed.
+    let (addr, cids) = (s.addr.clone(), s.cids.clone());
+    let innocent = tokio::spawn(async move { served(&addr, &cids).await });
+    // 100,000 WANT-BLOCKs asking for DONT_HAVE, 10,000 per message (one message of all
+    // of them would be over the 4 MiB frame limit, which is the next test's business).
+    for chunk in flood.chunks(10_000) {
+        attacker
+            .send(&Message {
+                wants: chunk.iter().map(|c| want(*c)).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Every want is answered with DONT_HAVE: those over the per-client cap at once (the
+    // throttle: they never reach the backend), the rest once the backend says it has
+    // none. Meanwhile the wants the proxy holds never exceed the cap (plus the innocent
+    // client's window).
+    let mut answered = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + T;
+    while answered.len() < flood.len() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = attacker.recv(left).await.unwrap_or_else(|| {
+            panic!(
+                "only {} of {WANTS} wants answered\n{}",
+                answered.len(),
+                s.proxy.proc.log_tail(20)
+            )
+        });
+        for p in msg.presences {
+            assert_eq!(p.kind, PresenceKind::DontHave, "nobody has {}", p.cid);
+            answered.insert(p.cid);
+        }
+        assert!(msg.blocks.is_empty());
+    }
+    let wanted: std::collections::HashSet<Cid> = flood.iter().copied().collect();
+    assert!(answered.is_subset(&wanted), "only wanted CIDs are answered");
+    innocent.await.expect("the innocent client was served");
+    stop.send(true).unwrap();
+    let most_held = sampler.await.unwrap();
+    eprintln!("most wants held at once (sampled): {most_held}");
+    assert!(
+        most_held <= (MAX_WANTS_PER_CLIENT + 64) as f64,
+        "the proxy held {most_held} wants for one flooding client"
+    );
+    // Generous: the decoded messages queued towards the engine and the DONT_HAVEs
+    // queued back are transient and counted in messages, not bytes (about +54 MiB
+    // measured for a debug build); what must not happen is keeping every refused want.
+    s.assert_memory_bounded("100k want flood", 96 * MIB);
+    // The attacker is throttled, not banned: its DONT_HAVE'd wants still count against
+    // its cap (a DONT_HAVE does not end a want), and once it cancels them it is served.
+    for chunk in flood.chunks(10_000) {
+        attacker
+            .send(&Message {
+                wants: chunk
+                    .iter()
+                    .map(|c| WantEntry {
+                        cancel: true,
+                        ..want(*c)
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let (blocks, _) = attacker.fetch(&s.cids, 16, T).await.unwrap();
+    assert_eq!(blocks.len(), s.cids.len());
+    drop(s.kubo);
+}
+
+/// The varint length prefix of a frame of `len` bytes.
+fn prefix(len: usize) -> Vec<u8> {
+    let mut tmp = unsigned_varint::encode::usize_buffer();
+    unsigned_varint::encode::usize(len, &mut tmp).to_vec()
+}
+
+#[tokio::test]
+async fn frames_of_4_mib_plus_1_are_cut_and_4_mib_frames_are_not() {
+    let mut s = setup("big-frames").await;
+    let mut attacker = BitswapClient::connect(&s.addr).await.unwrap();
+    let before = s.rejected("oversized_frame").await;
+
+    // Whole frames of 4 MiB + 1, each on its own stream, several at once.
+    const STREAMS: usize = 8;
+    let mut frame = prefix(MAX_FRAME_BYTES + 1);
+    frame.resize(frame.len() + MAX_FRAME_BYTES + 1, 0x5a);
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(attacker.open_bitswap().await.unwrap());
+    }
+    let cut = futures::future::join_all(streams.into_iter().map(|mut st| {
+        let frame = &frame;
+        async move {
+            // The proxy stops reading after the length: the write may fail (reset)
+            // or be swallowed; either way the stream must end from the proxy's side.
+            let _ = tokio::time::timeout(T, async {
+                st.write_all(frame).await?;
+                st.flush().await
+            })
+            .await;
+            ended_by_peer(&mut st, T).await
+        }
+    }))
+    .await;
+    assert!(
+        cut.iter().all(|c| *c),
+        "every oversized stream is ended by the proxy: {cut:?}"
+    );
+    s.wait_rejected("oversized_frame", before + STREAMS as f64)
+        .await;
+    assert!(
+        attacker.is_connected(),
+        "only the streams are cut, not the connection"
+    );
+
+    // Exactly 4 MiB is allowed: a 1.0.0 block field of 4 MiB - 5 bytes (1 tag byte and a
+    // 4-byte length) makes a 4 MiB protobuf. The proxy reads it, drops the unsolicited
+    // block, and goes on reading the same stream: a want after it is answered.
+    let data_len = MAX_FRAME_BYTES - 5;
+    let mut max_frame = vec![0x12];
+    max_frame.extend(prefix(data_len));
+    assert_eq!(max_frame.len(), 5);
+    max_frame.resize(MAX_FRAME_BYTES, 0x33);
+    let recv_before = s
+        .proxy
+        .metric("kitsune_bitswap_messages_recv_total")
+        .await
+        .unwrap()
+        .unwrap_or(0.0);
+    attacker.send_frame(&max_frame).await.unwrap();
+    let (blocks, _) = attacker.fetch(&s.cids[..1], 1, T).await.unwrap();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "the stream still works after a 4 MiB frame"
+    );
+    let recv_after = s
+        .proxy
+        .metric("kitsune_bitswap_messages_recv_total")
+        .await
+        .unwrap()
+        .unwrap_or(0.0);
+    assert!(
+        recv_after >= recv_before + 2.0,
+        "the 4 MiB frame was decoded"
+    );
+    assert_eq!(
+        s.rejected("oversized_frame").await,
+        before + STREAMS as f64,
+        "the 4 MiB frame was not refused"
+    );
+
+    served(&s.addr, &s.cids).await;
+    // 8 x 4 MiB + 1 refused before reading, one 4 MiB frame read whole.
+    s.assert_memory_bounded("4 MiB + 1 frames", 48 * MIB);
+}
+
+#[tokio::test]
+async fn stream_floods_are_capped_per_peer_and_declared_frames_cost_nothing() {
+    let mut s = setup("stream-flood").await;
+    let before = s.rejected("too_many_streams").await;
+
+    // 1. One peer opens 200 bitswap streams and holds them without sending a byte.
+    const HELD: usize = 200;
+    let mut attacker = BitswapClient::connect(&s.addr).await.unwrap();
+    let mut streams = Vec::new();
+    let mut refused_at_open = 0;
+    for _ in 0..HELD {
+        match attacker.open_bitswap().await {
+            Ok(st) => streams.push(st),
+            Err(_) => refused_at_open += 1,
+        }
+    }
+    let ended = futures::future::join_all(
+        streams
+            .iter_mut()
+            .map(|st| ended_by_peer(st, Duration::from_secs(15))),
+    )
+    .await;
+    let cut = ended.iter().filter(|e| **e).count() + refused_at_open;
+    eprintln!("{cut} of {HELD} held streams cut ({refused_at_open} at negotiation)");
+    assert!(
+        cut >= HELD - MAX_STREAMS_PER_PEER,
+        "at most {MAX_STREAMS_PER_PEER} streams per peer stay open; {cut} of {HELD} were cut"
+    );
+    s.wait_rejected(
+        "too_many_streams",
+        before + (HELD - MAX_STREAMS_PER_PEER - refused_at_open) as f64,
+    )
+    .await;
+    // The flood from this peer does not stop others.
+    served(&s.addr, &s.cids).await;
+    drop(streams);
+    drop(attacker);
+    s.assert_memory_bounded("200 held streams", 32 * MIB);
+
+    // 2. Streams that declare a 4 MiB frame and send 1 KiB of it: 8 peers, each with the
+    // 16 streams the proxy admits (15 of these and its long-lived one), held, then
+    // dropped, three times over so freed buffers are reused: 480 MiB declared per round.
+    // Memory must follow what was sent (about 1 MiB a round), not what was declared.
+    const PEERS: usize = 8;
+    const ROUNDS: usize = 3;
+    let mut first = prefix(MAX_FRAME_BYTES);
+    first.extend_from_slice(&[0u8; 1024]);
+    for round in 0..ROUNDS {
+        let mut attackers = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..PEERS {
+            let mut a = BitswapClient::connect(&s.addr).await.unwrap();
+            for _ in 0..MAX_STREAMS_PER_PEER - 1 {
+                let mut st = a.open_bitswap().await.unwrap();
+                st.write_all(&first).await.unwrap();
+                st.flush().await.unwrap();
+                held.push(st);
+            }
+            // Its long-lived stream, after the others on the same connection: an
+            // answer shows the proxy has read this far.
+            let (b, _) = a.fetch(&s.cids[..1], 1, T).await.unwrap();
+            assert_eq!(b.len(), 1);
+            attackers.push(a);
+        }
+        served(&s.addr, &s.cids).await;
+        s.assert_memory_bounded(
+            &format!(
+                "round {round}: {} streams declaring 4 MiB frames",
+                held.len()
+            ),
+            64 * MIB,
+        );
+        drop(held);
+        drop(attackers);
+    }
+}
+
+#[tokio::test]
+async fn a_connection_flood_from_one_ip_is_capped_and_other_ips_are_served() {
+    let mut s = setup("conn-flood").await;
+    let flood_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let denied = || async {
+        let text = s.proxy.metrics().await.unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("libp2p_swarm_connections_incoming_error_total{")
+                    && l.contains("error=\"Denied\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let denied_before = denied().await;
+
+    // 1. 150 libp2p peers, each its own identity, all from 127.0.0.2, all at once.
+    const PEERS: usize = 150;
+    let mut flood: Vec<Peer> = (0..PEERS)
+        .map(|_| Peer::dial_from(&s.addr, flood_ip).unwrap())
+        .collect();
+    let mut states = Vec::new();
+    for p in &mut flood {
+        states.push(p.settled(T).await);
+    }
+    let connected = states
+        .iter()
+        .filter(|s| **s == PeerState::Connected)
+        .count();
+    let refused = states
+        .iter()
+        .filter(|s| matches!(s, PeerState::Failed(_) | PeerState::Closed))
+        .count();
+    eprintln!("{connected} of {PEERS} flood peers connected, {refused} refused");
+    assert!(connected >= 1, "the flooding IP is not banned outright");
+    assert!(
+        connected <= MAX_CONNECTIONS_PER_IP,
+        "{connected} connections from one IP"
+    );
+    assert_eq!(connected + refused, PEERS, "every dial settled: {states:?}");
+    kitsune_e2e::wait_for("denials counted", T, Duration::from_millis(50), || async {
+        Ok(denied().await >= denied_before + (PEERS - MAX_CONNECTIONS_PER_IP) as f64)
+    })
+    .await
+    .unwrap();
+
+    // While the flooding IP holds its connections, other IPs connect and are served.
+    served(&s.addr, &s.cids).await;
+    let mut other = Peer::dial_from(&s.addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3))).unwrap();
+    assert_eq!(other.settled(T).await, PeerState::Connected);
+    // The held connections are still up: the cap cut only the excess.
+    let still = flood
+        .iter()
+        .filter(|p| p.state() == PeerState::Connected)
+        .count();
+    assert_eq!(still, connected);
+
+    // 2. Raw TCP connections that never start a handshake, 300 from 127.0.0.4: pending
+    // connections count against the same cap, so they cannot fill the proxy's global
+    // pending budget (256) and lock out everyone else.
+    let raw_ip = Ipv4Addr::new(127, 0, 0, 4);
+    let port = s
+        .addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let denied_before = denied().await;
+    let mut raw = Vec::new();
+    for _ in 0..300 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((raw_ip, 0).into()).unwrap();
+        if let Ok(c) = sock.connect((Ipv4Addr::LOCALHOST, port).into()).await {
+            raw.push(c);
+        }
+    }
+    kitsune_e2e::wait_for(
+        "raw denials counted",
+        T,
+        Duration::from_millis(50),
+        || async { Ok(denied().await >= denied_before + (300 - MAX_CONNECTIONS_PER_IP) as f64) },
+    )
+    .await
+    .unwrap();
+    served(&s.addr, &s.cids).await;
+    s.assert_memory_bounded("connection flood", 64 * MIB);
+    drop(raw);
+    drop(flood);
+}
