@@ -2,8 +2,9 @@
 //!
 //! It needs no kubelet (pods never run): it applies `crds/`, creates a namespace with an
 //! identity Secret, backend Pods and an EndpointSlice of its own, runs the operator binary
-//! as a local process, and asserts the Deployment, Service, status and conditions, then a
-//! backend change and a missing-Secret case. Everything lives in a fresh namespace that is
+//! as a local process, and asserts the Deployment, Service, status and conditions; then a
+//! `kitsune-proxy` run here watches the operator's channel with a real ServiceAccount
+//! token, and an EndpointSlice change must reach its pool; last, a missing-Secret case. Everything lives in a fresh namespace that is
 //! deleted at the end. See operator/README.md.
 
 use std::collections::BTreeMap;
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, ObjectReference, Pod, PodSpec, Secret, Service,
+    Container, Namespace, ObjectReference, Pod, PodSpec, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -25,9 +27,10 @@ use serde_json::json;
 
 const NAME: &str = "preload";
 
-struct Operator(Child);
+/// A child process, killed when dropped.
+struct KillOnDrop(Child);
 
-impl Drop for Operator {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -48,6 +51,38 @@ where
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A binary of the workspace built beside this test (`target/<profile>/`).
+fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    dir.join(name)
+}
+
+/// `Ok` once the proxy's `/metrics` counts `n` backends in its pool (any state).
+async fn pool_size(metrics: std::net::SocketAddr, n: u32) -> Result<(), String> {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    let total: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("kitsune_backends{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    if total == f64::from(n) {
+        Ok(())
+    } else {
+        Err(format!("{total} backends"))
     }
 }
 
@@ -241,12 +276,13 @@ async fn operator_against_a_real_cluster() {
     }
 
     // 4. The operator, as a local process.
-    let _operator = Operator(
+    let operator_addr = free_addr();
+    let _operator = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_kitsune-operator"))
             .args([
                 "run",
                 "--http-addr",
-                "127.0.0.1:0",
+                &operator_addr.to_string(),
                 "--lease-namespace",
                 &ns,
             ])
@@ -328,7 +364,57 @@ async fn operator_against_a_real_cluster() {
         Some(("False".into(), "NoReadyReplicas".into()))
     );
 
-    // 6. A backend starts terminating: the count follows.
+    // 6. A proxy running here watches the operator's channel with a real token of its
+    //    ServiceAccount (TokenRequest, audience kitsune-watch, checked by TokenReview).
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let token = sas
+        .create_token_request(
+            NAME,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: Some(vec![kitsune_common::watch::TOKEN_AUDIENCE.into()]),
+                    expiration_seconds: Some(600),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a token for the proxy's ServiceAccount")
+        .status
+        .and_then(|s| s.token)
+        .expect("a token");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let proxy_metrics = free_addr();
+    let _proxy = KillOnDrop(
+        Command::new(sibling_binary("kitsune-proxy"))
+            .arg("-k")
+            .arg(dir.path().join("key"))
+            .args(["-l", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--metrics-addr", &proxy_metrics.to_string()])
+            .args([
+                "--backends-url",
+                &format!(
+                    "http://{operator_addr}{}",
+                    kitsune_common::watch::watch_path(&ns, NAME)
+                ),
+            ])
+            .arg("--backends-token-file")
+            .arg(&token_file)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the proxy binary starts (cargo build --workspace --bins)"),
+    );
+    // The backends are not real kubo nodes (no kubelet), so they never connect; the
+    // proxy's pool still holds them, by state.
+    eventually("the proxy's pool of two", || pool_size(proxy_metrics, 2)).await;
+
+    // 7. A backend starts terminating: the count follows, and the proxy's pool too.
+    let changed = Instant::now();
     slices
         .patch(
             "kubo-manual",
@@ -360,8 +446,13 @@ async fn operator_against_a_real_cluster() {
         }
     })
     .await;
+    eventually("the proxy's pool of one", || pool_size(proxy_metrics, 1)).await;
+    eprintln!(
+        "EndpointSlice change to the proxy's pool: {:?} (polled every 500 ms)",
+        changed.elapsed()
+    );
 
-    // 7. Bad input: a missing Secret is a False condition, and no Deployment.
+    // 8. Bad input: a missing Secret is a False condition, and no Deployment.
     let orphan = eventually("the orphan's IdentityReady=False", || {
         let kps = kps.clone();
         async move {
@@ -376,6 +467,7 @@ async fn operator_against_a_real_cluster() {
     assert_eq!(orphan, "SecretNotFound");
     assert!(deployments.get_opt("orphan").await.unwrap().is_none());
 
+    drop(_proxy);
     drop(_operator);
     namespaces
         .delete(&ns, &DeleteParams::default())

@@ -23,7 +23,7 @@ use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved
 use crate::bitswap::{Message, WantEntry, WantKind};
 use crate::http::Health;
 use crate::metrics::{
-    Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
+    BackendLabels, Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
 };
 use crate::net::inbound::InboundStream;
 use crate::net::streams::{Inbound, QueueError, Readers, Undelivered, Writer};
@@ -263,6 +263,14 @@ impl Engine {
         let now = Instant::now();
         tracing::debug!(%peer, summary = %Summary(&msg), "from backend");
         let bytes: u64 = msg.blocks.iter().map(|b| b.data.len() as u64).sum();
+        if !msg.blocks.is_empty() {
+            self.metrics
+                .backend_blocks
+                .get_or_create(&BackendLabels {
+                    backend: peer.to_string(),
+                })
+                .inc_by(msg.blocks.len() as u64);
+        }
         if bytes > 0 {
             self.metrics
                 .bytes_forwarded
@@ -538,6 +546,9 @@ impl Engine {
                     tracing::warn!(%peer, "backend lost; its wants move to the others");
                     self.connected_backends.remove(&peer);
                     self.metrics.downstream_peers.dec();
+                    self.metrics.backend_blocks.remove(&BackendLabels {
+                        backend: peer.to_string(),
+                    });
                     self.router.backend_down(peer, now);
                     if let Some(p) = &mut self.preload {
                         p.reverse.backend_down(peer);

@@ -45,6 +45,13 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// A backend by its peer ID: bounded by the pool, and each series is removed when its
+/// backend's connection goes, so churn does not grow the registry.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub upstream_peers: Gauge,
@@ -60,6 +67,8 @@ pub struct Metrics {
     pub backends: Family<StateLabels, Gauge>,
     pub rejected: Family<ReasonLabels, Counter>,
     pub failovers: Counter,
+    /// Blocks received from each connected backend: how the load spreads.
+    pub backend_blocks: Family<BackendLabels, Counter>,
     /// Preload: `/api/v0/refs` calls by outcome.
     pub refs_requests: Family<OutcomeLabels, Counter>,
     /// Preload: backend wants passed to an uploader, or refused (DONT_HAVE).
@@ -88,6 +97,7 @@ impl Metrics {
             backends: Family::default(),
             rejected: Family::default(),
             failovers: Counter::default(),
+            backend_blocks: Family::default(),
             refs_requests: Family::default(),
             reverse_wants: Family::default(),
             preload_dag_blocks: Histogram::new([
@@ -161,6 +171,11 @@ impl Metrics {
             "bitswap_failovers",
             "Wants moved to another backend (DONT_HAVE, timeout, lost backend)",
             m.failovers.clone(),
+        );
+        r.register(
+            "backend_blocks_received",
+            "Blocks received from each connected backend, by its peer ID",
+            m.backend_blocks.clone(),
         );
         r.register(
             "preload_refs_requests",

@@ -244,6 +244,60 @@ impl BitswapClient {
     }
 }
 
+/// Every copy of every block a [`BitswapClient::fetch_counting`] received: CID ->
+/// (copies, block length). More than one copy is a routing fault.
+pub type Copies = HashMap<Cid, (usize, usize)>;
+
+impl BitswapClient {
+    /// Fetches `cids` with at most `window` wants out, counting every copy of every
+    /// block, and calls `during` once, after `after` distinct blocks arrived (to inject
+    /// a fault or a change mid-transfer). Listens a moment at the end for late copies.
+    pub async fn fetch_counting(
+        &mut self,
+        cids: &[Cid],
+        window: usize,
+        timeout: Duration,
+        after: usize,
+        during: impl FnOnce(),
+    ) -> anyhow::Result<Copies> {
+        let deadline = Instant::now() + timeout;
+        let mut copies = Copies::new();
+        let mut next = 0;
+        let mut during = Some(during);
+        while copies.len() < cids.len() {
+            let outstanding = next - copies.len().min(next);
+            if outstanding < window && next < cids.len() {
+                let end = (next + window - outstanding).min(cids.len());
+                let wants = cids[next..end].iter().map(|c| want(*c)).collect();
+                next = end;
+                self.send(&Message {
+                    wants,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(msg) = self.recv(left).await else {
+                bail!("timed out with {} of {} blocks", copies.len(), cids.len());
+            };
+            for b in msg.blocks {
+                copies.entry(b.cid).or_insert((0, b.data.len())).0 += 1;
+            }
+            if copies.len() >= after
+                && let Some(f) = during.take()
+            {
+                f();
+            }
+        }
+        while let Some(msg) = self.recv(Duration::from_millis(500)).await {
+            for b in msg.blocks {
+                copies.entry(b.cid).or_insert((0, b.data.len())).0 += 1;
+            }
+        }
+        Ok(copies)
+    }
+}
+
 /// Dropping a client closes its connection: the swarm task is stopped (a dropped
 /// `JoinHandle` alone would leave it, and the connection, running).
 impl Drop for BitswapClient {

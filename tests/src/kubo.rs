@@ -253,6 +253,16 @@ impl KuboNode {
         self.rpc.refs(cid, true).await
     }
 
+    /// The root and every CID below it (`refs -r`), parsed: what a client wants to
+    /// fetch the whole DAG.
+    pub async fn dag_cids(&self, root: &str) -> Result<Vec<cid::Cid>> {
+        let mut cids = vec![root.parse().context("root CID")?];
+        for c in self.refs_recursive(root).await? {
+            cids.push(c.parse().context("a CID from refs")?);
+        }
+        Ok(cids)
+    }
+
     /// `block/get`: one raw block.
     pub async fn block_get(&self, cid: &str) -> Result<Vec<u8>> {
         self.rpc.block_get(cid).await

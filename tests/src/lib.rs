@@ -4,6 +4,8 @@
 //!   (`tests/harness/kubo_node.py`); bitswap over TCP and WebSocket, noise, yamux + mplex.
 //! * [`helia_fetch`]: a Helia 7 client (`tests/harness/helia/fetch.mjs`) that dials one
 //!   multiaddr and fetches a CID over bitswap.
+//! * [`operator::WatchServer`]: the operator's real watch server in process, its backend
+//!   index fed EndpointSlices naming harness kubo nodes (TokenReview is the one double).
 //! * [`jsipfs_client`]: an in-process ipfs-core 0.18.1 node (`tests/harness/jsipfs/client.mjs`),
 //!   with the js-ipfs preload feature; [`JsIpfsDaemon`]: a js-ipfs 0.66.1 daemon (noise + mplex).
 //!
@@ -20,6 +22,7 @@ pub mod bitswap_client;
 mod helia;
 mod jsipfs;
 mod kubo;
+pub mod operator;
 mod ports;
 pub mod preload;
 mod process;

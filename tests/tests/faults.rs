@@ -4,13 +4,10 @@
 //! operator restarting is covered by `operator/tests/watch_channel.rs`, and the
 //! channel cut under live traffic by `tests/tests/watch.rs`.)
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use cid::Cid;
-use kitsune_e2e::bitswap_client::{BitswapClient, want};
+use kitsune_e2e::bitswap_client::BitswapClient;
 use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, scratch_dir, write_random_file};
-use kitsune_proxy::bitswap::Message;
 
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(90);
@@ -38,66 +35,8 @@ async fn proxy_for(backends: Vec<String>, key: Option<std::path::PathBuf>, args:
     p
 }
 
-async fn blocks_of(kubo: &KuboNode, root: &str) -> Vec<Cid> {
-    let mut cids = vec![root.parse().unwrap()];
-    for c in kubo.refs_recursive(root).await.unwrap() {
-        cids.push(c.parse().unwrap());
-    }
-    cids
-}
-
 async fn metric(p: &Proxy, name: &str) -> f64 {
     p.metric(name).await.ok().flatten().unwrap_or(0.0)
-}
-
-/// Fetches `cids` with at most `window` wants out, counting every copy of every block
-/// that arrives (a duplicate is a routing fault), and calls `during` once after
-/// `after` blocks. Keeps listening a moment at the end for late duplicates.
-async fn fetch_counting(
-    client: &mut BitswapClient,
-    cids: &[Cid],
-    window: usize,
-    after: usize,
-    mut during: impl FnMut(),
-) -> anyhow::Result<HashMap<Cid, (usize, usize)>> {
-    let deadline = tokio::time::Instant::now() + T;
-    let mut copies: HashMap<Cid, (usize, usize)> = HashMap::new();
-    let (mut next, mut fired) = (0, false);
-    let done = |c: &HashMap<Cid, (usize, usize)>| c.len() == cids.len();
-    while !done(&copies) {
-        let outstanding = next - copies.len().min(next);
-        if outstanding < window && next < cids.len() {
-            let batch: Vec<_> = cids[next..(next + window - outstanding).min(cids.len())]
-                .iter()
-                .map(|c| want(*c))
-                .collect();
-            next += batch.len();
-            client
-                .send(&Message {
-                    wants: batch,
-                    ..Default::default()
-                })
-                .await?;
-        }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = client.recv(left).await else {
-            anyhow::bail!("timed out with {} of {} blocks", copies.len(), cids.len());
-        };
-        for b in msg.blocks {
-            let e = copies.entry(b.cid).or_insert((0, b.data.len()));
-            e.0 += 1;
-        }
-        if !fired && copies.len() >= after {
-            fired = true;
-            during();
-        }
-    }
-    while let Some(msg) = client.recv(Duration::from_millis(500)).await {
-        for b in msg.blocks {
-            copies.entry(b.cid).or_insert((0, b.data.len())).0 += 1;
-        }
-    }
-    Ok(copies)
 }
 
 /// Six rounds; in each a client fetches a 16 MiB file and one of three backends is
@@ -117,18 +56,19 @@ async fn backends_killed_again_and_again_lose_no_fetch_and_send_no_block_twice()
         &[],
     )
     .await;
-    let cids = blocks_of(&ks[0], &ks[0].added["f.bin"]).await;
+    let cids = ks[0].dag_cids(&ks[0].added["f.bin"]).await.unwrap();
     let addr = proxy.tcp_addr.parse().unwrap();
     for round in 0..6 {
         let victim = round % ks.len();
         let mut client = BitswapClient::connect(&addr).await.unwrap();
         let pid = ks[victim].pid().expect("running");
-        let copies = fetch_counting(&mut client, &cids, 4, 8, || {
-            // SIGKILL: the backend vanishes mid-transfer, its connection with it.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        })
-        .await
-        .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", proxy.proc.log_tail(30)));
+        let copies = client
+            .fetch_counting(&cids, 4, T, 8, || {
+                // SIGKILL: the backend vanishes mid-transfer, its connection with it.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", proxy.proc.log_tail(30)));
         assert_eq!(copies.len(), cids.len(), "round {round}: every block");
         let dups: Vec<_> = copies.iter().filter(|(_, (n, _))| *n > 1).collect();
         assert!(
@@ -160,7 +100,7 @@ async fn a_hung_backend_loses_its_wants_to_the_others() {
         &["--want-timeout", "1s"],
     )
     .await;
-    let cids = blocks_of(&k1, &k1.added["f.bin"]).await;
+    let cids = k1.dag_cids(&k1.added["f.bin"]).await.unwrap();
     k2.pause().unwrap();
     let mut client = BitswapClient::connect(&proxy.tcp_addr.parse().unwrap())
         .await
@@ -189,7 +129,7 @@ async fn a_backend_answering_garbage_is_cut_off_and_wants_move() {
         &["--want-timeout", "1s"],
     )
     .await;
-    let cids = blocks_of(&good, &good.added["f.bin"]).await;
+    let cids = good.dag_cids(&good.added["f.bin"]).await.unwrap();
     let mut client = BitswapClient::connect(&proxy.tcp_addr.parse().unwrap())
         .await
         .unwrap();
@@ -216,7 +156,7 @@ async fn a_restarted_proxy_serves_its_reconnecting_clients() {
     let k = kubo_with(&[file]).await;
     let key = dir.path().join("key");
     let mut first = proxy_for(vec![k.api_multiaddr.clone()], Some(key.clone()), &[]).await;
-    let cids = blocks_of(&k, &k.added["f.bin"]).await;
+    let cids = k.dag_cids(&k.added["f.bin"]).await.unwrap();
     let (head, tail) = cids.split_at(cids.len() / 2);
     let mut client = BitswapClient::connect(&first.tcp_addr.parse().unwrap())
         .await

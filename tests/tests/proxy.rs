@@ -36,15 +36,6 @@ async fn proxy_for(backends: &[&KuboNode], ws: bool) -> Proxy {
     p
 }
 
-/// The root and every other block of a file, as kubo lists them.
-async fn blocks_of(kubo: &KuboNode, root: &str) -> Vec<Cid> {
-    let mut cids = vec![root.parse().unwrap()];
-    for c in kubo.refs_recursive(root).await.unwrap() {
-        cids.push(c.parse().unwrap());
-    }
-    cids
-}
-
 #[tokio::test]
 async fn helia_fetches_1_and_20_mib_byte_identical_over_tcp_and_ws() {
     let dir = scratch_dir("fetch").unwrap();
@@ -157,7 +148,7 @@ async fn a_backend_killed_mid_transfer_does_not_fail_the_fetch() {
     let k1 = kubo_with(std::slice::from_ref(&file), false).await;
     let mut k2 = kubo_with(&[file], false).await;
     let proxy = proxy_for(&[&k1, &k2], false).await;
-    let cids = blocks_of(&k1, &k1.added["big.bin"]).await;
+    let cids = k1.dag_cids(&k1.added["big.bin"]).await.unwrap();
 
     let addr = proxy.tcp_addr.parse().unwrap();
     let fetch = tokio::spawn(async move {
@@ -217,7 +208,7 @@ async fn two_clients_wanting_the_same_blocks_both_get_them() {
     let file = write_random_file(dir.path(), "shared.bin", 8 * MIB, 7).unwrap();
     let k = kubo_with(&[file], false).await;
     let proxy = proxy_for(&[&k], false).await;
-    let cids = blocks_of(&k, &k.added["shared.bin"]).await;
+    let cids = k.dag_cids(&k.added["shared.bin"]).await.unwrap();
     let addr: libp2p::Multiaddr = proxy.tcp_addr.parse().unwrap();
     let mut a = BitswapClient::connect(&addr).await.unwrap();
     let mut b = BitswapClient::connect(&addr).await.unwrap();
@@ -249,7 +240,7 @@ async fn a_client_fetches_over_quic() {
     .await
     .unwrap();
     proxy.wait_ready(T).await.unwrap();
-    let cids = blocks_of(&k, &k.added["q.bin"]).await;
+    let cids = k.dag_cids(&k.added["q.bin"]).await.unwrap();
     let mut c = BitswapClient::connect(&proxy.quic_addr.clone().unwrap().parse().unwrap())
         .await
         .unwrap();
@@ -306,7 +297,7 @@ async fn bad_frames_close_only_their_stream_and_other_clients_are_served() {
     }
     // The attacker's connection survives (only the streams were closed), and both it
     // and an innocent client are still served.
-    let cids = blocks_of(&k, &k.added["ok.bin"]).await;
+    let cids = k.dag_cids(&k.added["ok.bin"]).await.unwrap();
     let (blocks, _) = attacker.fetch(&cids, 16, T).await.unwrap();
     assert_eq!(blocks.len(), cids.len());
     let got = helia_fetch(&proxy.tcp_addr, &k.added["ok.bin"], T)
@@ -483,8 +474,8 @@ async fn replicas_sharing_a_key_are_distinct_peers_to_a_shared_backend() {
     );
 
     let (a_cids, b_cids) = (
-        blocks_of(&k, &k.added["a.bin"]).await,
-        blocks_of(&k, &k.added["b.bin"]).await,
+        k.dag_cids(&k.added["a.bin"]).await.unwrap(),
+        k.dag_cids(&k.added["b.bin"]).await.unwrap(),
     );
     let fetch = |addr: String, cids: Vec<Cid>| async move {
         let mut c = BitswapClient::connect(&addr.parse().unwrap()).await?;

@@ -365,13 +365,4 @@ mod tests {
         let hits = |o: &Outcome| o.served.iter().map(|x| x.1).sum::<u64>();
         assert!(hits(&a) > hits(&rr));
     }
-
-    /// The full benchmark: `cargo test --release -p kitsune-e2e --lib -- --ignored
-    /// affinity_full --nocapture`.
-    #[tokio::test]
-    #[ignore]
-    async fn affinity_full() {
-        let s = run(&Config { quick: false }).await.unwrap();
-        println!("{}", s.markdown());
-    }
 }

@@ -50,7 +50,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let files = content(&backends, cfg.clients).await?;
     let proxy = Proxy::start(ProxyOptions {
         backends: backends.iter().map(|k| k.api_multiaddr.clone()).collect(),
-        release: true,
+        release: super::RELEASE,
         // All clients come from 127.0.0.1: lift the per-IP limit for the test only.
         args: vec![
             "--max-connections-per-ip".into(),

@@ -31,7 +31,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let mut s = Section::new(
         "6. Idle footprint and start-up",
         format!(
-            "Release builds. Proxy: in front of one kubo 0.22 backend; once the backend is \
+            "{} builds. Proxy: in front of one kubo 0.22 backend; once the backend is \
              connected and after {} s idle, VmRSS (and the peak, VmHWM) from /proc. Start to \
              listening: {starts} fresh starts, spawn until the proxy prints its listen address \
              (polled every 25 ms by the harness, so that is the resolution); start to ready \
@@ -40,6 +40,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
              API server in the bench (every list empty, every watch open and idle: an empty \
              cluster), via a kubeconfig; once `/readyz` answers and all its watches are open, \
              after {} s idle, VmRSS from /proc.",
+            super::build_profile(),
             IDLE.as_secs(),
             IDLE.as_secs()
         ),
@@ -53,7 +54,7 @@ async fn proxy(s: &mut Section, starts: usize) -> anyhow::Result<()> {
     let kubo = KuboNode::start(KuboOptions::default()).await?;
     let opts = ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],
-        release: true,
+        release: super::RELEASE,
         ..Default::default()
     };
     let p = Proxy::start(opts.clone()).await?;
@@ -111,7 +112,7 @@ async fn operator(s: &mut Section) -> anyhow::Result<()> {
         ),
     )?;
     let http = free_port();
-    let mut cmd = Command::new(binary("kitsune-operator", true)?);
+    let mut cmd = Command::new(binary("kitsune-operator", super::RELEASE)?);
     cmd.args(["run", "--leader-election", "false", "--identity", "bench"])
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--watch-base-url", &format!("http://127.0.0.1:{http}")])
@@ -337,19 +338,5 @@ async fn answer(State(log): State<Arc<ApiLog>>, req: Request) -> Response {
             )
                 .into_response()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The full benchmark (kubo, release builds): `cargo test -p kitsune-e2e --lib --
-    /// --ignored footprint`.
-    #[tokio::test]
-    #[ignore]
-    async fn footprint_quick() {
-        let s = run(&Config { quick: true }).await.unwrap();
-        println!("{}", s.markdown());
     }
 }

@@ -5,6 +5,7 @@
 pub mod affinity;
 pub mod clients;
 pub mod footprint;
+pub mod propagation;
 pub mod scaling;
 pub mod soak;
 pub mod throughput;
@@ -89,4 +90,14 @@ pub fn mem_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
 
 pub fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Benchmarks run the proxy and operator built as they are: a release `kitsune-bench`
+/// (`scripts/bench.sh`) measures release binaries; a debug one (the CI smoke run) only
+/// shows that every benchmark still runs, and its figures say so.
+pub const RELEASE: bool = !cfg!(debug_assertions);
+
+/// The build profile, for the methods' text.
+pub fn build_profile() -> &'static str {
+    if RELEASE { "Release" } else { "Debug" }
 }

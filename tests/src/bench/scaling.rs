@@ -131,7 +131,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     for n in [1usize, 2, 4] {
         let proxy = Proxy::start(ProxyOptions {
             backends: via[..n].to_vec(),
-            release: true,
+            release: super::RELEASE,
             // Paced backends are slow by design: no want should time out and move.
             args: vec!["--want-timeout".into(), "60s".into()],
             ..Default::default()

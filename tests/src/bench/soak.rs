@@ -27,7 +27,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     }
     let proxy = Proxy::start(ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],
-        release: true,
+        release: super::RELEASE,
         ..Default::default()
     })
     .await?;

@@ -14,7 +14,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these benchmarks (comma-separated): throughput, clients, scaling,
-    /// affinity, footprint, soak.
+    /// affinity, propagation, footprint, soak.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report. Default: docs/PERFORMANCE.md for a full run, nowhere
@@ -79,6 +79,13 @@ async fn main() -> anyhow::Result<()> {
     if wants("affinity") {
         let cfg = bench::affinity::Config { quick: q };
         record("affinity", bench::affinity::run(&cfg).await);
+    }
+    if wants("propagation") {
+        let cfg = bench::propagation::Config {
+            changes: if q { 50 } else { 500 },
+            subscribers: if q { vec![1, 20] } else { vec![1, 100] },
+        };
+        record("propagation", bench::propagation::run(&cfg).await);
     }
     if wants("footprint") {
         let cfg = bench::footprint::Config { quick: q };
@@ -159,9 +166,10 @@ fn machine() -> String {
         .unwrap_or_default();
     format!(
         "machine: {} cores ({cpu}), {mem:.0} GiB RAM, Linux {}\ndate: {date}\npeers: kubo 0.22 \
-         backends, release build of kitsune-proxy, everything on loopback on this one machine",
+         backends, {} build of kitsune-proxy, everything on loopback on this one machine",
         bench::num_cpus(),
-        kernel.trim()
+        kernel.trim(),
+        bench::build_profile().to_lowercase()
     )
 }
 
