@@ -44,27 +44,28 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Err(FrameError::BadLength)
 }
 
-/// The first buffer for a frame body; it doubles as bytes arrive, up to the frame.
-const FIRST_CHUNK: usize = 64 * 1024;
+/// How much of a frame body is zero-filled and read at a time.
+const READ_CHUNK: usize = 64 * 1024;
 
-/// Reads exactly `len` bytes. Memory follows the bytes that actually arrive: a peer
-/// that declares a 4 MiB frame and sends a few bytes costs a small buffer, not 4 MiB
-/// (per stream, which multiplies across streams and peers).
+/// Reads exactly `len` bytes. The buffer's capacity is the frame's length, reserved at
+/// once so it never moves (no realloc copies), but only the part about to be read is
+/// ever written: untouched capacity is address space, not resident memory, so a peer
+/// that declares a 4 MiB frame and sends a few bytes holds a few pages, not 4 MiB.
 async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Bytes, FrameError> {
-    let mut buf = vec![0u8; len.min(FIRST_CHUNK)];
-    let mut filled = 0;
-    while filled < len {
-        if filled == buf.len() {
-            let grown = (buf.len() * 2).min(len);
-            // Exact, so the frame's buffer is never larger than the frame.
-            buf.reserve_exact(grown - buf.len());
-            buf.resize(grown, 0);
-        }
-        match r.read(&mut buf[filled..]).await {
-            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        buf.resize((filled + READ_CHUNK).min(len), 0);
+        let mut at = filled;
+        while at < buf.len() {
+            match r.read(&mut buf[at..]).await {
+                Ok(0) => {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(Bytes::from(buf))
@@ -149,9 +150,11 @@ mod tests {
     }
 
     /// Found by the `bitswap_frame` fuzz target: a 49-byte stream whose second frame
-    /// declares 272,186 bytes made the reader allocate all of them before any arrived.
+    /// declares 272,186 bytes made the reader fill a buffer of all of them before any
+    /// arrived. Now only the chunk about to be read is ever written (the rest of the
+    /// reserved capacity stays untouched address space).
     #[test]
-    fn a_declared_length_allocates_only_as_bytes_arrive() {
+    fn a_declared_length_touches_memory_only_as_bytes_arrive() {
         let crash: &[u8] = &[
             0x2c, 0x0a, 0x00, 0x67, 0x28, 0x22, 0x0a, 0x00, 0x00, 0x00, 0x30, 0x20, 0xc7, 0xd0,
             0x14, 0x89, 0x08, 0x08, 0x58, 0xc5, 0x00, 0x06, 0xff, 0xff, 0xff, 0xff, 0xf8, 0x47,
@@ -173,7 +176,7 @@ mod tests {
             matches!(err, FrameError::Io(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
         );
         assert!(
-            r.largest_buf <= FIRST_CHUNK,
+            r.largest_buf <= READ_CHUNK,
             "asked to fill {}",
             r.largest_buf
         );
@@ -190,7 +193,7 @@ mod tests {
         };
         assert!(block_on(read_frame(&mut r, MAX)).is_err());
         assert!(
-            r.largest_buf <= FIRST_CHUNK,
+            r.largest_buf <= READ_CHUNK,
             "asked to fill {}",
             r.largest_buf
         );
@@ -198,7 +201,7 @@ mod tests {
 
     #[test]
     fn big_frames_arriving_in_pieces_read_whole() {
-        for len in [FIRST_CHUNK - 1, FIRST_CHUNK, FIRST_CHUNK + 1, MAX] {
+        for len in [READ_CHUNK - 1, READ_CHUNK, READ_CHUNK + 1, MAX] {
             let body: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let mut wire = Vec::new();
             block_on(write_frame(&mut Cursor::new(&mut wire), &body)).unwrap();
