@@ -27,11 +27,13 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kitsune_common::watch::{self, Snapshot, WatchEvent};
 use kube::api::{Api, PostParams};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch as tokio_watch;
 
 use crate::index::{ProxyKey, SharedIndex};
+use crate::metrics::ProxyLabels;
 use crate::resources::names;
 
 /// Who a bearer token belongs to.
@@ -81,6 +83,10 @@ pub struct WatchMetrics {
     pub snapshots: Counter,
     pub heartbeats: Counter,
     pub refused: Counter,
+    /// Per KitsuneProxy (bounded by their number): the version last sent, and when the
+    /// last line (snapshot or heartbeat) went out, so a stalled channel shows.
+    pub version: Family<ProxyLabels, Gauge>,
+    pub last_message: Family<ProxyLabels, Gauge>,
 }
 
 impl WatchMetrics {
@@ -94,6 +100,16 @@ impl WatchMetrics {
             "refused",
             "Watch requests refused (401, 403, 404, 503)",
             m.refused.clone(),
+        );
+        r.register(
+            "snapshot_version",
+            "Version of the last snapshot sent, by KitsuneProxy",
+            m.version.clone(),
+        );
+        r.register(
+            "last_message_timestamp_seconds",
+            "Unix time of the last line (snapshot or heartbeat) sent, by KitsuneProxy",
+            m.last_message.clone(),
         );
         m
     }
@@ -163,12 +179,17 @@ async fn watch_handler(
             "this ServiceAccount may not watch that proxy\n",
         );
     }
+    let labels = ProxyLabels {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
     let key = ProxyKey::new(namespace, name);
     let Some(rx) = s.index.read().expect("index lock").subscribe(&key) else {
         return refuse(&s, StatusCode::NOT_FOUND, "no such KitsuneProxy\n");
     };
     let stream = futures::stream::unfold(
         Stream::new(
+            labels,
             rx,
             s.synced.clone(),
             s.heartbeat,
@@ -192,6 +213,7 @@ async fn watch_handler(
 
 /// One subscriber's stream state.
 struct Stream {
+    labels: ProxyLabels,
     rx: tokio_watch::Receiver<Snapshot>,
     synced: tokio_watch::Receiver<bool>,
     heartbeat: Duration,
@@ -213,6 +235,7 @@ impl Drop for Subscribed {
 
 impl Stream {
     fn new(
+        labels: ProxyLabels,
         rx: tokio_watch::Receiver<Snapshot>,
         synced: tokio_watch::Receiver<bool>,
         heartbeat: Duration,
@@ -221,6 +244,7 @@ impl Stream {
     ) -> Self {
         metrics.subscribers.inc();
         Self {
+            labels,
             shutdown,
             _subscribed: Subscribed(metrics.subscribers.clone()),
             rx,
@@ -235,10 +259,18 @@ impl Stream {
     /// The next NDJSON line, or `None` to end the stream (the proxy was deleted).
     async fn next_line(&mut self) -> Option<Bytes> {
         let shutdown = self.shutdown.clone();
-        tokio::select! {
+        let line = tokio::select! {
             line = self.next_event() => line,
             _ = shutdown.cancelled() => None,
-        }
+        }?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.metrics
+            .last_message
+            .get_or_create(&self.labels)
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+        Some(line)
     }
 
     async fn next_event(&mut self) -> Option<Bytes> {
@@ -264,6 +296,10 @@ impl Stream {
         let snap = self.rx.borrow_and_update().clone();
         self.version = snap.version;
         self.metrics.snapshots.inc();
+        self.metrics
+            .version
+            .get_or_create(&self.labels)
+            .set(i64::try_from(snap.version).unwrap_or(i64::MAX));
         line(&WatchEvent::Snapshot(snap))
     }
 }

@@ -222,6 +222,20 @@ async fn changes_are_coalesced_into_the_latest_full_set_and_heartbeats_flow() {
         other => panic!("expected a heartbeat on idle, got {other:?}"),
     }
     assert!(s.metrics.heartbeats.get() >= 1);
+    let labels = crate::metrics::ProxyLabels {
+        namespace: "ipfs".into(),
+        name: "preload".into(),
+    };
+    assert_eq!(
+        s.metrics.version.get_or_create(&labels).get(),
+        latest.version as i64
+    );
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - s.metrics.last_message.get_or_create(&labels).get();
+    assert!((0..5).contains(&age), "last line sent {age} s ago");
 }
 
 #[tokio::test]
