@@ -49,6 +49,7 @@ impl Context {
             BuildConfig {
                 watch_base_url: "http://op.kitsune.svc:8080".into(),
                 default_image: "kitsune-proxy:test".into(),
+                watch_ca_pem: None,
             },
         );
         (Arc::new(ctx), ApiServerVerifier(handle), index)

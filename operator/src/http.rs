@@ -56,11 +56,30 @@ pub async fn serve(
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(addr, router, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given ([`crate::tls`]).
+pub async fn serve_with(
+    addr: SocketAddr,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "HTTP server listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let addr = listener.local_addr()?;
+    match tls {
+        Some(cfg) => {
+            tracing::info!(%addr, "HTTPS server listening");
+            crate::tls::serve(listener, router, cfg, shutdown).await
+        }
+        None => {
+            tracing::info!(%addr, "HTTP server listening");
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    }
 }
 
 #[cfg(test)]

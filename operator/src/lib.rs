@@ -12,7 +12,8 @@
 //! - [`conditions`]: status conditions and their transitions;
 //! - [`controller`]: `Context`, `reconcile`, `error_policy` and the controller loop;
 //! - [`leader`]: Lease-based election that gates writes;
-//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`], [`http`]: Prometheus metrics, `/metrics`, `/healthz`, `/readyz`;
+//! - [`tls`]: the optional TLS listener for the same routes, certificate reloaded on change.
 
 pub mod conditions;
 pub mod controller;
@@ -25,6 +26,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod spec;
+pub mod tls;
 pub mod watch_server;
 
 #[cfg(test)]

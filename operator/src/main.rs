@@ -51,7 +51,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (in a cluster, or outside one with KUBECONFIG).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the KitsuneProxy CRD YAML (what crds/kitsuneproxy.yaml holds).
     Crdgen,
 }
@@ -69,6 +69,26 @@ struct RunArgs {
         env = "KITSUNE_WATCH_BASE_URL"
     )]
     watch_base_url: String,
+    /// Serve the HTTP server (watch channel, metrics, health) over TLS with this PEM
+    /// certificate chain (e.g. `tls.crt` of a kubernetes.io/tls Secret); re-read when
+    /// it changes. Needs --watch-tls-key-file.
+    #[arg(
+        long,
+        env = "KITSUNE_WATCH_TLS_CERT_FILE",
+        requires = "watch_tls_key_file"
+    )]
+    watch_tls_cert_file: Option<std::path::PathBuf>,
+    /// The PEM private key of --watch-tls-cert-file (e.g. `tls.key`).
+    #[arg(
+        long,
+        env = "KITSUNE_WATCH_TLS_KEY_FILE",
+        requires = "watch_tls_cert_file"
+    )]
+    watch_tls_key_file: Option<std::path::PathBuf>,
+    /// PEM bundle of the CA that signed the serving certificate (e.g. `ca.crt`); proxy
+    /// pods get it as KITSUNE_BACKENDS_CA_PEM and trust only it. Read at start.
+    #[arg(long, env = "KITSUNE_WATCH_TLS_CA_FILE")]
+    watch_tls_ca_file: Option<std::path::PathBuf>,
     /// Seconds between heartbeats on an idle watch stream.
     #[arg(long, env = "KITSUNE_WATCH_HEARTBEAT_SECONDS", default_value_t = 10)]
     watch_heartbeat_seconds: u64,
@@ -116,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             init_tracing(cli.log_format);
-            run(args).await
+            run(*args).await
         }
     }
 }
@@ -137,6 +157,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // When the workspace builds rustls with both ring and aws-lc-rs, rustls cannot pick a
     // provider by itself; pick one explicitly (an error only means one is already set).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Bad TLS files are a start-up error, before anything else starts.
+    let tls = match (&args.watch_tls_cert_file, &args.watch_tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            kitsune_operator::tls::server_config(kitsune_operator::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .context("--watch-tls-cert-file / --watch-tls-key-file")?,
+        ),
+        _ => None,
+    };
+    let watch_ca_pem = args
+        .watch_tls_ca_file
+        .as_deref()
+        .map(kitsune_operator::tls::read_ca_bundle)
+        .transpose()
+        .context("--watch-tls-ca-file")?;
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -217,7 +254,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let (addr, s) = (args.http_addr, shutdown.clone());
     tasks.spawn(async move {
-        if let Err(e) = http::serve(addr, http::router(state).merge(watches), s.clone()).await {
+        let app = http::router(state).merge(watches);
+        if let Err(e) = http::serve_with(addr, app, tls, s.clone()).await {
             error!(error = %e, "HTTP server failed");
             s.cancel();
         }
@@ -232,6 +270,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         BuildConfig {
             watch_base_url: args.watch_base_url,
             default_image: args.proxy_image,
+            watch_ca_pem,
         },
     ));
     let s = shutdown.clone();

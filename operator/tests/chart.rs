@@ -153,6 +153,10 @@ struct MonitorEndpoint {
     path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     honor_labels: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_config: Option<BTreeMap<String, Value>>,
     interval: String,
     scrape_timeout: String,
 }
@@ -469,6 +473,11 @@ fn default_render_is_hardened_least_privilege_and_consistent() {
     assert_eq!(arg(c, "--lease-name"), Some("kitsune-operator"));
     assert_eq!(arg(c, "--watch-namespace"), None);
     assert_eq!(
+        arg(c, "--watch-tls-cert-file"),
+        None,
+        "plain HTTP by default"
+    );
+    assert_eq!(
         svc.spec.as_ref().unwrap().selector,
         d.spec.selector.match_labels
     );
@@ -617,6 +626,38 @@ fn minimal_values_render_without_lease_rbac_or_own_service_account() {
         arg(c, "--watch-base-url"),
         Some("https://kitsune.example.com")
     );
+    // TLS from the Secret: the three files, read-only, and probes over HTTPS.
+    let dir = "/etc/kitsune/watch-tls";
+    assert_eq!(
+        [
+            "--watch-tls-cert-file",
+            "--watch-tls-key-file",
+            "--watch-tls-ca-file"
+        ]
+        .map(|f| arg(c, f)),
+        [
+            Some(&*format!("{dir}/tls.crt")),
+            Some(&*format!("{dir}/tls.key")),
+            Some(&*format!("{dir}/ca.crt"))
+        ]
+    );
+    let mount = &c.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (dir, Some(true))
+    );
+    assert!(mount.sub_path.is_none(), "rotations must reach the files");
+    let pod = o.deployments[0].spec.template.spec.as_ref().unwrap();
+    let vol = &pod.volumes.as_ref().unwrap()[0];
+    assert_eq!(vol.name, mount.name);
+    assert_eq!(
+        vol.secret.as_ref().unwrap().secret_name.as_deref(),
+        Some("kitsune-operator-tls")
+    );
+    for p in [&c.liveness_probe, &c.readiness_probe] {
+        let get = p.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+    }
     assert_eq!(
         o.cluster_role_bindings[0].subjects.as_ref().unwrap()[0].name,
         "existing-operator-sa"

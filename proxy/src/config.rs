@@ -78,6 +78,19 @@ pub struct Cli {
     #[arg(long, env = "KITSUNE_BACKENDS_CA_FILE", requires = "backends_url")]
     pub backends_ca_file: Option<PathBuf>,
 
+    /// The same CA bundle as PEM text, for when it comes through the environment (the
+    /// operator sets it when its watch channel serves TLS). A CA certificate is public.
+    #[arg(
+        long,
+        env = "KITSUNE_BACKENDS_CA_PEM",
+        requires = "backends_url",
+        conflicts_with = "backends_ca_file",
+        hide_env_values = true,
+        // PEM text starts with "-----BEGIN".
+        allow_hyphen_values = true
+    )]
+    pub backends_ca_pem: Option<String>,
+
     /// Enable preload mode: serve /api/v0/refs on this port, and the libp2p WebSocket
     /// listener on the same port (so a Service with ClientIP affinity keeps a client's
     /// WebSocket and refs call on one replica).
@@ -304,6 +317,25 @@ mod tests {
         assert_eq!(cli.backends_url.as_deref(), Some(url[1]));
         assert_eq!(cli.backends_ca_file.as_deref(), Some("/ca.pem".as_ref()));
         assert!(parse(&file).unwrap().backends_file.is_some());
+        let pem = "-----BEGIN CERTIFICATE-----";
+        assert!(
+            parse(&["--backends-ca-pem", pem]).is_err(),
+            "a CA needs a URL"
+        );
+        assert!(
+            parse(&[
+                url[0],
+                url[1],
+                "--backends-ca-file",
+                "/ca.pem",
+                "--backends-ca-pem",
+                pem
+            ])
+            .is_err(),
+            "one CA bundle, not two"
+        );
+        let cli = parse(&[url[0], url[1], "--backends-ca-pem", pem]).unwrap();
+        assert_eq!(cli.backends_ca_pem.as_deref(), Some(pem));
     }
 
     #[test]

@@ -102,8 +102,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let (Some(url), Some(status)) = (cli.backends_url.clone(), watch_status) {
         let mut cfg = sources::watch::WatchConfig::new(url, cli.backends_token_file.clone());
         cfg.ca_file = cli.backends_ca_file.clone();
+        cfg.ca_pem = cli.backends_ca_pem.clone();
         // A bad CA bundle is a start-up error, not a proxy that never becomes ready.
-        let http = sources::watch::http_client(&cfg).context("--backends-ca-file")?;
+        let http =
+            sources::watch::http_client(&cfg).context("--backends-ca-file / --backends-ca-pem")?;
         tokio::spawn(sources::watch::run_with(http, cfg, handle.clone(), status));
     }
 

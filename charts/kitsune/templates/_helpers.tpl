@@ -52,7 +52,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.watchBaseUrl -}}
 {{- .Values.watchBaseUrl -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc:%v" (include "kitsune.fullname" .) .Release.Namespace .Values.service.port -}}
+{{- printf "%s://%s.%s.svc:%v" (include "kitsune.scheme" . | lower) (include "kitsune.fullname" .) .Release.Namespace .Values.service.port -}}
 {{- end -}}
 {{- end -}}
 
@@ -99,4 +99,9 @@ namespace. Each verb is one the code uses (operator/src):
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* HTTPS when the watch channel serves TLS (watchTls.secretName), else HTTP. */}}
+{{- define "kitsune.scheme" -}}
+{{- if .Values.watchTls.secretName -}}HTTPS{{- else -}}HTTP{{- end -}}
 {{- end -}}

@@ -4,7 +4,7 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, HTTPGetAction, KeyToPath,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
     SecretVolumeSource, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
     VolumeProjection,
@@ -100,6 +100,13 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
         image: Some(p.image.clone().unwrap_or_else(|| cfg.default_image.clone())),
         image_pull_policy: p.image_pull_policy.map(|x| x.as_str().into()),
         args: Some(args),
+        env: cfg.watch_ca_pem.as_ref().map(|pem| {
+            vec![EnvVar {
+                name: "KITSUNE_BACKENDS_CA_PEM".into(),
+                value: Some(pem.clone()),
+                ..Default::default()
+            }]
+        }),
         ports: Some(ports),
         resources: p.resources.clone(),
         liveness_probe: Some(probe("/healthz", 10, 3)),
@@ -271,10 +278,31 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_watch_channel_hands_its_ca_to_the_proxies() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let cfg = BuildConfig {
+            watch_base_url: "https://kitsune-operator.ops.svc:8443".into(),
+            default_image: "example/kitsune-proxy:1".into(),
+            watch_ca_pem: Some(pem.into()),
+        };
+        let d = deployment(&kp(), &id(), &cfg);
+        let c = &d.spec.template.spec.unwrap().containers[0];
+        let env = c.env.as_ref().expect("env");
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].name, "KITSUNE_BACKENDS_CA_PEM");
+        assert_eq!(env[0].value.as_deref(), Some(pem));
+        assert_eq!(
+            arg_after(c.args.as_ref().unwrap(), "--backends-url"),
+            ["https://kitsune-operator.ops.svc:8443/v1/backends/ipfs/preload"]
+        );
+    }
+
+    #[test]
     fn deployment_runs_the_proxy_with_its_identity_and_watch_channel() {
         let cfg = BuildConfig {
             watch_base_url: "http://kitsune-operator.ops.svc:8080/".into(),
             default_image: "example/kitsune-proxy:1".into(),
+            watch_ca_pem: None,
         };
         let d = deployment(&kp(), &id(), &cfg);
         assert_eq!(d.metadata.name.as_deref(), Some("preload"));
@@ -318,6 +346,7 @@ mod tests {
             arg_after(args, "--backends-token-file"),
             ["/var/run/secrets/kitsune/watch/token"]
         );
+        assert_eq!(c.env, None, "no CA without a TLS watch channel");
 
         // Identity: the named key of the Secret, read-only.
         let vols = pod.volumes.as_ref().unwrap();

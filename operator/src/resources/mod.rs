@@ -36,6 +36,9 @@ pub struct BuildConfig {
     pub watch_base_url: String,
     /// The proxy image when the spec names none.
     pub default_image: String,
+    /// The CA bundle (PEM) proxies trust for an https watch channel; set in their pods'
+    /// environment as `KITSUNE_BACKENDS_CA_PEM` (a CA certificate is public).
+    pub watch_ca_pem: Option<String>,
 }
 
 impl Default for BuildConfig {
@@ -43,6 +46,7 @@ impl Default for BuildConfig {
         Self {
             watch_base_url: "http://kitsune-operator.kitsune-system.svc:8080".into(),
             default_image: crate::crd::DEFAULT_PROXY_IMAGE.into(),
+            watch_ca_pem: None,
         }
     }
 }

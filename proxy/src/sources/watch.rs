@@ -28,9 +28,11 @@ pub struct WatchConfig {
     /// A file holding the bearer token (a projected ServiceAccount token); re-read on
     /// every connect, since the kubelet rotates it.
     pub token_file: Option<PathBuf>,
-    /// A PEM bundle of the CAs trusted for an https URL (only these); `None` means the
-    /// system's roots.
+    /// A PEM bundle of the CAs trusted for an https URL (only these); with neither this
+    /// nor `ca_pem`, the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// The same bundle given inline (the operator sets it in the pod's environment).
+    pub ca_pem: Option<String>,
     pub connect_timeout: Duration,
     /// No line (snapshot or heartbeat) for this long means the stream is dead.
     pub idle_timeout: Duration,
@@ -46,6 +48,7 @@ impl WatchConfig {
             url,
             token_file,
             ca_file: None,
+            ca_pem: None,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(30 * 60),
@@ -117,38 +120,37 @@ pub enum WatchError {
     BadBackend(String),
 }
 
-/// The HTTP client for `cfg`: plain HTTP, or HTTPS trusting `cfg.ca_file` only (with
-/// rustls on ring) or, without it, the system's roots.
+/// The HTTP client for `cfg`: plain HTTP, or HTTPS trusting only the CAs of
+/// `cfg.ca_file` or `cfg.ca_pem` (rustls on ring) or, with neither, the system's roots.
 pub fn http_client(cfg: &WatchConfig) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context as _;
     let mut builder = reqwest::Client::builder()
         .connect_timeout(cfg.connect_timeout)
         .no_proxy();
     if let Some(path) = &cfg.ca_file {
-        builder = builder.tls_backend_preconfigured(tls_config(path)?);
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA bundle {}", path.display()))?;
+        let tls = tls_config(&pem).with_context(|| format!("the CA bundle {}", path.display()))?;
+        builder = builder.tls_backend_preconfigured(tls);
+    } else if let Some(pem) = &cfg.ca_pem {
+        let tls = tls_config(pem.as_bytes()).context("the inline CA bundle")?;
+        builder = builder.tls_backend_preconfigured(tls);
     }
     Ok(builder.build()?)
 }
 
-/// A rustls client configuration (ring) that trusts exactly the CAs in a PEM file.
-pub fn tls_config(ca_file: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+/// A rustls client configuration (ring) that trusts exactly the CAs of a PEM bundle.
+pub fn tls_config(pem: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context as _;
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
-    let pem = std::fs::read(ca_file)
-        .with_context(|| format!("reading the CA bundle {}", ca_file.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert =
-            cert.with_context(|| format!("a malformed PEM block in {}", ca_file.display()))?;
+    for cert in CertificateDer::pem_slice_iter(pem) {
         roots
-            .add(cert)
-            .with_context(|| format!("an unusable CA certificate in {}", ca_file.display()))?;
+            .add(cert.context("a malformed PEM block")?)
+            .context("an unusable CA certificate")?;
     }
-    anyhow::ensure!(
-        !roots.is_empty(),
-        "no CA certificate in {}",
-        ca_file.display()
-    );
+    anyhow::ensure!(!roots.is_empty(), "no CA certificate in it");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
