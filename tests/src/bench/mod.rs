@@ -88,8 +88,12 @@ pub fn mem_mib(pid: u32, field: &str) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// The machine's online CPUs (not this thread's affinity: the throughput benchmark pins
+/// threads for a while).
 pub fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf only reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|n| *n > 0).unwrap_or(1)
 }
 
 /// Benchmarks run the proxy and operator built as they are: a release `kitsune-bench`

@@ -53,53 +53,31 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
 
     // Native client (the project's codec over rust-libp2p): the fastest client there is.
     let timeout = Duration::from_secs(300);
-    let (kubo_pid, proxy_pid) = (kubo.pid().context("kubo pid")?, proxy.proc.pid());
-    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
-    let mut cpu = [[0.0f64; 3]; 2]; // [direct, proxied] x [kubo, proxy, client]
-    let mut moved = [0.0f64; 2];
-    for _ in 0..cfg.runs {
-        for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
-            let before = [
-                cpu_seconds(kubo_pid),
-                cpu_seconds(proxy_pid),
-                cpu_seconds(std::process::id()),
-            ];
-            let mut c = BitswapClient::connect(&to.parse()?).await?;
-            let (_, stats) = c.fetch(&cids, cfg.window, timeout).await.context("fetch")?;
-            let after = [
-                cpu_seconds(kubo_pid),
-                cpu_seconds(proxy_pid),
-                cpu_seconds(std::process::id()),
-            ];
-            for k in 0..3 {
-                cpu[i][k] += after[k] - before[k];
-            }
-            moved[i] += stats.bytes as f64 / (1 << 30) as f64;
-            let mibs = stats.bytes as f64 / (1 << 20) as f64 / stats.elapsed.as_secs_f64();
-            if i == 0 {
-                direct.push(mibs)
-            } else {
-                proxied.push(mibs)
-            }
+    let pids = [
+        kubo.pid().context("kubo pid")?,
+        proxy.proc.pid(),
+        std::process::id(),
+    ];
+    let native = native_runs(&kubo, &proxy, &cids, cfg, pids).await?;
+    native.report(&mut s, cfg.window, "");
+
+    // The same with the proxy on a CPU of its own (kubo and the client share the other),
+    // as when it runs on its own node: what the proxy costs when it does not compete
+    // with its backend and its client for the same cores.
+    if num_cpus() >= 2 {
+        pin(pids[0], "0")?;
+        pin(pids[2], "0")?;
+        pin(pids[1], "1")?;
+        let pinned = native_runs(&kubo, &proxy, &cids, cfg, pids).await;
+        let all = format!("0-{}", num_cpus() - 1);
+        for pid in pids {
+            pin(pid, &all)?;
         }
-    }
-    let (d, p) = (median(direct), median(proxied));
-    s.line(format!(
-        "rust-libp2p bitswap client, window {}: direct {d:.1} MiB/s, through Kitsune {p:.1} \
-         MiB/s, **ratio {:.3}** (goal >= 0.95)",
-        cfg.window,
-        p / d
-    ));
-    for (i, label) in ["direct", "through Kitsune"].into_iter().enumerate() {
-        s.line(format!(
-            "CPU seconds per GiB, {label}: kubo {:.2}, proxy {:.2}, client {:.2} (total {:.2}; \
-             {} cores)",
-            cpu[i][0] / moved[i],
-            cpu[i][1] / moved[i],
-            cpu[i][2] / moved[i],
-            cpu[i].iter().sum::<f64>() / moved[i],
-            num_cpus()
-        ));
+        pinned?.report(
+            &mut s,
+            cfg.window,
+            ", pinned: kubo and client on CPU 0, the proxy alone on CPU 1",
+        );
     }
 
     // A real client: Helia 7's unixfs cat.
@@ -150,4 +128,86 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         ));
     }
     Ok(s)
+}
+
+/// Fetch figures of the native client: medians and CPU per GiB.
+struct Native {
+    direct: f64,
+    proxied: f64,
+    /// [direct, proxied] x [kubo, proxy, client] CPU seconds.
+    cpu: [[f64; 3]; 2],
+    /// GiB moved, [direct, proxied].
+    moved: [f64; 2],
+}
+
+impl Native {
+    fn report(&self, s: &mut Section, window: usize, how: &str) {
+        let (d, p) = (self.direct, self.proxied);
+        s.line(format!(
+            "rust-libp2p bitswap client, window {window}{how}: direct {d:.1} MiB/s, through \
+             Kitsune {p:.1} MiB/s, **ratio {:.3}** (goal >= 0.95)",
+            p / d
+        ));
+        for (i, label) in ["direct", "through Kitsune"].into_iter().enumerate() {
+            s.line(format!(
+                "CPU seconds per GiB{how}, {label}: kubo {:.2}, proxy {:.2}, client {:.2} \
+                 (total {:.2}; {} cores)",
+                self.cpu[i][0] / self.moved[i],
+                self.cpu[i][1] / self.moved[i],
+                self.cpu[i][2] / self.moved[i],
+                self.cpu[i].iter().sum::<f64>() / self.moved[i],
+                num_cpus()
+            ));
+        }
+    }
+}
+
+/// `cfg.runs` fetches of `cids` each way, alternating direct and through the proxy.
+/// `pids`: kubo, proxy, this process.
+async fn native_runs(
+    kubo: &KuboNode,
+    proxy: &Proxy,
+    cids: &[Cid],
+    cfg: &Config,
+    pids: [u32; 3],
+) -> anyhow::Result<Native> {
+    let timeout = Duration::from_secs(300);
+    let (mut direct, mut proxied) = (Vec::new(), Vec::new());
+    let mut cpu = [[0.0f64; 3]; 2];
+    let mut moved = [0.0f64; 2];
+    for _ in 0..cfg.runs {
+        for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
+            let before = pids.map(cpu_seconds);
+            let mut c = BitswapClient::connect(&to.parse()?).await?;
+            let (_, stats) = c.fetch(cids, cfg.window, timeout).await.context("fetch")?;
+            let after = pids.map(cpu_seconds);
+            for k in 0..3 {
+                cpu[i][k] += after[k] - before[k];
+            }
+            moved[i] += stats.bytes as f64 / (1 << 30) as f64;
+            let mibs = stats.bytes as f64 / (1 << 20) as f64 / stats.elapsed.as_secs_f64();
+            if i == 0 {
+                direct.push(mibs)
+            } else {
+                proxied.push(mibs)
+            }
+        }
+    }
+    Ok(Native {
+        direct: median(direct),
+        proxied: median(proxied),
+        cpu,
+        moved,
+    })
+}
+
+/// Pins every thread of `pid` (and the threads it starts later) to `cpus` (taskset).
+fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-cp", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset -a -cp {cpus} {pid}: {status}");
+    Ok(())
 }
