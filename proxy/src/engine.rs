@@ -15,7 +15,6 @@ use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{PeerId, Swarm};
-use libp2p_stream::Control;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
@@ -26,6 +25,7 @@ use crate::metrics::{
     BackendLabels, Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
 };
 use crate::net::inbound::InboundStream;
+use crate::net::outbound::Control;
 use crate::net::streams::{Inbound, QueueError, Readers, Undelivered, Writer};
 use crate::net::swarm::{Behaviour, BehaviourEvent};
 use crate::preload::Reverse;
@@ -120,7 +120,7 @@ struct Side {
 
 impl Side {
     fn new(swarm: Swarm<Behaviour>, max_streams_per_peer: usize, metrics: &Metrics) -> Self {
-        let control = swarm.behaviour().stream.new_control();
+        let control = swarm.behaviour().outbound.control();
         let (tx, inbound) = mpsc::channel(1024);
         Self {
             swarm,
@@ -656,6 +656,7 @@ impl Engine {
             }
         };
         catch_up(&self.metrics.failovers, stats.failovers);
+        catch_up(&self.metrics.want_timeouts, stats.timeouts);
         catch_up(
             &self.metrics.rejected.get_or_create(&ReasonLabels {
                 reason: "too_many_wants",

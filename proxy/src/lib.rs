@@ -4,6 +4,7 @@
 //! pure backend lifecycle, `net` the libp2p host and stream I/O, `engine` the event
 //! loop that joins them, `http` the admin server, `config` the flags.
 
+pub mod allocator;
 pub mod backend;
 pub mod bitswap;
 pub mod config;

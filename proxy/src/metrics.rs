@@ -67,6 +67,8 @@ pub struct Metrics {
     pub backends: Family<StateLabels, Gauge>,
     pub rejected: Family<ReasonLabels, Counter>,
     pub failovers: Counter,
+    /// Of those, wants a backend left unanswered past the want timeout.
+    pub want_timeouts: Counter,
     /// Blocks received from each connected backend: how the load spreads.
     pub backend_blocks: Family<BackendLabels, Counter>,
     /// Preload: `/api/v0/refs` calls by outcome.
@@ -97,6 +99,7 @@ impl Metrics {
             backends: Family::default(),
             rejected: Family::default(),
             failovers: Counter::default(),
+            want_timeouts: Counter::default(),
             backend_blocks: Family::default(),
             refs_requests: Family::default(),
             reverse_wants: Family::default(),
@@ -171,6 +174,11 @@ impl Metrics {
             "bitswap_failovers",
             "Wants moved to another backend (DONT_HAVE, timeout, lost backend)",
             m.failovers.clone(),
+        );
+        r.register(
+            "bitswap_want_timeouts",
+            "Wants moved on because their backend did not answer in time",
+            m.want_timeouts.clone(),
         );
         r.register(
             "backend_blocks_received",

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use futures::future::{Ready, ready};
-use libp2p::core::upgrade::{DeniedUpgrade, InboundUpgrade, UpgradeInfo};
+use libp2p::core::upgrade::{DeniedUpgrade, InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::core::{Endpoint, transport::PortUse};
 use libp2p::swarm::handler::{ConnectionEvent, FullyNegotiatedInbound};
 use libp2p::swarm::{
@@ -81,7 +81,8 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// Negotiates any bitswap version and yields the raw stream.
+/// Negotiates any bitswap version and yields the raw stream (both directions: the
+/// outbound side offers the versions newest first).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Upgrade;
 
@@ -100,6 +101,16 @@ impl InboundUpgrade<Stream> for Upgrade {
     type Future = Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, stream: Stream, info: StreamProtocol) -> Self::Future {
+        ready(Ok((stream, info)))
+    }
+}
+
+impl OutboundUpgrade<Stream> for Upgrade {
+    type Output = (Stream, StreamProtocol);
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Output, Self::Error>>;
+
+    fn upgrade_outbound(self, stream: Stream, info: StreamProtocol) -> Self::Future {
         ready(Ok((stream, info)))
     }
 }

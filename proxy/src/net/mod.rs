@@ -2,5 +2,6 @@
 
 pub mod inbound;
 pub mod ip_limit;
+pub mod outbound;
 pub mod streams;
 pub mod swarm;

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::outbound::{Control, OpenError};
 use bytes::Bytes;
 use futures::AsyncWriteExt;
 use futures::io::BufReader;
 use libp2p::{PeerId, Stream};
-use libp2p_stream::{Control, OpenStreamError};
 use tokio::sync::mpsc;
 
 use crate::bitswap::codec::{FrameError, read_frame};
@@ -259,7 +259,7 @@ struct OutStream {
     written: usize,
 }
 
-type Opening = tokio::task::JoinHandle<Result<(Stream, Version), OpenStreamError>>;
+type Opening = tokio::task::JoinHandle<Result<(Stream, Version), OpenError>>;
 
 struct WriteTask {
     peer: PeerId,
@@ -368,7 +368,7 @@ impl WriteTask {
     }
 
     /// Makes sure there is a current stream: the one opened ahead, or a new one.
-    async fn ready(&mut self) -> Result<(), OpenStreamError> {
+    async fn ready(&mut self) -> Result<(), OpenError> {
         if self.out.is_some() {
             return Ok(());
         }
@@ -376,9 +376,9 @@ impl WriteTask {
             Some(ahead) => match ahead.await {
                 Ok(Ok(s)) => Ok(s),
                 // It failed while unused: one fresh try before giving up.
-                _ => open(&mut self.control, self.peer).await,
+                _ => self.control.open(self.peer).await,
             },
-            None => open(&mut self.control, self.peer).await,
+            None => self.control.open(self.peer).await,
         };
         let (stream, version) = opened?;
         self.out = Some(OutStream {
@@ -390,8 +390,8 @@ impl WriteTask {
     }
 
     fn open_ahead(&mut self) {
-        let (mut control, peer) = (self.control.clone(), self.peer);
-        self.next = Some(tokio::spawn(async move { open(&mut control, peer).await }));
+        let (control, peer) = (self.control.clone(), self.peer);
+        self.next = Some(tokio::spawn(async move { control.open(peer).await }));
     }
 
     /// Closes the current stream (in the background: the reader may be slow) so the
@@ -446,21 +446,6 @@ fn split(msg: Message, max: usize) -> Vec<Message> {
         units.push(unit);
     }
     units
-}
-
-/// Opens a bitswap stream, newest version first.
-async fn open(control: &mut Control, peer: PeerId) -> Result<(Stream, Version), OpenStreamError> {
-    let mut last = None;
-    for v in Version::ALL {
-        match control.open_stream(peer, v.protocol()).await {
-            Ok(s) => return Ok((s, v)),
-            Err(OpenStreamError::UnsupportedProtocol(p)) => {
-                last = Some(OpenStreamError::UnsupportedProtocol(p))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.expect("at least one version tried"))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
 
-use super::{inbound, ip_limit};
+use super::{inbound, ip_limit, outbound};
 use crate::config::Limits;
 use crate::preload::front::Splices;
 
@@ -29,8 +29,9 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Inbound bitswap streams.
     pub bitswap: inbound::Behaviour,
-    /// Outbound bitswap streams (no inbound protocol is registered on it).
-    pub stream: libp2p_stream::Behaviour,
+    /// Outbound bitswap streams. Last: it tracks only connections every other
+    /// behaviour accepted.
+    pub outbound: outbound::Behaviour,
 }
 
 fn mplex() -> libp2p_mplex::Config {
@@ -82,7 +83,7 @@ pub async fn build(
             ),
             ping: ping::Behaviour::default(),
             bitswap: inbound::Behaviour::default(),
-            stream: libp2p_stream::Behaviour::new(),
+            outbound: outbound::Behaviour::default(),
         })?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(limits.idle_timeout)
@@ -117,7 +118,7 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
             ),
             ping: ping::Behaviour::default(),
             bitswap: inbound::Behaviour::default(),
-            stream: libp2p_stream::Behaviour::new(),
+            outbound: outbound::Behaviour::default(),
         })?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(limits.idle_timeout)
