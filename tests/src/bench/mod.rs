@@ -6,6 +6,7 @@ pub mod affinity;
 pub mod clients;
 pub mod footprint;
 pub mod propagation;
+pub mod report;
 pub mod scaling;
 pub mod soak;
 pub mod throughput;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
+use kitsune_e2e::bench::report::{self, FAILED};
 use kitsune_e2e::bench::{self, Section};
 
 #[derive(Parser)]
@@ -18,9 +19,13 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report. Default: docs/PERFORMANCE.md for a full run, nowhere
-    /// for --quick.
+    /// for --quick or --only (a partial report must not replace the full one).
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Replace only the sections run in the existing report (docs/PERFORMANCE.md unless
+    /// --write says otherwise), keeping the others; each section names its own run.
+    #[arg(long, conflicts_with = "quick")]
+    update: bool,
     /// Concurrent clients for the many-clients benchmark.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -99,27 +104,42 @@ async fn main() -> anyhow::Result<()> {
         record("soak", bench::soak::run(&cfg).await);
     }
 
-    let out = a
-        .write
-        .clone()
-        .or_else(|| (!q).then(|| kitsune_e2e::repo_root().join("docs/PERFORMANCE.md")));
+    let out = a.write.clone().or_else(|| {
+        (!q && (a.only.is_empty() || a.update))
+            .then(|| kitsune_e2e::repo_root().join("docs/PERFORMANCE.md"))
+    });
     if let Some(path) = out {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let mut md = format!(
-            "# Performance\n\nWritten by `kitsune-bench` (`scripts/bench.sh`); do not edit by \
-             hand, run it again.\n\n- command: `{command}`\n- {}\n\n",
-            machine.replace('\n', "\n- ")
-        );
-        for s in &sections {
-            md.push_str(&s.markdown());
-            md.push('\n');
-        }
-        if !failures.is_empty() {
-            md.push_str("## Benchmarks that did not complete\n\n");
+        let date = machine.lines().find_map(|l| l.strip_prefix("date: "));
+        let stamp = format!("_Run: `{command}`, {}._\n", date.unwrap_or("?"));
+        let fresh: Vec<(String, String)> = sections
+            .iter()
+            .map(|s| (s.title.clone(), format!("{}\n{stamp}", s.markdown())))
+            .collect();
+        let failed = (!failures.is_empty()).then(|| {
+            let mut md = format!("## {FAILED}\n\n");
             for f in &failures {
                 md.push_str(&format!("- {f}\n"));
             }
-        }
+            md
+        });
+        let md = match std::fs::read_to_string(&path) {
+            Ok(existing) if a.update => report::update(&existing, &fresh, failed),
+            _ => {
+                let mut md = format!(
+                    "# Performance\n\nWritten by `kitsune-bench` (`scripts/bench.sh`); do not edit \
+                     by hand, run it again (`--only NAME --update` re-runs one section).\n\n- \
+                     command: `{command}`\n- {}\n\n",
+                    machine.replace('\n', "\n- ")
+                );
+                for (_, s) in &fresh {
+                    md.push_str(s);
+                    md.push('\n');
+                }
+                md.push_str(&failed.unwrap_or_default());
+                md
+            }
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
