@@ -27,6 +27,11 @@ impl Version {
         })
     }
 
+    /// The version a negotiated protocol ID names.
+    pub fn from_protocol(protocol: &StreamProtocol) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.protocol() == *protocol)
+    }
+
     /// CIDv1 blocks (`payload`) arrived in 1.1.0.
     pub fn has_payload(self) -> bool {
         self >= Self::V1_1_0

@@ -211,10 +211,8 @@ impl ConnectionHandler for Handler {
                 protocol: (stream, protocol),
                 info: reply,
             }) => {
-                let version = Version::ALL
-                    .into_iter()
-                    .find(|v| v.protocol() == protocol)
-                    .expect("negotiated from Version::ALL");
+                let version =
+                    Version::from_protocol(&protocol).expect("negotiated from Version::ALL");
                 let _ = reply.send(Ok((stream, version)));
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info: reply, error }) => {
