@@ -26,7 +26,9 @@ use crate::metrics::{
 };
 use crate::net::inbound::InboundStream;
 use crate::net::outbound::Control;
-use crate::net::streams::{Inbound, QueueError, Readers, Undelivered, Writer};
+use crate::net::streams::{
+    Inbound, ONE_STREAM, QueueError, Readers, STREAM_BUDGET, Undelivered, Writer,
+};
 use crate::net::swarm::{Behaviour, BehaviourEvent};
 use crate::preload::Reverse;
 use crate::preload::front::{Splices, socket_addr_of};
@@ -116,10 +118,17 @@ struct Side {
     readers: Readers,
     inbound: mpsc::Receiver<Inbound>,
     writers: HashMap<PeerId, Writer>,
+    /// Bytes per outbound stream before the writer moves to a fresh one.
+    stream_budget: usize,
 }
 
 impl Side {
-    fn new(swarm: Swarm<Behaviour>, max_streams_per_peer: usize, metrics: &Metrics) -> Self {
+    fn new(
+        swarm: Swarm<Behaviour>,
+        max_streams_per_peer: usize,
+        stream_budget: usize,
+        metrics: &Metrics,
+    ) -> Self {
         let control = swarm.behaviour().outbound.control();
         let (tx, inbound) = mpsc::channel(1024);
         Self {
@@ -128,6 +137,7 @@ impl Side {
             readers: Readers::new(max_streams_per_peer, tx, metrics.clone()),
             inbound,
             writers: HashMap::new(),
+            stream_budget,
         }
     }
 
@@ -141,6 +151,7 @@ impl Side {
         self.writers.entry(peer).or_insert_with(|| {
             Writer::spawn(
                 peer,
+                self.stream_budget,
                 self.control.clone(),
                 metrics.clone(),
                 undelivered.clone(),
@@ -164,10 +175,16 @@ pub struct Parts {
 
 impl Engine {
     pub fn new(parts: Parts, registry: &mut Registry) -> anyhow::Result<(Self, Handle)> {
-        let clients_side = Side::new(parts.swarm, parts.max_streams_per_peer, &parts.metrics);
+        let clients_side = Side::new(
+            parts.swarm,
+            parts.max_streams_per_peer,
+            STREAM_BUDGET,
+            &parts.metrics,
+        );
         let backends_side = Side::new(
             parts.backend_swarm,
             parts.max_streams_per_peer,
+            ONE_STREAM,
             &parts.metrics,
         );
         let (tx, commands) = mpsc::channel(16);
@@ -657,6 +674,7 @@ impl Engine {
         };
         catch_up(&self.metrics.failovers, stats.failovers);
         catch_up(&self.metrics.want_timeouts, stats.timeouts);
+        catch_up(&self.metrics.want_refreshes, stats.refreshes);
         catch_up(
             &self.metrics.rejected.get_or_create(&ReasonLabels {
                 reason: "too_many_wants",

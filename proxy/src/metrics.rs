@@ -69,6 +69,8 @@ pub struct Metrics {
     pub failovers: Counter,
     /// Of those, wants a backend left unanswered past the want timeout.
     pub want_timeouts: Counter,
+    /// Wants sent again to a busy backend that had not answered them in time.
+    pub want_refreshes: Counter,
     /// Blocks received from each connected backend: how the load spreads.
     pub backend_blocks: Family<BackendLabels, Counter>,
     /// Preload: `/api/v0/refs` calls by outcome.
@@ -100,6 +102,7 @@ impl Metrics {
             rejected: Family::default(),
             failovers: Counter::default(),
             want_timeouts: Counter::default(),
+            want_refreshes: Counter::default(),
             backend_blocks: Family::default(),
             refs_requests: Family::default(),
             reverse_wants: Family::default(),
@@ -179,6 +182,11 @@ impl Metrics {
             "bitswap_want_timeouts",
             "Wants moved on because their backend did not answer in time",
             m.want_timeouts.clone(),
+        );
+        r.register(
+            "bitswap_want_refreshes",
+            "Wants sent again to a busy backend that had not answered them in time",
+            m.want_refreshes.clone(),
         );
         r.register(
             "backend_blocks_received",

@@ -206,8 +206,10 @@ pub enum QueueError {
 }
 
 impl Writer {
+    /// `stream_budget`: [`STREAM_BUDGET`] for clients, [`ONE_STREAM`] for backends.
     pub fn spawn(
         peer: PeerId,
+        stream_budget: usize,
         control: Control,
         metrics: Metrics,
         undelivered: mpsc::Sender<Undelivered>,
@@ -216,6 +218,7 @@ impl Writer {
         let queued_bytes = Arc::new(AtomicUsize::new(0));
         let task = WriteTask {
             peer,
+            stream_budget,
             control,
             metrics,
             undelivered,
@@ -246,12 +249,19 @@ impl Writer {
     }
 }
 
-/// Bytes written on one outbound stream before the next frame goes on a fresh one.
-/// mplex has no flow control: js-libp2p resets a stream whose unread buffer passes
-/// 4 MiB, and whatever it held is lost, so a busy js-ipfs reader would lose blocks on
-/// one long-lived stream. Below that bound on every stream, nothing is lost whatever
-/// the muxer. The next stream is opened ahead, so a rotation costs no round trip.
-const STREAM_BUDGET: usize = 3 * 1024 * 1024;
+/// Bytes written on one outbound stream to a client before the next frame goes on a
+/// fresh one. mplex has no flow control: js-libp2p resets a stream whose unread buffer
+/// passes 4 MiB, and whatever it held is lost, so a busy js-ipfs reader would lose
+/// blocks on one long-lived stream. Below that bound on every stream, nothing is lost
+/// whatever the muxer. The next stream is opened ahead, so a rotation costs no round
+/// trip.
+pub const STREAM_BUDGET: usize = 3 * 1024 * 1024;
+
+/// Backends get one stream for as long as it works. kubo reads each stream in its own
+/// goroutine, so across a rotation a CANCEL on the old stream can be applied after a
+/// later WANT for the same CID on the new one, and that want is silently dropped. kubo
+/// is reached over yamux (flow-controlled), so mplex's reason to rotate does not apply.
+pub const ONE_STREAM: usize = usize::MAX;
 
 struct OutStream {
     stream: Stream,
@@ -263,6 +273,7 @@ type Opening = tokio::task::JoinHandle<Result<(Stream, Version), OpenError>>;
 
 struct WriteTask {
     peer: PeerId,
+    stream_budget: usize,
     control: Control,
     metrics: Metrics,
     undelivered: mpsc::Sender<Undelivered>,
@@ -332,11 +343,11 @@ impl WriteTask {
             let out = self.out.as_mut().expect("ready");
             let frames = units[done].encode_segmented(out.version, TARGET_FRAME_BYTES);
             let len: usize = frames.iter().flatten().map(Bytes::len).sum();
-            if out.written > 0 && out.written + len > STREAM_BUDGET {
+            if out.written > 0 && out.written.saturating_add(len) > self.stream_budget {
                 self.rotate();
                 continue;
             }
-            if out.written + len > STREAM_BUDGET / 2 && self.next.is_none() {
+            if out.written.saturating_add(len) > self.stream_budget / 2 && self.next.is_none() {
                 self.open_ahead();
             }
             let out = self.out.as_mut().expect("ready");

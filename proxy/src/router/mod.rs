@@ -8,6 +8,12 @@
 //! next backend; only when every healthy backend has been tried are the clients that
 //! asked for it told DONT_HAVE. A block goes once to each client that wants it, and the
 //! want is then cleared everywhere, so a late copy from another backend is dropped.
+//!
+//! Priorities. Every client numbers its wants in its own space (kubo counts down from
+//! i32::MAX per connection, Helia and js-ipfs send 1), and the backend sees the proxy
+//! as one peer serving the highest priority first; forwarded as they are, a new kubo
+//! client's wants would starve a Helia client's. So the proxy numbers wants itself,
+//! oldest first, and a client's priorities only order the wants within one message.
 
 pub mod balancer;
 mod outbox;
@@ -42,7 +48,9 @@ pub struct Config {
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
 /// A deep queue at a slow but working backend is not a reason to give up on it (and
-/// with one backend, giving up means DONT_HAVE to the client).
+/// with one backend, giving up means DONT_HAVE to the client). At each of those
+/// timeouts the want is sent again: a backend that dropped it (a CANCEL overtaking a
+/// later WANT across two streams, say) is reminded, one that holds it merges the copy.
 pub const BUSY_GRACE: u32 = 6;
 
 impl Default for Config {
@@ -67,13 +75,14 @@ pub struct Stats {
     pub refused_wants: u64,
     pub failovers: u64,
     pub timeouts: u64,
+    /// Wants sent again to a busy backend that had not answered them in time.
+    pub refreshes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct ClientWant {
     kind: WantKind,
     send_dont_have: bool,
-    priority: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +107,8 @@ struct Want {
     state: State,
     /// Backends that failed this want, in order.
     tried: Vec<PeerId>,
+    /// The proxy's priority for it (see the module docs), kept across failovers.
+    priority: i32,
 }
 
 impl Want {
@@ -130,6 +141,8 @@ pub struct Router {
     /// Send order of wants, for timeouts; stale entries are skipped.
     deadlines: VecDeque<(Instant, Cid, PeerId)>,
     turn: u64,
+    /// The priority the next new want gets; counts down.
+    next_priority: i32,
     out: Outbox,
     stats: Stats,
 }
@@ -144,6 +157,7 @@ impl Router {
             queued: 0,
             deadlines: VecDeque::new(),
             turn: 0,
+            next_priority: i32::MAX,
             out: Outbox::default(),
             stats: Stats::default(),
         }
@@ -206,13 +220,44 @@ impl Router {
                 self.remove_want(client, cid, now);
             }
         }
-        for entry in &msg.wants {
+        let priorities = self.number(&msg.wants);
+        for (entry, priority) in msg.wants.iter().zip(priorities) {
             if entry.cancel {
                 self.remove_want(client, entry.cid, now);
             } else {
-                self.add_want(client, entry, now);
+                self.add_want(client, entry, priority, now);
             }
         }
+    }
+
+    /// The proxy's priorities for a message's wants that are new to the proxy (0 for
+    /// the others, which keep theirs, and for cancels): below every want numbered
+    /// before, and among themselves in the client's order (highest first, then as
+    /// listed).
+    fn number(&mut self, entries: &[WantEntry]) -> Vec<i32> {
+        let mut rank: Vec<usize> = (0..entries.len())
+            .filter(|&i| !entries[i].cancel && !self.wants.contains_key(&entries[i].cid))
+            .collect();
+        rank.sort_by_key(|&i| std::cmp::Reverse(entries[i].priority));
+        let first = self.reserve(rank.len());
+        let mut out = vec![0; entries.len()];
+        for (k, i) in rank.into_iter().enumerate() {
+            out[i] = first - k as i32;
+        }
+        out
+    }
+
+    /// Reserves `n` priorities, counting down; returns the highest. Counting down
+    /// from i32::MAX lasts two billion new wants; then it starts over, and only the
+    /// wants in flight at that moment are out of order. Never below 1.
+    fn reserve(&mut self, n: usize) -> i32 {
+        let n = i32::try_from(n).unwrap_or(i32::MAX - 1);
+        if self.next_priority - 1 < n {
+            self.next_priority = i32::MAX;
+        }
+        let first = self.next_priority;
+        self.next_priority -= n;
+        first
     }
 
     /// The client is gone: its wants are cancelled (and cancelled at the backends
@@ -225,7 +270,8 @@ impl Router {
         }
     }
 
-    fn add_want(&mut self, client: PeerId, entry: &WantEntry, now: Instant) {
+    /// `priority` is the proxy's, used if this want is new to the proxy.
+    fn add_want(&mut self, client: PeerId, entry: &WantEntry, priority: i32, now: Instant) {
         let wants = self.clients.entry(client).or_default();
         let existing = wants.get(&entry.cid).copied();
         if existing.is_none() && wants.len() >= self.cfg.max_wants_per_client {
@@ -245,18 +291,24 @@ impl Router {
             ClientWant {
                 kind,
                 send_dont_have: entry.send_dont_have,
-                priority: entry.priority,
             },
         );
 
         match self.wants.get_mut(&entry.cid) {
             None => {
+                // Not numbered when the same message cancelled it first.
+                let priority = if priority > 0 {
+                    priority
+                } else {
+                    self.reserve(1)
+                };
                 self.wants.insert(
                     entry.cid,
                     Want {
                         wanters: BTreeMap::from([(client, kind)]),
                         state: State::Exhausted,
                         tried: Vec::new(),
+                        priority,
                     },
                 );
                 self.dispatch(entry.cid, now);
@@ -275,9 +327,9 @@ impl Router {
                             kind: WantKind::Block,
                             at: now,
                         };
+                        let priority = want.priority;
                         self.push_deadline(entry.cid, backend, now);
-                        self.out
-                            .want(backend, entry.cid, WantKind::Block, entry.priority);
+                        self.out.want(backend, entry.cid, WantKind::Block, priority);
                     }
                     State::Exhausted => {
                         // Asked again: the content may have arrived since; retry all.
@@ -423,16 +475,20 @@ impl Router {
                 continue;
             };
             match want.state {
-                State::Sent { backend: b, at, .. }
-                    if b == backend && at + self.cfg.want_timeout <= now =>
-                {
+                State::Sent {
+                    backend: b,
+                    at,
+                    kind,
+                } if b == backend && at + self.cfg.want_timeout <= now => {
                     let timeout = self.cfg.want_timeout;
                     let busy = self
                         .backends
                         .get(&backend)
                         .is_some_and(|b| b.last_answer.is_some_and(|t| t + timeout > now));
                     if busy && at + timeout * BUSY_GRACE > now {
-                        // Answering others: wait another round rather than move.
+                        // Answering others: ask again and wait another round.
+                        self.stats.refreshes += 1;
+                        self.out.want(backend, cid, kind, want.priority);
                         self.deadlines.push_back((now + timeout, cid, backend));
                         continue;
                     }
@@ -540,13 +596,7 @@ impl Router {
         self.turn = self.turn.wrapping_add(1);
         let backend = self.backends.get_mut(&first).expect("ranked from backends");
         if backend.inflight.len() < self.cfg.max_inflight_per_backend {
-            let kind = want.kind();
-            let priority = want
-                .wanters
-                .keys()
-                .filter_map(|c| self.clients.get(c)?.get(&cid).map(|w| w.priority))
-                .max()
-                .unwrap_or(1);
+            let (kind, priority) = (want.kind(), want.priority);
             backend.inflight.insert(cid);
             want.state = State::Sent {
                 backend: first,

@@ -440,7 +440,14 @@ fn a_busy_backend_keeps_its_wants_longer_than_a_silent_one() {
     r.backend_message(backend, &blocks(std::slice::from_ref(&other)), s(9));
     r.take_outbox();
     r.tick(s(11));
-    assert!(r.take_outbox().is_empty(), "a busy backend keeps the want");
+    let out = r.take_outbox();
+    assert!(out.to_clients.is_empty(), "a busy backend keeps the want");
+    assert_eq!(
+        sent_wants(&out, &backend),
+        vec![(slow.cid, false, WantKind::Block)],
+        "and is asked for it again"
+    );
+    assert_eq!(r.stats().refreshes, 1);
     for i in 0..4u32 {
         let b = block(100 + i);
         r.client_message(
@@ -461,6 +468,8 @@ fn a_busy_backend_keeps_its_wants_longer_than_a_silent_one() {
         );
     }
     assert_eq!(r.stats().timeouts, 0);
+    // Asked again at 11, 30, 40 and 50 s (each deadline is a timeout after the last).
+    assert_eq!(r.stats().refreshes, 4);
     // Past BUSY_GRACE timeouts it moves on anyway: one backend, so DONT_HAVE.
     r.client_message(
         c,
@@ -486,6 +495,150 @@ fn a_busy_backend_keeps_its_wants_longer_than_a_silent_one() {
     r.take_outbox();
     r.tick(s(11));
     assert_eq!(r.stats().timeouts, 1);
+}
+
+/// A busy backend that dropped a want (as kubo does when a CANCEL overtakes a later
+/// WANT on another stream) is asked again at the timeout, with the same priority, and
+/// the block it then sends reaches the client once: no DONT_HAVE.
+#[test]
+fn a_want_a_busy_backend_dropped_is_asked_again_and_served() {
+    let t = Instant::now();
+    let s = |n: u64| t + Duration::from_secs(n);
+    let backend = PeerId::random();
+    let mut r = router(&[backend], t);
+    let c = PeerId::random();
+    let (lost, other) = (block(40), block(41));
+    r.client_message(
+        c,
+        &wants(vec![
+            want(&lost, WantKind::Block, true),
+            want(&other, WantKind::Block, true),
+        ]),
+        t,
+    );
+    let first = r.take_outbox().to_backends[&backend].wants.clone();
+    let priority = first.iter().find(|w| w.cid == lost.cid).unwrap().priority;
+    r.backend_message(backend, &blocks(std::slice::from_ref(&other)), s(8));
+    r.take_outbox();
+    r.tick(s(10));
+    let again = r.take_outbox().to_backends[&backend].wants.clone();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].cid, again[0].cancel, again[0].priority),
+        (lost.cid, false, priority)
+    );
+    r.backend_message(backend, &blocks(std::slice::from_ref(&lost)), s(12));
+    let out = r.take_outbox();
+    assert_eq!(out.to_clients[&c].blocks, vec![lost.clone()]);
+    assert!(out.to_clients[&c].presences.is_empty());
+    // A second copy (the backend had it queued after all) is dropped, not delivered.
+    r.backend_message(backend, &blocks(std::slice::from_ref(&lost)), s(13));
+    assert!(r.take_outbox().to_clients.is_empty());
+    assert_eq!(r.stats().unsolicited_blocks, 1);
+    assert_eq!((r.stats().timeouts, r.stats().refreshes), (0, 1));
+}
+
+/// Clients' priorities live in their own spaces (kubo counts down from i32::MAX,
+/// Helia sends 1). The backend sees one peer, so the proxy numbers the wants itself:
+/// older wants first across clients, the client's order within one message, and a
+/// want keeps its number when it moves to another backend.
+#[test]
+fn the_proxy_numbers_wants_oldest_first_whatever_the_clients_priorities() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    let (helia, kubo) = (PeerId::random(), PeerId::random());
+    let prio = |r: &mut Router| -> HashMap<Cid, i32> {
+        let out = r.take_outbox();
+        out.to_backends
+            .values()
+            .flat_map(|m| m.wants.iter())
+            .filter(|w| !w.cancel)
+            .map(|w| (w.cid, w.priority))
+            .collect()
+    };
+    let with = |b: &Block, p: i32| WantEntry {
+        priority: p,
+        ..want(b, WantKind::Block, true)
+    };
+    let (a, b, c, d, e) = (block(50), block(51), block(52), block(53), block(54));
+    r.client_message(helia, &wants(vec![with(&a, 1)]), t);
+    let pa = prio(&mut r)[&a.cid];
+    r.client_message(kubo, &wants(vec![with(&b, i32::MAX)]), t);
+    let pb = prio(&mut r)[&b.cid];
+    // One message: highest client priority first, ties in the order listed.
+    r.client_message(kubo, &wants(vec![with(&c, 3), with(&d, 9), with(&e, 3)]), t);
+    let p = prio(&mut r);
+    assert!(
+        pa > pb,
+        "the older Helia want goes ahead of the newer kubo one"
+    );
+    assert!(pb > p[&d.cid] && p[&d.cid] > p[&c.cid] && p[&c.cid] > p[&e.cid]);
+    assert!(p.values().all(|&v| v > 0));
+
+    // DONT_HAVE from the first backend: the want moves with its number.
+    let first = order_for(&a, &bs)[0];
+    r.backend_message(first, &presence(&a, PresenceKind::DontHave), t);
+    let moved = r.take_outbox();
+    let next = order_for(&a, &bs)[1];
+    let w = &moved.to_backends[&next].wants;
+    assert_eq!((w[0].cid, w[0].priority), (a.cid, pa));
+}
+
+/// The count-down starts over before it would reach zero, and never hands out a
+/// number below 1.
+#[test]
+fn want_numbers_wrap_before_zero() {
+    let mut r = Router::new(Config::default());
+    r.next_priority = 3;
+    let entries: Vec<WantEntry> = (0..5)
+        .map(|i| want(&block(60 + i), WantKind::Block, true))
+        .collect();
+    let p = r.number(&entries);
+    assert_eq!(p, (0..5).map(|k| i32::MAX - k).collect::<Vec<_>>());
+    assert_eq!(r.next_priority, i32::MAX - 5);
+    let mut with_cancel = entries[..2].to_vec();
+    with_cancel.push(cancel(&block(60)));
+    assert_eq!(r.number(&with_cancel), vec![i32::MAX - 5, i32::MAX - 6, 0]);
+}
+
+/// Wants the proxy already holds keep their number (a full wantlist resent every
+/// few seconds does not use up numbers), and a want cancelled and wanted again in one
+/// message still gets one.
+#[test]
+fn only_new_wants_are_numbered() {
+    let t = Instant::now();
+    let backend = PeerId::random();
+    let mut r = router(&[backend], t);
+    let (c, d) = (PeerId::random(), PeerId::random());
+    let (x, y) = (block(70), block(71));
+    r.client_message(c, &wants(vec![want(&x, WantKind::Block, true)]), t);
+    r.take_outbox();
+    let before = r.next_priority;
+    assert_eq!(
+        r.number(&[
+            want(&x, WantKind::Block, true),
+            want(&y, WantKind::Block, true)
+        ]),
+        vec![0, before]
+    );
+    r.next_priority = before;
+    r.client_message(
+        c,
+        &wants(vec![cancel(&x), want(&x, WantKind::Block, true)]),
+        t,
+    );
+    let out = r.take_outbox();
+    let sent: Vec<(bool, i32)> = out.to_backends[&backend]
+        .wants
+        .iter()
+        .map(|w| (w.cancel, w.priority))
+        .collect();
+    assert_eq!(sent, vec![(true, 0), (false, before)]);
+    // Another client joining an existing want changes nothing at the backend.
+    r.client_message(d, &wants(vec![want(&x, WantKind::Block, true)]), t);
+    assert!(r.take_outbox().is_empty());
+    assert_eq!(r.next_priority, before - 1);
 }
 
 #[test]

@@ -122,13 +122,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     for name in [
         "kitsune_bitswap_failovers_total",
         "kitsune_bitswap_want_timeouts_total",
+        "kitsune_bitswap_want_refreshes_total",
         "kitsune_bitswap_presences_sent_total{reason=\"dont_have\"}",
     ] {
         counters.push(proxy.metric(name).await?.unwrap_or(0.0));
     }
     s.line(format!(
-        "proxy counters: failovers {}, of them want timeouts {}; DONT_HAVE sent to clients {}",
-        counters[0], counters[1], counters[2]
+        "proxy counters: failovers {}, of them want timeouts {}; wants asked again {}; \
+         DONT_HAVE sent to clients {}",
+        counters[0], counters[1], counters[2], counters[3]
     ));
     if let Some(e) = first_error {
         s.line(format!("first failure: {e}"));
