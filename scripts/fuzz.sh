@@ -14,7 +14,9 @@
 #
 # Environment: FUZZ_SANITIZER=none|address (default none: the code under test has no
 # `unsafe` of its own, and without ASan it runs several times faster), FUZZ_RUNS,
-# FUZZ_QUICK_SECONDS, FUZZ_LOG_DIR, FUZZ_JOBS_NICE (a `nice` level for the runs).
+# FUZZ_QUICK_SECONDS, FUZZ_LOG_DIR, FUZZ_JOBS_NICE (a `nice` level for the runs),
+# FUZZ_FORK=N (libFuzzer's fork mode: N worker processes share the run and its corpus,
+# one per core; the execution budget counts all of them).
 set -euo pipefail
 
 # cargo-fuzz is pinned: its flags and its libFuzzer driver are what the figures in
@@ -31,7 +33,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) quick=true ;;
         --list) printf '%s\n' "${TARGETS[@]}"; exit 0 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "unknown option $arg" >&2; exit 2 ;;
         *) selected+=("$arg") ;;
     esac
@@ -46,6 +48,7 @@ runs="${FUZZ_RUNS:-10000000}"
 quick_seconds="${FUZZ_QUICK_SECONDS:-25}"
 logs="${FUZZ_LOG_DIR:-$fuzz/target/logs}"
 nice_level="${FUZZ_JOBS_NICE:-0}"
+fork="${FUZZ_FORK:-0}"
 
 if ! cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
     echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION"
@@ -124,11 +127,20 @@ for t in "${selected[@]}"; do
     fi
     log="$logs/$t.log"
     echo "== $t: ${budget[*]} (log: $log)"
+    mode=()
+    [ "$fork" -gt 0 ] && mode=(-fork="$fork")
     if nice -n "$nice_level" cargo fuzz run "${build_flags[@]}" "$t" "corpus/$t" "$seeds/$t" -- \
-        "${budget[@]}" -max_len="$(max_len "$t")" -timeout=20 -rss_limit_mb=2048 \
-        -print_final_stats=1 >"$log" 2>&1; then
-        execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
-        rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
+        "${budget[@]}" "${mode[@]}" -max_len="$(max_len "$t")" -timeout=20 \
+        -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+        if [ "$fork" -gt 0 ]; then
+            # Fork mode's status lines: "#RUNS: cov: E ft: F corp: N exec/s: R ...".
+            last=$(grep -E '^#[0-9]+: cov:' "$log" | tail -1)
+            execs=$(sed -E 's/^#([0-9]+):.*/\1/' <<<"$last")
+            rate=$(grep -o 'exec/s: [0-9]*' <<<"$last" | grep -o '[0-9]*$')
+        else
+            execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
+            rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
+        fi
         echo "   ok: ${execs:-?} executions, ${rate:-?} exec/s"
     else
         echo "   FAILED: see $log and fuzz/artifacts/$t/" >&2
