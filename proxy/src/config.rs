@@ -188,6 +188,14 @@ pub struct Limits {
     /// Concurrent inbound bitswap streams per peer; more are reset.
     #[arg(long, env = "KITSUNE_MAX_STREAMS_PER_PEER", default_value_t = 16)]
     pub max_streams_per_peer: usize,
+    /// Bytes of large client frames still arriving, over all clients (each frame's
+    /// first 64 KiB are not counted); a stream waits for room.
+    #[arg(long, env = "KITSUNE_MAX_CLIENT_FRAME_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = at_least_a_read_chunk)]
+    pub max_client_frame_bytes: usize,
+    /// How long a client frame may take to arrive, from its first byte; a stream
+    /// that takes longer is reset.
+    #[arg(long, env = "KITSUNE_FRAME_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub frame_timeout: Duration,
     /// Established plus pending inbound connections from one IP address.
     #[arg(long, env = "KITSUNE_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub max_connections_per_ip: u32,
@@ -209,6 +217,17 @@ impl Default for Limits {
     fn default() -> Self {
         Cli::parse_from(["kitsune-proxy"]).limits
     }
+}
+
+/// A frame room smaller than one read chunk could never grant a chunk: readers of
+/// large frames would wait forever.
+fn at_least_a_read_chunk(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    let min = crate::bitswap::codec::READ_CHUNK;
+    if n < min {
+        return Err(format!("must be at least {min} bytes"));
+    }
+    Ok(n)
 }
 
 impl Cli {

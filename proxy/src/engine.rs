@@ -27,7 +27,7 @@ use crate::metrics::{
 use crate::net::inbound::InboundStream;
 use crate::net::outbound::Control;
 use crate::net::streams::{
-    Inbound, ONE_STREAM, QueueError, Readers, STREAM_BUDGET, Undelivered, Writer,
+    FrameBounds, Inbound, ONE_STREAM, QueueError, Readers, STREAM_BUDGET, Undelivered, Writer,
 };
 use crate::net::swarm::{Behaviour, BehaviourEvent};
 use crate::preload::Reverse;
@@ -126,6 +126,7 @@ impl Side {
     fn new(
         swarm: Swarm<Behaviour>,
         max_streams_per_peer: usize,
+        frame_bounds: Option<FrameBounds>,
         stream_budget: usize,
         metrics: &Metrics,
     ) -> Self {
@@ -134,7 +135,7 @@ impl Side {
         Self {
             swarm,
             control,
-            readers: Readers::new(max_streams_per_peer, tx, metrics.clone()),
+            readers: Readers::new(max_streams_per_peer, frame_bounds, tx, metrics.clone()),
             inbound,
             writers: HashMap::new(),
             stream_budget,
@@ -169,6 +170,8 @@ pub struct Parts {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub max_streams_per_peer: usize,
+    /// Bounds on frames arriving from clients.
+    pub client_frames: FrameBounds,
     pub max_client_buffer: usize,
     pub preload: Option<PreloadParts>,
 }
@@ -178,12 +181,14 @@ impl Engine {
         let clients_side = Side::new(
             parts.swarm,
             parts.max_streams_per_peer,
+            Some(parts.client_frames),
             STREAM_BUDGET,
             &parts.metrics,
         );
         let backends_side = Side::new(
             parts.backend_swarm,
             parts.max_streams_per_peer,
+            None,
             ONE_STREAM,
             &parts.metrics,
         );

@@ -82,6 +82,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics,
             health: health.clone(),
             max_streams_per_peer: cli.limits.max_streams_per_peer,
+            client_frames: net::streams::FrameBounds::new(
+                cli.limits.max_client_frame_bytes,
+                cli.limits.frame_timeout,
+            ),
             max_client_buffer: cli.limits.max_client_buffer_bytes,
             preload: preload_parts,
         },

@@ -1,8 +1,8 @@
 //! Hostile clients against the real `kitsune-proxy` binary in front of a real kubo: a
-//! want flood, oversized frames, stream floods and a connection flood from one IP.
-//! In each, the proxy's memory stays bounded (its VmHWM, read from /proc), the offender
-//! is throttled or cut (seen on the wire and in `/metrics`), and a well-behaved client
-//! is served while it happens.
+//! want flood, oversized frames, stalled large frames, stream floods and a connection
+//! flood from one IP. In each, the proxy's memory stays bounded (its VmHWM, read from
+//! /proc), the offender is throttled or cut (seen on the wire and in `/metrics`), and a
+//! well-behaved client is served while it happens.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -48,6 +48,11 @@ struct Setup {
 }
 
 async fn setup(name: &str) -> Setup {
+    setup_with(name, Vec::new()).await
+}
+
+/// `setup` with more proxy flags.
+async fn setup_with(name: &str, args: Vec<String>) -> Setup {
     let dir = scratch_dir(name).unwrap();
     let file = write_random_file(dir.path(), "ok.bin", MIB, 42).unwrap();
     let kubo = KuboNode::start(KuboOptions {
@@ -58,6 +63,7 @@ async fn setup(name: &str) -> Setup {
     .expect("kubo starts");
     let proxy = Proxy::start(ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],
+        args,
         ..Default::default()
     })
     .await
@@ -407,6 +413,81 @@ async fn stream_floods_are_capped_per_peer_and_declared_frames_cost_nothing() {
         drop(held);
         drop(attackers);
     }
+}
+
+#[tokio::test]
+async fn large_frames_that_stall_are_bounded_in_total_and_cut_in_time() {
+    // Small bounds so the test is quick: 8 MiB of large-frame room over all clients,
+    // and a frame must arrive within 3 s of its first byte.
+    const ROOM: usize = 8 * MIB;
+    let mut s = setup_with(
+        "stalled-frames",
+        vec![
+            "--max-client-frame-bytes".into(),
+            ROOM.to_string(),
+            "--frame-timeout".into(),
+            "3s".into(),
+        ],
+    )
+    .await;
+    let before = s.rejected("slow_frame").await;
+
+    // 4 peers x 15 streams each declare a 4 MiB frame, try to send 3.5 MiB of it and
+    // stall: 210 MiB the proxy would hold, unbounded, for as long as they stay.
+    const PEERS: usize = 4;
+    const STREAMS: usize = MAX_STREAMS_PER_PEER - 1;
+    let mut part = prefix(MAX_FRAME_BYTES);
+    part.resize(part.len() + MAX_FRAME_BYTES / 8 * 7, 0x5a);
+    let part = std::sync::Arc::new(part);
+    let mut attackers = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..PEERS {
+        let mut a = BitswapClient::connect(&s.addr).await.unwrap();
+        for _ in 0..STREAMS {
+            let mut st = a.open_bitswap().await.unwrap();
+            let part = part.clone();
+            writers.push(tokio::spawn(async move {
+                // Blocks once the proxy stops taking bytes; fails when it resets.
+                let _ = tokio::time::timeout(T, async {
+                    st.write_all(&part).await?;
+                    st.flush().await
+                })
+                .await;
+                ended_by_peer(&mut st, T).await
+            }));
+        }
+        attackers.push(a);
+    }
+
+    // Meanwhile a well-behaved client is served: its wants fit in a frame's free chunk.
+    served(&s.addr, &s.cids).await;
+
+    // Every stalled stream is cut in time, and so gives its room back.
+    let cut = futures::future::join_all(writers).await;
+    assert!(
+        cut.iter().all(|c| matches!(c, Ok(true))),
+        "every stalled stream is ended by the proxy: {cut:?}"
+    );
+    s.wait_rejected("slow_frame", before + (PEERS * STREAMS) as f64)
+        .await;
+    s.assert_memory_bounded("60 stalled 4 MiB frames", 80 * MIB);
+
+    // The room came back: a whole 4 MiB frame (3 MiB + 15/16 of it needs room) is read,
+    // and the stream it came on still works.
+    let data_len = MAX_FRAME_BYTES - 5;
+    let mut max_frame = vec![0x12];
+    max_frame.extend(prefix(data_len));
+    max_frame.resize(MAX_FRAME_BYTES, 0x33);
+    let mut c = BitswapClient::connect(&s.addr).await.unwrap();
+    c.send_frame(&max_frame).await.unwrap();
+    let (blocks, _) = c.fetch(&s.cids[..1], 1, T).await.unwrap();
+    assert_eq!(blocks.len(), 1, "a 4 MiB frame still gets room");
+    assert_eq!(
+        s.rejected("slow_frame").await,
+        before + (PEERS * STREAMS) as f64,
+        "only the stalled streams were cut"
+    );
+    drop(attackers);
 }
 
 #[tokio::test]

@@ -20,6 +20,17 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
 ) -> Result<Option<Bytes>, FrameError> {
+    match read_len(r, max).await? {
+        Some(len) => read_body(r, len, &mut Unlimited).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Reads a frame's length prefix; `Ok(None)` is a clean end of stream.
+pub async fn read_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut len: u64 = 0;
     for i in 0..10 {
         let mut b = [0u8; 1];
@@ -38,24 +49,47 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             if len > max as u64 {
                 return Err(FrameError::TooLarge { len, max });
             }
-            return read_body(r, len as usize).await.map(Some);
+            return Ok(Some(len as usize));
         }
     }
     Err(FrameError::BadLength)
 }
 
-/// How much of a frame body is zero-filled and read at a time.
-const READ_CHUNK: usize = 64 * 1024;
+/// Grants room for a frame body's bytes before they are read, so that bytes held in
+/// frames still arriving can be bounded across many streams.
+pub trait Room {
+    /// Room for `n` more bytes of the frame being read; waits until there is some.
+    fn reserve(&mut self, n: usize) -> impl Future<Output = std::io::Result<()>> + Send;
+}
 
-/// Reads exactly `len` bytes. The buffer's capacity is the frame's length, reserved at
-/// once so it never moves (no realloc copies), but only the part about to be read is
-/// ever written: untouched capacity is address space, not resident memory, so a peer
-/// that declares a 4 MiB frame and sends a few bytes holds a few pages, not 4 MiB.
-async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Bytes, FrameError> {
+/// No bound beyond the frame limit.
+pub struct Unlimited;
+
+impl Room for Unlimited {
+    async fn reserve(&mut self, _: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How much of a frame body is zero-filled and read at a time.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads exactly `len` bytes, asking `room` for each chunk before it is allocated. The
+/// buffer's capacity is the frame's length, reserved at once so it never moves (no
+/// realloc copies), but only the part about to be read is ever written: untouched
+/// capacity is address space, not resident memory, so a peer that declares a 4 MiB
+/// frame and sends a few bytes holds a few pages, not 4 MiB.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    room: &mut impl Room,
+) -> Result<Bytes, FrameError> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let filled = buf.len();
-        buf.resize((filled + READ_CHUNK).min(len), 0);
+        let chunk = READ_CHUNK.min(len - filled);
+        room.reserve(chunk).await?;
+        buf.resize(filled + chunk, 0);
         let mut at = filled;
         while at < buf.len() {
             match r.read(&mut buf[at..]).await {
@@ -228,5 +262,94 @@ mod tests {
         assert!(matches!(err, FrameError::Io(_)));
         let err = block_on(read_frame(&mut Cursor::new(vec![0x80]), 100)).unwrap_err();
         assert!(matches!(err, FrameError::Io(_)));
+    }
+
+    /// Records each reservation and how many body bytes had been read when it came;
+    /// refuses once `limit` bytes are reserved.
+    struct Ledger {
+        reserved: Vec<(usize, usize)>,
+        total: usize,
+        limit: usize,
+        read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Room for Ledger {
+        async fn reserve(&mut self, n: usize) -> std::io::Result<()> {
+            if self.total + n > self.limit {
+                return Err(std::io::Error::other("no room"));
+            }
+            let read = self.read.load(std::sync::atomic::Ordering::SeqCst);
+            self.reserved.push((n, read));
+            self.total += n;
+            Ok(())
+        }
+    }
+
+    /// Counts the bytes read through it.
+    struct Counted<R> {
+        inner: R,
+        read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let p = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+            if let std::task::Poll::Ready(Ok(n)) = p {
+                self.read.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+            }
+            p
+        }
+    }
+
+    #[test]
+    fn room_is_reserved_chunk_by_chunk_before_the_bytes_are_read() {
+        let len = 3 * READ_CHUNK + 100;
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut r = Counted {
+            inner: Cursor::new(vec![3u8; len]),
+            read: read.clone(),
+        };
+        let mut room = Ledger {
+            reserved: Vec::new(),
+            total: 0,
+            limit: usize::MAX,
+            read: read.clone(),
+        };
+        let body = block_on(read_body(&mut r, len, &mut room)).unwrap();
+        assert_eq!(body.len(), len);
+        assert_eq!(
+            room.reserved,
+            vec![
+                (READ_CHUNK, 0),
+                (READ_CHUNK, READ_CHUNK),
+                (READ_CHUNK, 2 * READ_CHUNK),
+                (100, 3 * READ_CHUNK)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_reservation_ends_the_read_before_more_is_read() {
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut r = Counted {
+            inner: Cursor::new(vec![3u8; 4 * READ_CHUNK]),
+            read: read.clone(),
+        };
+        let mut room = Ledger {
+            reserved: Vec::new(),
+            total: 0,
+            limit: 2 * READ_CHUNK,
+            read: read.clone(),
+        };
+        let err = block_on(read_body(&mut r, 4 * READ_CHUNK, &mut room)).unwrap_err();
+        assert!(matches!(err, FrameError::Io(ref e) if e.to_string() == "no room"));
+        assert_eq!(
+            read.load(std::sync::atomic::Ordering::SeqCst),
+            2 * READ_CHUNK
+        );
     }
 }

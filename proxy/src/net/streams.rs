@@ -12,9 +12,9 @@ use bytes::Bytes;
 use futures::AsyncWriteExt;
 use futures::io::BufReader;
 use libp2p::{PeerId, Stream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::bitswap::codec::{FrameError, read_frame};
+use crate::bitswap::codec::{FrameError, Room, read_body, read_len};
 use crate::bitswap::{MAX_FRAME_BYTES, Message, Version};
 use crate::metrics::Metrics;
 
@@ -51,16 +51,25 @@ const MAX_BATCH: usize = 64;
 pub struct Readers {
     open: Arc<Mutex<HashMap<PeerId, usize>>>,
     budget: Arc<tokio::sync::Semaphore>,
+    /// Client side only: backends are ours, and their answers are bounded by the wants
+    /// in flight at each.
+    frame_bounds: Option<FrameBounds>,
     max_per_peer: usize,
     tx: mpsc::Sender<Inbound>,
     metrics: Metrics,
 }
 
 impl Readers {
-    pub fn new(max_per_peer: usize, tx: mpsc::Sender<Inbound>, metrics: Metrics) -> Self {
+    pub fn new(
+        max_per_peer: usize,
+        frame_bounds: Option<FrameBounds>,
+        tx: mpsc::Sender<Inbound>,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             open: Arc::default(),
             budget: Arc::new(tokio::sync::Semaphore::new(DECODED_BUDGET_BYTES)),
+            frame_bounds,
             max_per_peer,
             tx,
             metrics,
@@ -87,6 +96,7 @@ impl Readers {
             stream,
             self.tx.clone(),
             self.budget.clone(),
+            self.frame_bounds.clone(),
             self.metrics.clone(),
             guard,
         ));
@@ -110,73 +120,179 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Bounds on client frame bodies still arriving. Without them a peer that sends most
+/// of a large frame and stalls holds that memory for as long as its connection lives,
+/// and connections x streams x 4 MiB is far more memory than any machine has.
+#[derive(Clone, Debug)]
+pub struct FrameBounds {
+    /// Bytes past each frame's first chunk, over all client streams
+    /// (`--max-client-frame-bytes`). A reader waits for room, so flow control holds
+    /// its peer back. The first chunk is free so that wants, which fit in it, never wait
+    /// behind someone's large frame.
+    room: Arc<Semaphore>,
+    /// How long a frame body may take from its first byte, waits for room included
+    /// (`--frame-timeout`): a stalled frame gives its room back by then.
+    timeout: Duration,
+}
+
+impl FrameBounds {
+    pub fn new(max_bytes: usize, timeout: Duration) -> Self {
+        Self {
+            room: Arc::new(Semaphore::new(max_bytes)),
+            timeout,
+        }
+    }
+
+    /// Bytes of room free now.
+    pub fn available(&self) -> usize {
+        self.room.available_permits()
+    }
+}
+
+/// One frame's share of the room, given back when dropped.
+struct FrameRoom {
+    room: Arc<Semaphore>,
+    free: usize,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Room for FrameRoom {
+    async fn reserve(&mut self, n: usize) -> std::io::Result<()> {
+        let taken = n.min(self.free);
+        self.free -= taken;
+        let need = n - taken;
+        if need == 0 {
+            return Ok(());
+        }
+        // `need` is at most one read chunk, far below u32::MAX.
+        let permit = self
+            .room
+            .clone()
+            .acquire_many_owned(need as u32)
+            .await
+            .map_err(|_| std::io::Error::other("frame room closed"))?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+enum ReadError {
+    Frame(FrameError),
+    /// The body did not arrive within the frame timeout.
+    Slow {
+        len: usize,
+    },
+}
+
+/// Reads the next frame; from a client, within `bounds`. The room it returns is held
+/// until the frame has been decoded and its cost taken from the decoded budget.
+async fn next_frame<R: futures::AsyncRead + Unpin>(
+    r: &mut R,
+    bounds: Option<&FrameBounds>,
+) -> Result<Option<(Bytes, Option<FrameRoom>)>, ReadError> {
+    let Some(len) = read_len(r, MAX_FRAME_BYTES)
+        .await
+        .map_err(ReadError::Frame)?
+    else {
+        return Ok(None);
+    };
+    let Some(bounds) = bounds else {
+        let body = read_body(r, len, &mut crate::bitswap::codec::Unlimited).await;
+        return body.map(|b| Some((b, None))).map_err(ReadError::Frame);
+    };
+    let mut room = FrameRoom {
+        room: bounds.room.clone(),
+        free: crate::bitswap::codec::READ_CHUNK,
+        held: None,
+    };
+    match tokio::time::timeout(bounds.timeout, read_body(r, len, &mut room)).await {
+        Ok(Ok(body)) => Ok(Some((body, Some(room)))),
+        Ok(Err(e)) => Err(ReadError::Frame(e)),
+        Err(_) => Err(ReadError::Slow { len }),
+    }
+}
+
 async fn read_stream(
     peer: PeerId,
     stream: Stream,
     tx: mpsc::Sender<Inbound>,
     budget: Arc<tokio::sync::Semaphore>,
+    frame_bounds: Option<FrameBounds>,
     metrics: Metrics,
     _guard: StreamGuard,
 ) {
     let mut r = BufReader::with_capacity(64 * 1024, stream);
     loop {
-        match read_frame(&mut r, MAX_FRAME_BYTES).await {
-            Ok(Some(frame)) => match Message::decode(frame) {
-                Ok((msg, rejected)) => {
-                    metrics.messages_recv.inc();
-                    if rejected.bad_cids > 0 {
-                        metrics
-                            .rejected
-                            .get_or_create(&crate::metrics::ReasonLabels { reason: "bad_cid" })
-                            .inc_by(rejected.bad_cids as u64);
-                    }
-                    if rejected.bad_blocks > 0 {
-                        metrics
-                            .rejected
-                            .get_or_create(&crate::metrics::ReasonLabels {
-                                reason: "bad_block",
-                            })
-                            .inc_by(rejected.bad_blocks as u64);
-                    }
-                    if msg.is_empty() {
-                        continue;
-                    }
-                    // Waiting here (for budget, then for room in the channel) is the
-                    // backpressure on a peer that sends faster than the engine routes.
-                    let n = cost(&msg).min(DECODED_BUDGET_BYTES) as u32;
-                    let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
-                        return;
-                    };
-                    let inbound = Inbound {
-                        peer,
-                        msg,
-                        _budget: permit,
-                    };
-                    if tx.send(inbound).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    metrics.reject("malformed_message");
-                    tracing::warn!(%peer, error = %e, "malformed bitswap message; closing the stream");
-                    return;
-                }
-            },
+        let (frame, room) = match next_frame(&mut r, frame_bounds.as_ref()).await {
+            Ok(Some(read)) => read,
             Ok(None) => return,
-            Err(FrameError::TooLarge { len, max }) => {
+            Err(ReadError::Slow { len }) => {
+                metrics.reject("slow_frame");
+                tracing::warn!(%peer, len, "bitswap frame not received in time; closing the stream");
+                return;
+            }
+            Err(ReadError::Frame(FrameError::TooLarge { len, max })) => {
                 metrics.reject("oversized_frame");
                 tracing::warn!(%peer, len, max, "oversized bitswap frame; closing the stream");
                 return;
             }
-            Err(FrameError::BadLength) => {
+            Err(ReadError::Frame(FrameError::BadLength)) => {
                 metrics.reject("malformed_frame");
                 tracing::warn!(%peer, "malformed bitswap frame; closing the stream");
                 return;
             }
-            Err(FrameError::Io(e)) => {
+            Err(ReadError::Frame(FrameError::Io(e))) => {
                 tracing::debug!(%peer, error = %e, "bitswap stream ended");
                 return;
             }
+        };
+        let msg = match Message::decode(frame) {
+            Ok((msg, rejected)) => {
+                metrics.messages_recv.inc();
+                if rejected.bad_cids > 0 {
+                    metrics
+                        .rejected
+                        .get_or_create(&crate::metrics::ReasonLabels { reason: "bad_cid" })
+                        .inc_by(rejected.bad_cids as u64);
+                }
+                if rejected.bad_blocks > 0 {
+                    metrics
+                        .rejected
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: "bad_block",
+                        })
+                        .inc_by(rejected.bad_blocks as u64);
+                }
+                msg
+            }
+            Err(e) => {
+                metrics.reject("malformed_message");
+                tracing::warn!(%peer, error = %e, "malformed bitswap message; closing the stream");
+                return;
+            }
+        };
+        if msg.is_empty() {
+            continue;
+        }
+        // Waiting here (for budget, then for room in the channel) is the
+        // backpressure on a peer that sends faster than the engine routes.
+        let n = cost(&msg).min(DECODED_BUDGET_BYTES) as u32;
+        let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
+            return;
+        };
+        // The decoded message (which may share the frame's bytes) is now counted
+        // in the decoded budget.
+        drop(room);
+        let inbound = Inbound {
+            peer,
+            msg,
+            _budget: permit,
+        };
+        if tx.send(inbound).await.is_err() {
+            return;
         }
     }
 }
@@ -464,6 +580,89 @@ mod tests {
     use super::*;
     use crate::bitswap::{Block, WantEntry, WantKind};
     use multihash_codetable::{Code, MultihashDigest};
+
+    use crate::bitswap::codec::{READ_CHUNK, write_frame};
+    use futures::io::Cursor;
+
+    fn frame(len: usize) -> Vec<u8> {
+        let mut wire = Vec::new();
+        futures::executor::block_on(write_frame(&mut Cursor::new(&mut wire), &vec![1; len]))
+            .unwrap();
+        wire
+    }
+
+    async fn read(r: &mut Cursor<Vec<u8>>, bounds: &FrameBounds) -> (Bytes, Option<FrameRoom>) {
+        match next_frame(r, Some(bounds)).await {
+            Ok(Some(read)) => read,
+            _ => panic!("a whole frame"),
+        }
+    }
+
+    #[tokio::test]
+    async fn small_frames_need_no_room_and_large_ones_hold_it_until_dropped() {
+        let bounds = FrameBounds::new(READ_CHUNK, Duration::from_secs(60));
+        let mut wire = frame(READ_CHUNK);
+        wire.extend(frame(2 * READ_CHUNK));
+        let mut r = Cursor::new(wire);
+        let (small, room) = read(&mut r, &bounds).await;
+        assert_eq!(small.len(), READ_CHUNK);
+        assert_eq!(bounds.available(), READ_CHUNK, "a first chunk is free");
+        drop(room);
+        let (big, room) = read(&mut r, &bounds).await;
+        assert_eq!(big.len(), 2 * READ_CHUNK);
+        assert_eq!(bounds.available(), 0, "held while the frame is decoded");
+        drop(room);
+        assert_eq!(bounds.available(), READ_CHUNK);
+        // Backends are not bounded.
+        let mut r = Cursor::new(frame(4 * READ_CHUNK));
+        let Ok(Some((body, None))) = next_frame(&mut r, None).await else {
+            panic!("a whole frame, no room");
+        };
+        assert_eq!(body.len(), 4 * READ_CHUNK);
+    }
+
+    #[tokio::test]
+    async fn a_frame_waiting_for_room_is_cut_at_the_timeout() {
+        let bounds = FrameBounds::new(READ_CHUNK, Duration::from_millis(200));
+        let (_, holder) = read(&mut Cursor::new(frame(2 * READ_CHUNK)), &bounds).await;
+        assert_eq!(bounds.available(), 0);
+        let mut r = Cursor::new(frame(3 * READ_CHUNK));
+        let got = next_frame(&mut r, Some(&bounds)).await;
+        assert!(matches!(got, Err(ReadError::Slow { len }) if len == 3 * READ_CHUNK));
+        drop(holder);
+        assert_eq!(bounds.available(), READ_CHUNK);
+    }
+
+    /// Gives what `wire` holds, then nothing, forever: a peer that stalls.
+    struct Stalls {
+        wire: Cursor<Vec<u8>>,
+    }
+
+    impl futures::AsyncRead for Stalls {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            match std::pin::Pin::new(&mut self.wire).poll_read(cx, buf) {
+                std::task::Poll::Ready(Ok(0)) => std::task::Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_frame_is_cut_at_the_timeout_and_gives_its_room_back() {
+        let bounds = FrameBounds::new(4 * READ_CHUNK, Duration::from_millis(200));
+        let mut wire = frame(4 * READ_CHUNK);
+        wire.truncate(3 * READ_CHUNK);
+        let mut r = Stalls {
+            wire: Cursor::new(wire),
+        };
+        let got = next_frame(&mut r, Some(&bounds)).await;
+        assert!(matches!(got, Err(ReadError::Slow { .. })));
+        assert_eq!(bounds.available(), 4 * READ_CHUNK);
+    }
 
     fn block(len: usize, seed: u8) -> Block {
         let data = bytes::Bytes::from(vec![seed; len]);
