@@ -74,6 +74,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let health = Arc::new(http::Health::new(synced));
     let backend_swarm = net::swarm::build_backend_side(&cli.limits)?;
     tracing::info!(peer = %backend_swarm.local_peer_id(), "backend-facing identity of this process");
+    let client_frames = net::streams::FrameBounds::new(
+        cli.limits.max_client_frame_bytes,
+        cli.limits.frame_timeout,
+        metrics.client_frame_bytes.clone(),
+    );
     let (engine, handle) = Engine::new(
         Parts {
             swarm,
@@ -82,10 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             metrics,
             health: health.clone(),
             max_streams_per_peer: cli.limits.max_streams_per_peer,
-            client_frames: net::streams::FrameBounds::new(
-                cli.limits.max_client_frame_bytes,
-                cli.limits.frame_timeout,
-            ),
+            client_frames,
             max_client_buffer: cli.limits.max_client_buffer_bytes,
             preload: preload_parts,
         },

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub downstream_block_rtt_ms: Histogram,
     pub wants_in_flight: Gauge,
     pub wants_queued: Gauge,
+    /// Bytes of `--max-client-frame-bytes` in use.
+    pub client_frame_bytes: Gauge,
     pub blocks_forwarded: Family<DirectionLabels, Counter>,
     pub bytes_forwarded: Family<DirectionLabels, Counter>,
     pub presences_sent: Family<ReasonLabels, Counter>,
@@ -95,6 +97,7 @@ impl Metrics {
             ]),
             wants_in_flight: Gauge::default(),
             wants_queued: Gauge::default(),
+            client_frame_bytes: Gauge::default(),
             blocks_forwarded: Family::default(),
             bytes_forwarded: Family::default(),
             presences_sent: Family::default(),
@@ -147,6 +150,11 @@ impl Metrics {
             "bitswap_wants_queued",
             "Wants waiting for room at a backend",
             m.wants_queued.clone(),
+        );
+        r.register(
+            "bitswap_client_frame_bytes",
+            "Bytes of large client frames being received or decoded, of --max-client-frame-bytes",
+            m.client_frame_bytes.clone(),
         );
         r.register(
             "bitswap_blocks_forwarded",

@@ -483,6 +483,14 @@ async fn large_frames_that_stall_are_bounded_in_total_and_cut_in_time() {
     let (blocks, _) = c.fetch(&s.cids[..1], 1, T).await.unwrap();
     assert_eq!(blocks.len(), 1, "a 4 MiB frame still gets room");
     assert_eq!(
+        s.proxy
+            .metric("kitsune_bitswap_client_frame_bytes")
+            .await
+            .unwrap(),
+        Some(0.0),
+        "all room is given back"
+    );
+    assert_eq!(
         s.rejected("slow_frame").await,
         before + (PEERS * STREAMS) as f64,
         "only the stalled streams were cut"

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use futures::AsyncWriteExt;
 use futures::io::BufReader;
 use libp2p::{PeerId, Stream};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::bitswap::codec::{FrameError, Room, read_body, read_len};
@@ -133,13 +134,16 @@ pub struct FrameBounds {
     /// How long a frame body may take from its first byte, waits for room included
     /// (`--frame-timeout`): a stalled frame gives its room back by then.
     timeout: Duration,
+    /// Room in use, for `/metrics`.
+    in_use: Gauge,
 }
 
 impl FrameBounds {
-    pub fn new(max_bytes: usize, timeout: Duration) -> Self {
+    pub fn new(max_bytes: usize, timeout: Duration, in_use: Gauge) -> Self {
         Self {
             room: Arc::new(Semaphore::new(max_bytes)),
             timeout,
+            in_use,
         }
     }
 
@@ -154,6 +158,15 @@ struct FrameRoom {
     room: Arc<Semaphore>,
     free: usize,
     held: Option<OwnedSemaphorePermit>,
+    in_use: Gauge,
+}
+
+impl Drop for FrameRoom {
+    fn drop(&mut self) {
+        if let Some(held) = &self.held {
+            self.in_use.dec_by(held.num_permits() as i64);
+        }
+    }
 }
 
 impl Room for FrameRoom {
@@ -171,6 +184,7 @@ impl Room for FrameRoom {
             .acquire_many_owned(need as u32)
             .await
             .map_err(|_| std::io::Error::other("frame room closed"))?;
+        self.in_use.inc_by(need as i64);
         match &mut self.held {
             Some(held) => held.merge(permit),
             None => self.held = Some(permit),
@@ -207,6 +221,7 @@ async fn next_frame<R: futures::AsyncRead + Unpin>(
         room: bounds.room.clone(),
         free: crate::bitswap::codec::READ_CHUNK,
         held: None,
+        in_use: bounds.in_use.clone(),
     };
     match tokio::time::timeout(bounds.timeout, read_body(r, len, &mut room)).await {
         Ok(Ok(body)) => Ok(Some((body, Some(room)))),
@@ -600,7 +615,8 @@ mod tests {
 
     #[tokio::test]
     async fn small_frames_need_no_room_and_large_ones_hold_it_until_dropped() {
-        let bounds = FrameBounds::new(READ_CHUNK, Duration::from_secs(60));
+        let in_use = Gauge::default();
+        let bounds = FrameBounds::new(READ_CHUNK, Duration::from_secs(60), in_use.clone());
         let mut wire = frame(READ_CHUNK);
         wire.extend(frame(2 * READ_CHUNK));
         let mut r = Cursor::new(wire);
@@ -611,8 +627,10 @@ mod tests {
         let (big, room) = read(&mut r, &bounds).await;
         assert_eq!(big.len(), 2 * READ_CHUNK);
         assert_eq!(bounds.available(), 0, "held while the frame is decoded");
+        assert_eq!(in_use.get(), READ_CHUNK as i64);
         drop(room);
         assert_eq!(bounds.available(), READ_CHUNK);
+        assert_eq!(in_use.get(), 0);
         // Backends are not bounded.
         let mut r = Cursor::new(frame(4 * READ_CHUNK));
         let Ok(Some((body, None))) = next_frame(&mut r, None).await else {
@@ -623,7 +641,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_waiting_for_room_is_cut_at_the_timeout() {
-        let bounds = FrameBounds::new(READ_CHUNK, Duration::from_millis(200));
+        let bounds = FrameBounds::new(READ_CHUNK, Duration::from_millis(200), Gauge::default());
         let (_, holder) = read(&mut Cursor::new(frame(2 * READ_CHUNK)), &bounds).await;
         assert_eq!(bounds.available(), 0);
         let mut r = Cursor::new(frame(3 * READ_CHUNK));
@@ -653,7 +671,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_frame_is_cut_at_the_timeout_and_gives_its_room_back() {
-        let bounds = FrameBounds::new(4 * READ_CHUNK, Duration::from_millis(200));
+        let bounds = FrameBounds::new(4 * READ_CHUNK, Duration::from_millis(200), Gauge::default());
         let mut wire = frame(4 * READ_CHUNK);
         wire.truncate(3 * READ_CHUNK);
         let mut r = Stalls {
