@@ -9,6 +9,8 @@ pub enum Policy {
     /// Rendezvous (highest-random-weight) hashing of the CID over the backends: the
     /// same CID goes to the same backend from every replica, so repeated content is
     /// served from one cache, and a backend joining or leaving moves only its share.
+    /// Loads are bounded: a backend holding more than its share of the wants in flight
+    /// (see [`within_bound`]) is passed over for the next one in the CID's order.
     #[default]
     Rendezvous,
     /// Rotate through the backends; spreads load evenly with no cache affinity.
@@ -30,6 +32,27 @@ pub fn rank(policy: Policy, cid: &Cid, candidates: &mut [PeerId], turn: u64) {
             }
         }
     }
+}
+
+/// Above this many wants in flight a backend may be passed over; below it, affinity
+/// always wins (a backend this idle is not the bottleneck).
+pub const LOAD_FLOOR: usize = 16;
+
+/// How far above the average load a backend may go, as a fraction: 1.25 × average
+/// (consistent hashing with bounded loads, Mirrokni et al. 2018). Hash shares alone
+/// vary by several percent per backend, and the busiest one sets the pace of every
+/// fetch that needs it; the bound costs little affinity, as only the overflow moves.
+const LOAD_SLACK: (usize, usize) = (5, 4);
+
+/// Whether a backend holding `load` wants may take one more, when `total` wants are in
+/// flight over `backends` backends: at most `LOAD_SLACK` × the average once this one
+/// is counted, and never refused below [`LOAD_FLOOR`].
+pub fn within_bound(load: usize, total: usize, backends: usize) -> bool {
+    let backends = backends.max(1);
+    let (num, den) = LOAD_SLACK;
+    // ceil(num/den × (total + 1) / backends), in integers.
+    let cap = ((total + 1) * num).div_ceil(den * backends);
+    load < cap.max(LOAD_FLOOR)
 }
 
 /// A stable score for (backend, content): xxh3 is the same on every platform and
@@ -91,6 +114,30 @@ mod tests {
                 "failover order is the original order minus the lost one"
             );
         }
+    }
+
+    #[test]
+    fn idle_backends_are_never_passed_over() {
+        // Below the floor, whatever the others hold.
+        for load in 0..LOAD_FLOOR {
+            assert!(within_bound(load, load, 4), "load {load} of {load}");
+            assert!(within_bound(load, load, 1000));
+        }
+        assert!(!within_bound(LOAD_FLOOR, LOAD_FLOOR, 4));
+    }
+
+    #[test]
+    fn a_backend_may_hold_a_quarter_more_than_the_average() {
+        // 400 in flight over 4 backends: average 100.25 once the new want counts, so
+        // the cap is 126 (125.3 rounded up).
+        assert!(within_bound(125, 400, 4));
+        assert!(!within_bound(126, 400, 4));
+        // With one backend there is nowhere else to go: it is always within bound.
+        for load in [0, 16, 1000, 100_000] {
+            assert!(within_bound(load, load, 1));
+        }
+        // Zero backends is not a division by zero.
+        assert!(within_bound(0, 0, 0));
     }
 
     #[test]

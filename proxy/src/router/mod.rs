@@ -589,10 +589,11 @@ impl Router {
             .copied()
             .collect();
         balancer::rank(self.cfg.policy, &cid, &mut order, self.turn);
-        let Some(&first) = order.first() else {
+        if order.is_empty() {
             self.exhaust(cid);
             return;
-        };
+        }
+        let first = choose_backend(&self.cfg, &self.backends, &order);
         self.turn = self.turn.wrapping_add(1);
         let backend = self.backends.get_mut(&first).expect("ranked from backends");
         if backend.inflight.len() < self.cfg.max_inflight_per_backend {
@@ -722,4 +723,24 @@ impl Router {
         }
         self.out.presence_to_client(client, cid, kind);
     }
+}
+
+/// The first backend in `order` (non-empty) that may take one more want: under
+/// rendezvous, one within its load bound and with room; else the first with room;
+/// else the first (the want queues there). Round-robin already spreads evenly.
+fn choose_backend(cfg: &Config, backends: &BTreeMap<PeerId, Backend>, order: &[PeerId]) -> PeerId {
+    if cfg.policy != Policy::Rendezvous || order.len() == 1 {
+        return order[0];
+    }
+    let load = |b: &PeerId| backends.get(b).map_or(0, |b| b.inflight.len());
+    let room = |b: &&PeerId| load(b) < cfg.max_inflight_per_backend;
+    let total: usize = backends.values().map(|b| b.inflight.len()).sum();
+    let n = backends.len();
+    order
+        .iter()
+        .filter(room)
+        .find(|b| balancer::within_bound(load(b), total, n))
+        .or_else(|| order.iter().find(room))
+        .copied()
+        .unwrap_or(order[0])
 }

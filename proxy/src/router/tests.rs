@@ -348,7 +348,12 @@ fn lost_backend_moves_its_wants_to_the_next_in_order() {
     let bs = backends(3);
     let mut r = router(&bs, t);
     let c = PeerId::random();
-    let all: Vec<Block> = (0..60).map(block).collect();
+    // 6 wants per backend: however they move, none reaches the load floor, so each
+    // goes exactly to the next in its order.
+    let all: Vec<Block> = bs
+        .iter()
+        .flat_map(|b| blocks_first_at(*b, &bs, 0, 6))
+        .collect();
     r.client_message(
         c,
         &wants(all.iter().map(|b| want(b, WantKind::Block, true)).collect()),
@@ -373,7 +378,7 @@ fn lost_backend_moves_its_wants_to_the_next_in_order() {
             );
         }
     }
-    assert!(moved > 5, "the test needs some wants on the victim");
+    assert_eq!(moved, 6);
     assert!(out.to_clients.is_empty());
 }
 
@@ -988,4 +993,118 @@ fn want_cancel_churn_leaves_no_stale_growth() {
         r.deadlines.len()
     );
     assert_eq!(r.wants_in_flight(), 2);
+}
+
+/// `n` blocks, from `from` on, whose rendezvous first choice among `backends` is `first`.
+fn blocks_first_at(first: PeerId, backends: &[PeerId], from: u32, n: usize) -> Vec<Block> {
+    (from..)
+        .map(block)
+        .filter(|b| order_for(b, backends)[0] == first)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn below_the_load_floor_every_want_goes_to_its_first_choice() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    let hot = blocks_first_at(bs[0], &bs, 0, balancer::LOAD_FLOOR);
+    let c = PeerId::random();
+    let entries = hot.iter().map(|b| want(b, WantKind::Block, false));
+    r.client_message(c, &wants(entries.collect()), t);
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &bs[0]).len(), balancer::LOAD_FLOOR);
+    assert!(sent_wants(&out, &bs[1]).is_empty(), "affinity kept");
+}
+
+#[test]
+fn a_backends_overflow_goes_to_the_next_in_each_wants_order() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    // 100 wants whose first choice is bs[0], 20 whose first is bs[1]: unbounded,
+    // bs[0] would hold 100 of 120.
+    let hot = blocks_first_at(bs[0], &bs, 0, 100);
+    let cold = blocks_first_at(bs[1], &bs, 0, 20);
+    let c = PeerId::random();
+    let all: Vec<Block> = hot.iter().chain(&cold).cloned().collect();
+    let entries = all.iter().map(|b| want(b, WantKind::Block, false));
+    r.client_message(c, &wants(entries.collect()), t);
+    let out = r.take_outbox();
+    let (at0, at1) = (sent_wants(&out, &bs[0]), sent_wants(&out, &bs[1]));
+    // 1.25 × the average of 120 over 2, rounded up: 76.
+    assert!(at0.len() <= 76, "bs[0] holds {}", at0.len());
+    assert!(at0.len() >= 60, "bs[0] holds only {}", at0.len());
+    assert_eq!(at0.len() + at1.len(), 120, "every want sent once");
+    assert_eq!(r.queued_wants(), 0);
+    let to0: HashSet<Cid> = at0.iter().map(|w| w.0).collect();
+    assert!(
+        cold.iter().all(|b| !to0.contains(&b.cid)),
+        "only the overloaded backend's wants move"
+    );
+
+    // A want that moved is served from where it went, once.
+    let moved = hot.iter().find(|b| !to0.contains(&b.cid)).unwrap();
+    r.backend_message(bs[1], &blocks(std::slice::from_ref(moved)), t);
+    let out = r.take_outbox();
+    assert_eq!(out.to_clients[&c].blocks, vec![moved.clone()]);
+    // If the backend it moved to lacks it, its first choice is asked next.
+    let moved2 = hot
+        .iter()
+        .find(|b| !to0.contains(&b.cid) && b.cid != moved.cid)
+        .unwrap();
+    r.backend_message(bs[1], &presence(moved2, PresenceKind::DontHave), t);
+    let out = r.take_outbox();
+    assert!(out.to_clients.is_empty(), "not exhausted: bs[0] is left");
+    assert_eq!(
+        sent_wants(&out, &bs[0]),
+        vec![(moved2.cid, false, WantKind::Block)]
+    );
+
+    // Once bs[0] has drained, its content goes back to it.
+    let served: Vec<Block> = all
+        .iter()
+        .filter(|b| to0.contains(&b.cid))
+        .cloned()
+        .collect();
+    r.backend_message(bs[0], &blocks(&served), t);
+    r.backend_message(bs[0], &blocks(std::slice::from_ref(moved2)), t);
+    r.take_outbox();
+    let more = blocks_first_at(bs[0], &bs, 100_000, 10);
+    let entries = more.iter().map(|b| want(b, WantKind::Block, false));
+    r.client_message(c, &wants(entries.collect()), t);
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &bs[0]).len(), 10, "affinity back");
+}
+
+#[test]
+fn a_full_first_choice_sends_wants_on_before_any_queue() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = Router::new(Config {
+        max_inflight_per_backend: 4,
+        ..Config::default()
+    });
+    for b in &bs {
+        r.backend_up(*b, t);
+    }
+    let hot = blocks_first_at(bs[0], &bs, 0, 10);
+    let c = PeerId::random();
+    let entries = hot.iter().map(|b| want(b, WantKind::Block, false));
+    r.client_message(c, &wants(entries.collect()), t);
+    let out = r.take_outbox();
+    // 4 at the first choice, 4 where there is room, 2 queued at the first choice.
+    assert_eq!(sent_wants(&out, &bs[0]).len(), 4);
+    assert_eq!(sent_wants(&out, &bs[1]).len(), 4);
+    assert_eq!(r.queued_wants(), 2);
+    // When the first choice answers one, a queued want goes there.
+    let done = hot
+        .iter()
+        .find(|b| sent_wants(&out, &bs[0]).iter().any(|w| w.0 == b.cid))
+        .unwrap();
+    r.backend_message(bs[0], &blocks(std::slice::from_ref(done)), t);
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &bs[0]).len(), 1);
+    assert_eq!(r.queued_wants(), 1);
 }
