@@ -114,8 +114,18 @@ async fn main() -> anyhow::Result<()> {
     });
     if let Some(path) = out {
         let command = std::env::args().collect::<Vec<_>>().join(" ");
-        let date = machine.lines().find_map(|l| l.strip_prefix("date: "));
-        let stamp = format!("_Run: `{command}`, {}._\n", date.unwrap_or("?"));
+        // Sections are re-run one at a time (--update), so each names its own run.
+        let field = |k: &str| {
+            machine
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("?")
+        };
+        let stamp = format!(
+            "_Run: `{command}`, {}, on {}._\n",
+            field("date: "),
+            field("machine: ")
+        );
         let fresh: Vec<(String, String)> = sections
             .iter()
             .map(|s| (s.title.clone(), format!("{}\n{stamp}", s.markdown())))
@@ -130,11 +140,12 @@ async fn main() -> anyhow::Result<()> {
         let md = match std::fs::read_to_string(&path) {
             Ok(existing) if a.update => report::update(&existing, &fresh, failed),
             _ => {
+                let peers = field("peers: ");
                 let mut md = format!(
                     "# Performance\n\nWritten by `kitsune-bench` (`scripts/bench.sh`); do not edit \
-                     by hand, run it again (`--only NAME --update` re-runs one section).\n\n- \
-                     command: `{command}`\n- {}\n\n",
-                    machine.replace('\n', "\n- ")
+                     by hand, run it again (`--only NAME --update` re-runs one section). Each \
+                     section ends with the command, date and machine of its run.\n\n- peers: \
+                     {peers}\n\n"
                 );
                 for (_, s) in &fresh {
                     md.push_str(s);
