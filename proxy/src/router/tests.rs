@@ -74,7 +74,11 @@ fn sent_wants(out: &Outbox, backend: &PeerId) -> Vec<(Cid, bool, WantKind)> {
 }
 
 fn router(backends: &[PeerId], now: Instant) -> Router {
-    let mut r = Router::new(Config::default());
+    router_with(Config::default(), backends, now)
+}
+
+fn router_with(cfg: Config, backends: &[PeerId], now: Instant) -> Router {
+    let mut r = Router::new(cfg);
     for b in backends {
         r.backend_up(*b, now);
     }
@@ -650,11 +654,11 @@ fn only_new_wants_are_numbered() {
 fn per_backend_inflight_is_bounded_and_the_queue_drains() {
     let t = Instant::now();
     let bs = backends(1);
-    let mut r = Router::new(Config {
+    let cfg = Config {
         max_inflight_per_backend: 4,
         ..Config::default()
-    });
-    r.backend_up(bs[0], t);
+    };
+    let mut r = router_with(cfg, &bs, t);
     let c = PeerId::random();
     let all: Vec<Block> = (0..10).map(block).collect();
     r.client_message(
@@ -773,13 +777,11 @@ fn randomised_no_loss_no_duplicates() {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut t = Instant::now();
         let bs = backends(3);
-        let mut r = Router::new(Config {
+        let cfg = Config {
             max_inflight_per_backend: 8,
             ..Config::default()
-        });
-        for b in &bs {
-            r.backend_up(*b, t);
-        }
+        };
+        let mut r = router_with(cfg, &bs, t);
         let content: Vec<Block> = (0..40).map(|i| block(1000 + i)).collect();
         // Backend 0 has nothing; backends 1 and 2 have everything.
         let has = |b: &PeerId, _: &Cid| *b != bs[0];
@@ -995,6 +997,11 @@ fn want_cancel_churn_leaves_no_stale_growth() {
     assert_eq!(r.wants_in_flight(), 2);
 }
 
+/// WANT-BLOCK for each of `bs`, without DONT_HAVE.
+fn want_blocks(bs: &[Block]) -> Message {
+    wants(bs.iter().map(|b| want(b, WantKind::Block, false)).collect())
+}
+
 /// `n` blocks, from `from` on, whose rendezvous first choice among `backends` is `first`.
 fn blocks_first_at(first: PeerId, backends: &[PeerId], from: u32, n: usize) -> Vec<Block> {
     (from..)
@@ -1011,8 +1018,7 @@ fn below_the_load_floor_every_want_goes_to_its_first_choice() {
     let mut r = router(&bs, t);
     let hot = blocks_first_at(bs[0], &bs, 0, balancer::LOAD_FLOOR);
     let c = PeerId::random();
-    let entries = hot.iter().map(|b| want(b, WantKind::Block, false));
-    r.client_message(c, &wants(entries.collect()), t);
+    r.client_message(c, &want_blocks(&hot), t);
     let out = r.take_outbox();
     assert_eq!(sent_wants(&out, &bs[0]).len(), balancer::LOAD_FLOOR);
     assert!(sent_wants(&out, &bs[1]).is_empty(), "affinity kept");
@@ -1029,8 +1035,7 @@ fn a_backends_overflow_goes_to_the_next_in_each_wants_order() {
     let cold = blocks_first_at(bs[1], &bs, 0, 20);
     let c = PeerId::random();
     let all: Vec<Block> = hot.iter().chain(&cold).cloned().collect();
-    let entries = all.iter().map(|b| want(b, WantKind::Block, false));
-    r.client_message(c, &wants(entries.collect()), t);
+    r.client_message(c, &want_blocks(&all), t);
     let out = r.take_outbox();
     let (at0, at1) = (sent_wants(&out, &bs[0]), sent_wants(&out, &bs[1]));
     // 1.25 × the average of 120 over 2, rounded up: 76.
@@ -1072,8 +1077,7 @@ fn a_backends_overflow_goes_to_the_next_in_each_wants_order() {
     r.backend_message(bs[0], &blocks(std::slice::from_ref(moved2)), t);
     r.take_outbox();
     let more = blocks_first_at(bs[0], &bs, 100_000, 10);
-    let entries = more.iter().map(|b| want(b, WantKind::Block, false));
-    r.client_message(c, &wants(entries.collect()), t);
+    r.client_message(c, &want_blocks(&more), t);
     let out = r.take_outbox();
     assert_eq!(sent_wants(&out, &bs[0]).len(), 10, "affinity back");
 }
@@ -1082,17 +1086,14 @@ fn a_backends_overflow_goes_to_the_next_in_each_wants_order() {
 fn a_full_first_choice_sends_wants_on_before_any_queue() {
     let t = Instant::now();
     let bs = backends(2);
-    let mut r = Router::new(Config {
+    let cfg = Config {
         max_inflight_per_backend: 4,
         ..Config::default()
-    });
-    for b in &bs {
-        r.backend_up(*b, t);
-    }
+    };
+    let mut r = router_with(cfg, &bs, t);
     let hot = blocks_first_at(bs[0], &bs, 0, 10);
     let c = PeerId::random();
-    let entries = hot.iter().map(|b| want(b, WantKind::Block, false));
-    r.client_message(c, &wants(entries.collect()), t);
+    r.client_message(c, &want_blocks(&hot), t);
     let out = r.take_outbox();
     // 4 at the first choice, 4 where there is room, 2 queued at the first choice.
     assert_eq!(sent_wants(&out, &bs[0]).len(), 4);
