@@ -9,12 +9,15 @@ pub mod backend;
 pub mod bitswap;
 pub mod config;
 pub mod engine;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod preload;
 pub mod router;
+pub mod routing;
 pub mod sources;
 
 use std::sync::Arc;

@@ -31,6 +31,7 @@ impl Outbox {
         ] {
             for (peer, msg) in more {
                 let m = map.entry(peer).or_default();
+                m.full |= msg.full;
                 m.wants.extend(msg.wants);
                 m.blocks.extend(msg.blocks);
                 m.presences.extend(msg.presences);

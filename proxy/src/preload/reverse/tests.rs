@@ -1,11 +1,8 @@
 use std::time::Duration;
 
-use bytes::Bytes;
-use multihash_codetable::{Code, MultihashDigest};
-
 use super::*;
 use crate::bitswap::Presence;
-use crate::preload::dag;
+use crate::fixtures::{self, blocks, cancel, cbor_block, presence, raw_block};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -15,57 +12,8 @@ fn conn() -> ConnectionId {
     ConnectionId::new_unchecked(rand::random())
 }
 
-fn raw_block(i: u32) -> Block {
-    let data = Bytes::from(format!("leaf {i}"));
-    Block {
-        cid: Cid::new_v1(dag::RAW, Code::Sha2_256.digest(&data)),
-        data,
-    }
-}
-
-/// A dag-cbor block: a list of links.
-fn cbor_block(links: &[Cid]) -> Block {
-    let mut data = vec![0x80 | links.len() as u8];
-    for l in links {
-        let b = l.to_bytes();
-        data.extend([0xd8, 42, 0x58, (b.len() + 1) as u8, 0x00]);
-        data.extend(b);
-    }
-    Block {
-        cid: Cid::new_v1(dag::DAG_CBOR, Code::Sha2_256.digest(&data)),
-        data: data.into(),
-    }
-}
-
 fn want(cid: Cid, kind: WantKind) -> WantEntry {
-    WantEntry {
-        cid,
-        priority: 1,
-        cancel: false,
-        kind,
-        send_dont_have: true,
-    }
-}
-
-fn cancel(cid: Cid) -> WantEntry {
-    WantEntry {
-        cancel: true,
-        ..want(cid, WantKind::Block)
-    }
-}
-
-fn blocks(blocks: Vec<Block>) -> Message {
-    Message {
-        blocks,
-        ..Message::default()
-    }
-}
-
-fn presence(cid: Cid, kind: PresenceKind) -> Message {
-    Message {
-        presences: vec![Presence { cid, kind }],
-        ..Message::default()
-    }
+    fixtures::want(cid, kind, true)
 }
 
 struct World {
@@ -140,7 +88,7 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
     assert!(client_wants(&out, &w.bystander).is_empty());
 
     // The uploader answers; the block goes to the backend, and its links join the DAG.
-    let got = w.r.client_message(w.uploader, &blocks(vec![root.clone()]));
+    let got = w.r.client_message(w.uploader, &blocks(&[root.clone()]));
     assert_eq!(got, vec![root.clone()]);
     let out = w.r.take_outbox();
     assert_eq!(out.to_backends[&w.backend].blocks, vec![root.clone()]);
@@ -157,7 +105,7 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
     assert_eq!(out.to_clients[&w.uploader].wants[1].kind, WantKind::Have);
     assert!(client_wants(&out, &w.bystander).is_empty());
 
-    w.r.client_message(w.uploader, &blocks(vec![l1.clone()]));
+    w.r.client_message(w.uploader, &blocks(&[l1.clone()]));
     w.r.client_message(w.uploader, &presence(l2.cid, PresenceKind::Have));
     let out = w.r.take_outbox();
     assert_eq!(out.to_backends[&w.backend].blocks, vec![l1]);
@@ -236,7 +184,7 @@ fn dont_have_from_every_target_goes_back_and_cancels_go_out() {
     );
 
     // A block from one: CANCEL at the other.
-    w.r.client_message(w.uploader, &blocks(vec![b.clone()]));
+    w.r.client_message(w.uploader, &blocks(&[b.clone()]));
     let out = w.r.take_outbox();
     assert_eq!(client_wants(&out, &nat_peer), vec![(b.cid, true)]);
     assert!(client_wants(&out, &w.uploader).is_empty());
@@ -369,7 +317,7 @@ fn random_traffic_never_leaks_wants() {
             }
             3 => {
                 let block = all[rng.gen_range(0..all.len())].clone();
-                r.client_message(peer, &blocks(vec![block]));
+                r.client_message(peer, &blocks(&[block]));
             }
             4 => {
                 let cid = all[rng.gen_range(0..all.len())].cid;

@@ -1,0 +1,125 @@
+//! The engine's metrics: traffic as it passes, the routing core's counter growth event
+//! by event, and gauges sampled on the tick.
+
+use libp2p::PeerId;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::backend::Backends;
+use crate::bitswap::Message;
+use crate::metrics::{
+    BackendLabels, Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
+};
+use crate::routing::{Core, Effects};
+
+const UP: DirectionLabels = DirectionLabels {
+    direction: Direction::Upstream,
+};
+const DOWN: DirectionLabels = DirectionLabels {
+    direction: Direction::Downstream,
+};
+
+/// Adds what one event of the core counted, and observes what it measured.
+pub fn effects(m: &Metrics, fx: &Effects) {
+    let c = &fx.counts;
+    let add = |counter: &Counter, n: u64| {
+        if n > 0 {
+            counter.inc_by(n);
+        }
+    };
+    add(&m.failovers, c.failovers);
+    add(&m.want_timeouts, c.timeouts);
+    add(&m.want_refreshes, c.refreshes);
+    add(&reason(m, "too_many_wants"), c.refused_wants);
+    add(
+        &m.presences_sent
+            .get_or_create(&ReasonLabels { reason: "have" }),
+        c.haves_delivered,
+    );
+    add(
+        &m.presences_sent.get_or_create(&ReasonLabels {
+            reason: "dont_have",
+        }),
+        c.dont_haves_delivered,
+    );
+    add(&outcome(m, "forwarded"), c.reverse_forwarded);
+    add(&outcome(m, "refused"), c.reverse_refused);
+    add(
+        &reason(m, "preload_undecodable_block"),
+        c.undecodable_blocks,
+    );
+    for rtt in &fx.outbox.rtts {
+        m.downstream_block_rtt_ms
+            .observe(rtt.as_secs_f64() * 1000.0);
+    }
+    for size in &fx.preload_dag_sizes {
+        m.preload_dag_blocks.observe(*size as f64);
+    }
+}
+
+fn reason(m: &Metrics, reason: &'static str) -> Counter {
+    m.rejected.get_or_create(&ReasonLabels { reason }).clone()
+}
+
+fn outcome(m: &Metrics, outcome: &'static str) -> Counter {
+    m.reverse_wants
+        .get_or_create(&OutcomeLabels { outcome })
+        .clone()
+}
+
+/// A backend's message as it arrives: its blocks, per backend, and bytes coming up.
+pub fn from_backend(m: &Metrics, backend: PeerId, msg: &Message) {
+    if msg.blocks.is_empty() {
+        return;
+    }
+    m.backend_blocks
+        .get_or_create(&BackendLabels {
+            backend: backend.to_string(),
+        })
+        .inc_by(msg.blocks.len() as u64);
+    let bytes = block_bytes(msg);
+    if bytes > 0 {
+        m.bytes_forwarded.get_or_create(&UP).inc_by(bytes);
+    }
+}
+
+/// Blocks going down to a backend (preload's reverse path).
+pub fn to_backend(m: &Metrics, msg: &Message) {
+    let bytes = block_bytes(msg);
+    if bytes > 0 {
+        m.blocks_forwarded
+            .get_or_create(&DOWN)
+            .inc_by(msg.blocks.len() as u64);
+        m.bytes_forwarded.get_or_create(&DOWN).inc_by(bytes);
+    }
+}
+
+/// Blocks a client's writer accepted.
+pub fn to_client(m: &Metrics, blocks: usize) {
+    m.blocks_forwarded.get_or_create(&UP).inc_by(blocks as u64);
+}
+
+/// A backend left: its per-backend series goes with it.
+pub fn backend_gone(m: &Metrics, backend: PeerId) {
+    m.backend_blocks.remove(&BackendLabels {
+        backend: backend.to_string(),
+    });
+}
+
+/// The gauges, sampled.
+pub fn gauges(m: &Metrics, core: &Core, backends: &Backends) {
+    let router = core.router();
+    m.wants_in_flight.set(router.wants_in_flight() as i64);
+    m.wants_queued.set(router.queued_wants() as i64);
+    for (state, n) in backends.state_counts() {
+        m.backends.get_or_create(&StateLabels { state }).set(n);
+    }
+    if let Some(r) = core.reverse() {
+        let sessions = r.sessions();
+        m.preload_sessions.set(sessions.len() as i64);
+        m.preload_blocks_tracked.set(sessions.total_blocks() as i64);
+    }
+}
+
+fn block_bytes(msg: &Message) -> u64 {
+    msg.blocks.iter().map(|b| b.data.len() as u64).sum()
+}

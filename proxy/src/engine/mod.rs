@@ -1,0 +1,376 @@
+//! The event loop: one task owns both libp2p hosts (clients see the fixed identity,
+//! backends this process's own; see `net::swarm`), the routing core and the backend
+//! pool, so routing state needs no locks. Readers, writers and resolvers are separate
+//! tasks that talk to it over bounded channels. The loop is plumbing: every routing
+//! decision is the core's (`crate::routing`); the loop feeds it events and carries out
+//! the effects.
+
+mod accounting;
+mod handle;
+mod parts;
+mod side;
+mod summary;
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::PeerId;
+use libp2p::core::ConnectedPoint;
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use tokio::sync::mpsc;
+
+use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
+use crate::bitswap::Message;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::net::inbound::InboundStream;
+use crate::net::streams::{Inbound, QueueError, Undelivered};
+use crate::net::swarm::BehaviourEvent;
+use crate::preload::front::socket_addr_of;
+use crate::preload::refs::{Opened, PreloadCmd};
+use crate::routing::{Core, Effects};
+pub use handle::{Command, Handle};
+use parts::Preload;
+pub use parts::{Parts, PreloadParts};
+use side::Side;
+use summary::Summary;
+
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct Engine {
+    clients_side: Side,
+    backends_side: Side,
+    core: Core,
+    backends: Backends,
+    /// Clients and backends with a live connection: messages from peers whose
+    /// connection already closed are dropped, and nothing is sent to them.
+    clients: HashSet<PeerId>,
+    connected_backends: HashSet<PeerId>,
+    commands: mpsc::Receiver<Command>,
+    resolved_tx: mpsc::Sender<(BackendSpec, Result<Resolved, ResolveError>)>,
+    resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
+    undelivered_tx: mpsc::Sender<Undelivered>,
+    undelivered_rx: mpsc::Receiver<Undelivered>,
+    http: reqwest::Client,
+    metrics: Metrics,
+    libp2p_metrics: libp2p::metrics::Metrics,
+    health: Arc<Health>,
+    max_client_buffer: usize,
+    preload: Option<Preload>,
+}
+
+impl Engine {
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.clients_side.swarm.select_next_some() => self.on_client_event(event),
+                event = self.backends_side.swarm.select_next_some() => self.on_backend_event(event),
+                Some(Inbound { peer, msg, .. }) = self.clients_side.inbound.recv() => {
+                    self.on_client_message(peer, msg)
+                }
+                Some(Inbound { peer, msg, .. }) = self.backends_side.inbound.recv() => {
+                    self.on_backend_message(peer, msg)
+                }
+                Some((spec, result)) = self.resolved_rx.recv() => {
+                    let actions = self.backends.resolved(&spec, result, Instant::now(), rand::random());
+                    self.perform(actions);
+                }
+                Some(cmd) = next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
+                Some(u) = self.undelivered_rx.recv() => {
+                    if self.clients.contains(&u.peer) {
+                        tracing::debug!(peer = %u.peer, blocks = u.cids.len(), "re-wanting undelivered blocks");
+                        let fx = self.core.undelivered(u.peer, u.cids, Instant::now());
+                        self.carry_out(fx);
+                    }
+                }
+                Some(cmd) = self.commands.recv() => match cmd {
+                    Command::SetBackends(specs) => {
+                        let actions = self.backends.set(specs);
+                        self.perform(actions);
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let fx = self.core.tick(now);
+                    self.carry_out(fx);
+                    let actions = self.backends.tick(now);
+                    self.perform(actions);
+                    accounting::gauges(&self.metrics, &self.core, &self.backends);
+                }
+            }
+        }
+    }
+
+    fn on_client_message(&mut self, peer: PeerId, msg: Message) {
+        if !self.clients.contains(&peer) {
+            return;
+        }
+        tracing::debug!(%peer, summary = %Summary(&msg), "from client");
+        let fx = self.core.client_message(peer, &msg, Instant::now());
+        self.carry_out(fx);
+    }
+
+    fn on_backend_message(&mut self, peer: PeerId, msg: Message) {
+        if !self.connected_backends.contains(&peer) {
+            return;
+        }
+        tracing::debug!(%peer, summary = %Summary(&msg), "from backend");
+        accounting::from_backend(&self.metrics, peer, &msg);
+        let fx = self.core.backend_message(peer, &msg, Instant::now());
+        self.carry_out(fx);
+    }
+
+    fn on_preload(&mut self, cmd: PreloadCmd) {
+        let now = Instant::now();
+        match cmd {
+            PreloadCmd::Open {
+                roots,
+                client,
+                max_depth,
+                reply,
+            } => {
+                let backends = &self.backends;
+                let result = self.core.preload_open(
+                    &roots,
+                    client,
+                    max_depth,
+                    |b| backends.spec_of(b).map(BackendSpec::rpc_url),
+                    now,
+                );
+                let _ = reply.send(result.map(|(id, rpc_url)| Opened { id, rpc_url }));
+            }
+            PreloadCmd::Close(id) => {
+                let fx = self.core.preload_close(id, now);
+                self.carry_out(fx);
+            }
+        }
+    }
+
+    /// The client's address behind a listener-side connection: for a connection
+    /// spliced from the preload port, the client the splice came from.
+    fn client_addr(&self, endpoint: &ConnectedPoint) -> Option<SocketAddr> {
+        let ConnectedPoint::Listener { send_back_addr, .. } = endpoint else {
+            return None;
+        };
+        let seen = socket_addr_of(send_back_addr)?;
+        Some(
+            self.preload
+                .as_ref()
+                .and_then(|p| p.splices.client_of(&seen))
+                .unwrap_or(seen),
+        )
+    }
+
+    fn on_client_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        libp2p::metrics::Recorder::record(&self.libp2p_metrics, &event);
+        match event {
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } if self
+                .preload
+                .as_ref()
+                .is_some_and(|p| p.internal_ws == listener_id) =>
+            {
+                // Internal: reached through the preload port, never announced.
+                if let (Some(p), Some(addr)) = (&self.preload, socket_addr_of(&address)) {
+                    p.internal_ws_addr.send_replace(Some(addr));
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let id = *self.clients_side.swarm.local_peer_id();
+                println!("Listening on {address}/p2p/{id}");
+                self.health.listening.store(true, Ordering::Relaxed);
+                self.clients_side.swarm.add_external_address(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.clients_side.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let ip = self.client_addr(&endpoint).map(|a| a.ip());
+                let fx = self.core.client_connected(peer_id, connection_id, ip);
+                self.carry_out(fx);
+                if num_established.get() == 1 && self.clients.insert(peer_id) {
+                    self.metrics.upstream_peers.inc();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                let last = num_established == 0 && self.clients.remove(&peer_id);
+                let fx =
+                    self.core
+                        .client_disconnected(peer_id, connection_id, last, Instant::now());
+                if last {
+                    self.metrics.upstream_peers.dec();
+                    self.clients_side.writers.remove(&peer_id);
+                }
+                self.carry_out(fx);
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "inbound connection refused or failed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
+                peer, stream, ..
+            })) => {
+                self.clients_side.readers.spawn(peer, stream);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_backend_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = Instant::now();
+        let actions = match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 && self.backends.is_backend(&peer_id) => {
+                self.backends.connected(peer_id)
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if self.backends.is_backend(&peer_id) => {
+                self.backends.disconnected(peer_id, now, rand::random())
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if self.backends.is_backend(&peer) && !self.connected_backends.contains(&peer) => {
+                tracing::warn!(%peer, %error, "cannot connect to backend");
+                self.backends.disconnected(peer, now, rand::random())
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
+                peer, stream, ..
+            })) => {
+                self.backends_side.readers.spawn(peer, stream);
+                return;
+            }
+            _ => return,
+        };
+        self.perform(actions);
+    }
+
+    /// Carries out the backend pool's decisions; those that lead to more (a dial that
+    /// fails at once) queue them behind.
+    fn perform(&mut self, actions: Vec<Action>) {
+        let now = Instant::now();
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Resolve(spec) => {
+                    let (http, tx) = (self.http.clone(), self.resolved_tx.clone());
+                    tokio::spawn(async move {
+                        let result = backend::resolve::resolve(&http, &spec).await;
+                        let _ = tx.send((spec, result)).await;
+                    });
+                }
+                Action::Dial { peer, addrs } => {
+                    tracing::info!(%peer, addr = %addrs[0], "dialing backend");
+                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                    if let Err(e) = self.backends_side.swarm.dial(opts) {
+                        tracing::warn!(%peer, error = %e, "dial refused");
+                        queue.extend(self.backends.disconnected(peer, now, rand::random()));
+                    } else if self.backends_side.swarm.is_connected(&peer) {
+                        queue.extend(self.backends.connected(peer));
+                    }
+                }
+                Action::Up(peer) => {
+                    tracing::info!(%peer, "backend connected");
+                    self.connected_backends.insert(peer);
+                    self.metrics.downstream_peers.inc();
+                    let fx = self.core.backend_up(peer, now);
+                    self.carry_out(fx);
+                }
+                Action::Down(peer) => {
+                    tracing::warn!(%peer, "backend lost; its wants move to the others");
+                    self.connected_backends.remove(&peer);
+                    self.metrics.downstream_peers.dec();
+                    accounting::backend_gone(&self.metrics, peer);
+                    self.backends_side.writers.remove(&peer);
+                    let fx = self.core.backend_down(peer, now);
+                    self.carry_out(fx);
+                }
+                Action::Disconnect(peer) => {
+                    let _ = self.backends_side.swarm.disconnect_peer_id(peer);
+                }
+            }
+        }
+        self.health
+            .backend_connected
+            .store(!self.connected_backends.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Sends what the core decided, and counts it.
+    fn carry_out(&mut self, fx: Effects) {
+        accounting::effects(&self.metrics, &fx);
+        for (backend, msg) in fx.outbox.to_backends {
+            if !self.connected_backends.contains(&backend) {
+                continue;
+            }
+            accounting::to_backend(&self.metrics, &msg);
+            tracing::debug!(peer = %backend, summary = %Summary(&msg), "to backend");
+            let writer = self
+                .backends_side
+                .writer(backend, &self.metrics, &self.undelivered_tx);
+            if let Err(e) = writer.send(msg, usize::MAX) {
+                tracing::warn!(%backend, ?e, "backend writer queue refused a message");
+                self.metrics.reject("backend_queue_full");
+            }
+        }
+        for (client, msg) in fx.outbox.to_clients {
+            if !self.clients.contains(&client) {
+                continue;
+            }
+            tracing::debug!(peer = %client, summary = %Summary(&msg), "to client");
+            let blocks = msg.blocks.len();
+            let writer = self
+                .clients_side
+                .writer(client, &self.metrics, &self.undelivered_tx);
+            match writer.send(msg, self.max_client_buffer) {
+                Ok(()) => accounting::to_client(&self.metrics, blocks),
+                Err(QueueError::Full) => {
+                    tracing::warn!(peer = %client, "client is not keeping up; disconnecting it");
+                    self.metrics.reject("slow_client");
+                    let _ = self.clients_side.swarm.disconnect_peer_id(client);
+                }
+                Err(QueueError::Closed) => {
+                    self.clients_side.writers.remove(&client);
+                }
+            }
+        }
+    }
+}
+
+async fn next_preload_cmd(preload: &mut Option<Preload>) -> Option<PreloadCmd> {
+    match preload {
+        Some(p) => p.commands.recv().await,
+        None => std::future::pending().await,
+    }
+}

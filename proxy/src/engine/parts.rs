@@ -1,0 +1,114 @@
+//! Building the engine from its parts.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use libp2p::Swarm;
+use libp2p::core::transport::ListenerId;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+use super::{Engine, Handle, Side};
+use crate::backend::Backends;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::net::streams::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
+use crate::net::swarm::Behaviour;
+use crate::preload::Reverse;
+use crate::preload::front::Splices;
+use crate::preload::refs::PreloadCmd;
+use crate::router::Router;
+use crate::routing::Core;
+
+/// Preload mode's part of the engine.
+pub struct PreloadParts {
+    pub reverse: Reverse,
+    pub commands: mpsc::UnboundedReceiver<PreloadCmd>,
+    /// Who the spliced WebSocket connections really are.
+    pub splices: Splices,
+    /// The loopback WebSocket listener the preload port splices to.
+    pub internal_ws: ListenerId,
+    /// Where that listener ended up, for the preload port.
+    pub internal_ws_addr: watch::Sender<Option<SocketAddr>>,
+}
+
+/// The plumbing of preload mode (its routing is in the core).
+pub(super) struct Preload {
+    pub(super) commands: mpsc::UnboundedReceiver<PreloadCmd>,
+    pub(super) splices: Splices,
+    pub(super) internal_ws: ListenerId,
+    pub(super) internal_ws_addr: watch::Sender<Option<SocketAddr>>,
+}
+
+pub struct Parts {
+    /// The client-facing host, with the fixed identity.
+    pub swarm: Swarm<Behaviour>,
+    /// The backend-facing host, with this process's own identity.
+    pub backend_swarm: Swarm<Behaviour>,
+    pub router: Router,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub max_streams_per_peer: usize,
+    /// Bounds on frames arriving from clients.
+    pub client_frames: FrameBounds,
+    pub max_client_buffer: usize,
+    pub preload: Option<PreloadParts>,
+}
+
+impl Engine {
+    pub fn new(parts: Parts, registry: &mut Registry) -> anyhow::Result<(Self, Handle)> {
+        let clients_side = Side::new(
+            parts.swarm,
+            parts.max_streams_per_peer,
+            Some(parts.client_frames),
+            STREAM_BUDGET,
+            &parts.metrics,
+        );
+        let backends_side = Side::new(
+            parts.backend_swarm,
+            parts.max_streams_per_peer,
+            None,
+            ONE_STREAM,
+            &parts.metrics,
+        );
+        let (handle, commands) = Handle::channel(16);
+        let (resolved_tx, resolved_rx) = mpsc::channel(64);
+        let (undelivered_tx, undelivered_rx) = mpsc::channel(1024);
+        let (reverse, preload) = match parts.preload {
+            Some(p) => (
+                Some(p.reverse),
+                Some(Preload {
+                    commands: p.commands,
+                    splices: p.splices,
+                    internal_ws: p.internal_ws,
+                    internal_ws_addr: p.internal_ws_addr,
+                }),
+            ),
+            None => (None, None),
+        };
+        let engine = Self {
+            clients_side,
+            backends_side,
+            core: Core::new(parts.router, reverse),
+            backends: Backends::default(),
+            clients: HashSet::new(),
+            connected_backends: HashSet::new(),
+            commands,
+            resolved_tx,
+            resolved_rx,
+            undelivered_tx,
+            undelivered_rx,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("a plain HTTP client builds"),
+            metrics: parts.metrics,
+            libp2p_metrics: libp2p::metrics::Metrics::new(registry),
+            health: parts.health,
+            max_client_buffer: parts.max_client_buffer,
+            preload,
+        };
+        Ok((engine, handle))
+    }
+}

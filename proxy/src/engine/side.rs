@@ -1,0 +1,61 @@
+//! One libp2p host and its bitswap stream I/O: the readers feeding the engine and a
+//! writer task per peer.
+
+use std::collections::HashMap;
+
+use libp2p::{PeerId, Swarm};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::net::outbound::Control;
+use crate::net::streams::{FrameBounds, Inbound, Readers, Undelivered, Writer};
+use crate::net::swarm::Behaviour;
+
+pub struct Side {
+    pub swarm: Swarm<Behaviour>,
+    control: Control,
+    pub readers: Readers,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub writers: HashMap<PeerId, Writer>,
+    /// Bytes per outbound stream before the writer moves to a fresh one.
+    stream_budget: usize,
+}
+
+impl Side {
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        max_streams_per_peer: usize,
+        frame_bounds: Option<FrameBounds>,
+        stream_budget: usize,
+        metrics: &Metrics,
+    ) -> Self {
+        let control = swarm.behaviour().outbound.control();
+        let (tx, inbound) = mpsc::channel(1024);
+        Self {
+            swarm,
+            control,
+            readers: Readers::new(max_streams_per_peer, frame_bounds, tx, metrics.clone()),
+            inbound,
+            writers: HashMap::new(),
+            stream_budget,
+        }
+    }
+
+    /// The writer for `peer`, started on first use.
+    pub fn writer(
+        &mut self,
+        peer: PeerId,
+        metrics: &Metrics,
+        undelivered: &mpsc::Sender<Undelivered>,
+    ) -> &Writer {
+        self.writers.entry(peer).or_insert_with(|| {
+            Writer::spawn(
+                peer,
+                self.stream_budget,
+                self.control.clone(),
+                metrics.clone(),
+                undelivered.clone(),
+            )
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! Builders for the pure cores' unit tests: blocks, wantlists, messages.
+
+use bytes::Bytes;
+use cid::Cid;
+use libp2p::PeerId;
+use multihash_codetable::{Code, MultihashDigest};
+
+use crate::bitswap::{Block, Message, Presence, PresenceKind, WantEntry, WantKind};
+use crate::preload::dag;
+
+/// A raw block whose bytes name `i`.
+pub fn raw_block(i: u32) -> Block {
+    let data = Bytes::from(format!("block number {i}"));
+    Block {
+        cid: Cid::new_v1(dag::RAW, Code::Sha2_256.digest(&data)),
+        data,
+    }
+}
+
+/// A dag-cbor block: a list of links.
+pub fn cbor_block(links: &[Cid]) -> Block {
+    let mut data = vec![0x80 | links.len() as u8];
+    for l in links {
+        let b = l.to_bytes();
+        data.extend([0xd8, 42, 0x58, (b.len() + 1) as u8, 0x00]);
+        data.extend(b);
+    }
+    Block {
+        cid: Cid::new_v1(dag::DAG_CBOR, Code::Sha2_256.digest(&data)),
+        data: data.into(),
+    }
+}
+
+pub fn want(cid: Cid, kind: WantKind, send_dont_have: bool) -> WantEntry {
+    WantEntry {
+        cid,
+        priority: 1,
+        cancel: false,
+        kind,
+        send_dont_have,
+    }
+}
+
+pub fn cancel(cid: Cid) -> WantEntry {
+    WantEntry {
+        cid,
+        priority: 0,
+        cancel: true,
+        kind: WantKind::Block,
+        send_dont_have: false,
+    }
+}
+
+pub fn wants(entries: Vec<WantEntry>) -> Message {
+    Message {
+        wants: entries,
+        ..Message::default()
+    }
+}
+
+pub fn blocks(bs: &[Block]) -> Message {
+    Message {
+        blocks: bs.to_vec(),
+        ..Message::default()
+    }
+}
+
+pub fn presence(cid: Cid, kind: PresenceKind) -> Message {
+    Message {
+        presences: vec![Presence { cid, kind }],
+        ..Message::default()
+    }
+}
+
+/// A peer ID fixed by `n`, so a test's peers (and their rendezvous order) are the
+/// same in every run.
+pub fn peer(n: u8) -> PeerId {
+    let mut seed = [0u8; 32];
+    seed[0] = n;
+    seed[31] = 1;
+    libp2p::identity::Keypair::ed25519_from_bytes(seed)
+        .expect("32 bytes")
+        .public()
+        .to_peer_id()
+}

@@ -1,0 +1,69 @@
+//! What one event of the routing core decided: the messages to send and how much each
+//! counter grew. The engine sends the one and adds the other to the metrics, so the
+//! metrics follow the core event by event instead of copying its totals on a timer.
+
+use crate::preload::reverse::Stats as ReverseStats;
+use crate::router::{Outbox, Stats as RouterStats};
+
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Messages per peer, in decision order.
+    pub outbox: Outbox,
+    /// Counter growth caused by this event.
+    pub counts: Counts,
+    /// The DAG sizes of preload sessions that ended (for their histogram).
+    pub preload_dag_sizes: Vec<usize>,
+}
+
+/// The core's counters; as a delta, how much each grew.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub failovers: u64,
+    pub timeouts: u64,
+    pub refreshes: u64,
+    /// Wants refused because their client holds too many.
+    pub refused_wants: u64,
+    pub haves_delivered: u64,
+    pub dont_haves_delivered: u64,
+    /// Preload: backend wants passed on to an uploader, and refused.
+    pub reverse_forwarded: u64,
+    pub reverse_refused: u64,
+    /// Preload: blocks of a preloaded DAG whose codec the proxy cannot read.
+    pub undecodable_blocks: u64,
+}
+
+impl Counts {
+    pub(super) fn from_router(s: &RouterStats) -> Self {
+        Self {
+            failovers: s.failovers,
+            timeouts: s.timeouts,
+            refreshes: s.refreshes,
+            refused_wants: s.refused_wants,
+            haves_delivered: s.haves_delivered,
+            dont_haves_delivered: s.dont_haves_delivered,
+            ..Self::default()
+        }
+    }
+
+    pub(super) fn add_reverse(&mut self, s: &ReverseStats) {
+        self.reverse_forwarded = s.wants_forwarded;
+        self.reverse_refused = s.wants_refused;
+        self.undecodable_blocks = s.undecodable_blocks;
+    }
+
+    /// The growth from `earlier` to these totals (totals only grow).
+    pub(super) fn since(&self, earlier: &Self) -> Self {
+        let d = |now: u64, then: u64| now.saturating_sub(then);
+        Self {
+            failovers: d(self.failovers, earlier.failovers),
+            timeouts: d(self.timeouts, earlier.timeouts),
+            refreshes: d(self.refreshes, earlier.refreshes),
+            refused_wants: d(self.refused_wants, earlier.refused_wants),
+            haves_delivered: d(self.haves_delivered, earlier.haves_delivered),
+            dont_haves_delivered: d(self.dont_haves_delivered, earlier.dont_haves_delivered),
+            reverse_forwarded: d(self.reverse_forwarded, earlier.reverse_forwarded),
+            reverse_refused: d(self.reverse_refused, earlier.reverse_refused),
+            undecodable_blocks: d(self.undecodable_blocks, earlier.undecodable_blocks),
+        }
+    }
+}

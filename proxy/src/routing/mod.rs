@@ -1,0 +1,221 @@
+//! The pure routing core: the one place that decides where every bitswap message goes.
+//! It owns the forward [`Router`] and, in preload mode, the reverse path
+//! ([`Reverse`]), and sequences the two. No I/O and no clock: each event is a method
+//! that takes the time and returns the [`Effects`] to carry out, so the engine around
+//! it is plumbing and the data path reads one way: client → core → backend → core →
+//! client.
+
+pub mod effects;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use cid::Cid;
+use libp2p::PeerId;
+use libp2p::swarm::ConnectionId;
+
+use crate::bitswap::{Message, WantEntry, WantKind};
+use crate::preload::Reverse;
+use crate::preload::refs::OpenFail;
+use crate::preload::sessions::SessionId;
+use crate::router::Router;
+pub use effects::{Counts, Effects};
+
+pub struct Core {
+    router: Router,
+    reverse: Option<Reverse>,
+    /// The totals already handed out as deltas.
+    reported: Counts,
+}
+
+impl Core {
+    pub fn new(router: Router, reverse: Option<Reverse>) -> Self {
+        Self {
+            router,
+            reverse,
+            reported: Counts::default(),
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn reverse(&self) -> Option<&Reverse> {
+        self.reverse.as_ref()
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    /// A client connection opened, from `ip` (its real address, splices resolved).
+    /// Preload's reverse wants for that address go to it too.
+    pub fn client_connected(
+        &mut self,
+        client: PeerId,
+        conn: ConnectionId,
+        ip: Option<IpAddr>,
+    ) -> Effects {
+        if let (Some(r), Some(ip)) = (&mut self.reverse, ip) {
+            r.client_connected(client, conn, ip);
+        }
+        self.effects()
+    }
+
+    /// A client connection closed; `last` when the client has no other connection,
+    /// and then its wants are cancelled.
+    pub fn client_disconnected(
+        &mut self,
+        client: PeerId,
+        conn: ConnectionId,
+        last: bool,
+        now: Instant,
+    ) -> Effects {
+        if let Some(r) = &mut self.reverse {
+            r.client_disconnected(client, conn);
+        }
+        if last {
+            self.router.client_disconnected(client, now);
+        }
+        self.effects()
+    }
+
+    /// A client's message: its wantlist goes to the router. In preload mode its blocks
+    /// and presences answer the backends' reverse wants, and a block that does may
+    /// also answer other clients waiting for it.
+    pub fn client_message(&mut self, client: PeerId, msg: &Message, now: Instant) -> Effects {
+        self.router.client_message(client, msg, now);
+        if let Some(r) = &mut self.reverse
+            && (!msg.blocks.is_empty() || !msg.presences.is_empty())
+        {
+            for block in r.client_message(client, msg) {
+                self.router.offer_block(&block, now);
+            }
+        }
+        self.effects()
+    }
+
+    /// Blocks the client's writer could not deliver (its stream failed). The router had
+    /// cleared those wants on delivery, so they are wanted again for the client: it
+    /// still wants them or it would not have asked, and a later cancel clears them.
+    pub fn undelivered(&mut self, client: PeerId, cids: Vec<Cid>, now: Instant) -> Effects {
+        let msg = Message {
+            wants: cids
+                .into_iter()
+                .map(|cid| WantEntry {
+                    cid,
+                    priority: 1,
+                    cancel: false,
+                    kind: WantKind::Block,
+                    send_dont_have: false,
+                })
+                .collect(),
+            ..Message::default()
+        };
+        self.router.client_message(client, &msg, now);
+        self.effects()
+    }
+
+    // ---------------------------------------------------------------- backends
+
+    /// A backend connected. It first gets an empty full wantlist: that is the truth at
+    /// connect (its ledger for us starts clean), and it opens the long-lived stream
+    /// that keeps the connection out of libp2p's idle timeout. Parked wants follow.
+    pub fn backend_up(&mut self, backend: PeerId, now: Instant) -> Effects {
+        self.router.backend_up(backend, now);
+        let mut effects = self.effects();
+        effects.outbox.to_backends.entry(backend).or_default().full = true;
+        effects
+    }
+
+    /// A backend is gone: its forward wants move on, its reverse wants end.
+    pub fn backend_down(&mut self, backend: PeerId, now: Instant) -> Effects {
+        self.router.backend_down(backend, now);
+        if let Some(r) = &mut self.reverse {
+            r.backend_down(backend);
+        }
+        self.effects()
+    }
+
+    /// A backend's message: blocks and presences answer clients' wants; its own wants
+    /// are refused, or in preload mode routed on the reverse path. Its blocks may
+    /// teach a preload session the DAG's links, so they are seen first.
+    pub fn backend_message(&mut self, backend: PeerId, msg: &Message, now: Instant) -> Effects {
+        match &mut self.reverse {
+            Some(r) => {
+                for block in &msg.blocks {
+                    r.observe(block);
+                }
+                self.router.backend_replies(backend, msg, now);
+                r.backend_wants(backend, msg.full, &msg.wants);
+            }
+            None => self.router.backend_message(backend, msg, now),
+        }
+        self.effects()
+    }
+
+    // ---------------------------------------------------------------- preload
+
+    /// A refs call for `roots` from `client`: the session is opened at the backend
+    /// that will later serve the root (rendezvous). `rpc_url` names a backend's RPC
+    /// base URL; returns the session and that URL.
+    pub fn preload_open(
+        &mut self,
+        roots: &[Cid],
+        client: IpAddr,
+        max_depth: Option<u32>,
+        rpc_url: impl FnOnce(&PeerId) -> Option<String>,
+        now: Instant,
+    ) -> Result<(SessionId, String), OpenFail> {
+        let reverse = self.reverse.as_mut().ok_or(OpenFail::NoBackend)?;
+        let root = roots.first().ok_or(OpenFail::NoBackend)?;
+        let backend = self.router.backend_for(root).ok_or(OpenFail::NoBackend)?;
+        let url = rpc_url(&backend).ok_or(OpenFail::NoBackend)?;
+        let id = reverse
+            .open(roots, client, backend, max_depth, now)
+            .map_err(|_| OpenFail::TooMany)?;
+        Ok((id, url))
+    }
+
+    /// The refs call ended.
+    pub fn preload_close(&mut self, id: SessionId, now: Instant) -> Effects {
+        if let Some(r) = &mut self.reverse {
+            r.close(id, now);
+        }
+        self.effects()
+    }
+
+    // ---------------------------------------------------------------- time
+
+    /// Moves on the wants whose backend did not answer in time and expires preload
+    /// sessions.
+    pub fn tick(&mut self, now: Instant) -> Effects {
+        self.router.tick(now);
+        let mut ended = Vec::new();
+        if let Some(r) = &mut self.reverse {
+            ended = r.tick(now).iter().map(|s| s.dag_size()).collect();
+        }
+        let mut effects = self.effects();
+        effects.preload_dag_sizes = ended;
+        effects
+    }
+
+    /// What the last event decided: both paths' messages, merged per peer, and the
+    /// counters' growth since the last event.
+    fn effects(&mut self) -> Effects {
+        let mut outbox = self.router.take_outbox();
+        let mut totals = Counts::from_router(&self.router.stats());
+        if let Some(r) = &mut self.reverse {
+            outbox.merge(r.take_outbox());
+            totals.add_reverse(&r.stats());
+        }
+        let counts = totals.since(&self.reported);
+        self.reported = totals;
+        Effects {
+            outbox,
+            counts,
+            preload_dag_sizes: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The core's sequencing rules, event by event, without I/O.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use libp2p::swarm::ConnectionId;
+
+use super::*;
+use crate::bitswap::{Block, PresenceKind, WantKind};
+use crate::fixtures::{blocks, cbor_block, peer, raw_block, want, wants};
+use crate::preload::sessions::Limits;
+use crate::router::{Config, Outbox};
+
+const UPLOADER_IP: &str = "198.51.100.1";
+const BYSTANDER_IP: &str = "203.0.113.7";
+
+fn core(preload: bool) -> Core {
+    let reverse = preload.then(|| Reverse::new(Limits::default()));
+    Core::new(Router::new(Config::default()), reverse)
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn wanted_of(out: &Outbox, backend: &PeerId) -> Vec<(Cid, bool)> {
+    out.to_backends
+        .get(backend)
+        .map(|m| m.wants.iter().map(|w| (w.cid, w.cancel)).collect())
+        .unwrap_or_default()
+}
+
+fn blocks_to_client(out: &Outbox, client: &PeerId) -> Vec<Block> {
+    out.to_clients
+        .get(client)
+        .map(|m| m.blocks.clone())
+        .unwrap_or_default()
+}
+
+fn want_block(b: &Block) -> Message {
+    wants(vec![want(b.cid, WantKind::Block, true)])
+}
+
+#[test]
+fn a_new_backend_first_gets_an_empty_full_wantlist() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    let fx = c.backend_up(b, now);
+    let m = &fx.outbox.to_backends[&b];
+    assert!(m.full, "the backend's ledger for us starts clean");
+    assert!(m.wants.is_empty() && m.blocks.is_empty());
+}
+
+#[test]
+fn parked_wants_go_out_inside_the_new_backends_full_wantlist() {
+    let (mut c, now, b, client) = (core(false), Instant::now(), peer(1), peer(10));
+    let x = raw_block(1);
+    let fx = c.client_message(client, &want_block(&x), now);
+    assert!(fx.outbox.to_backends.is_empty(), "no backend to ask");
+    let fx = c.backend_up(b, now);
+    let m = &fx.outbox.to_backends[&b];
+    assert!(m.full);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+}
+
+#[test]
+fn a_block_flows_client_to_backend_and_back_to_the_client_that_asked() {
+    let (mut c, now) = (core(false), Instant::now());
+    let (b, asker, other) = (peer(1), peer(10), peer(11));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    let fx = c.client_message(asker, &want_block(&x), now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+    assert!(fx.outbox.to_clients.is_empty());
+    c.client_message(other, &want_block(&raw_block(2)), now);
+
+    let fx = c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    assert_eq!(blocks_to_client(&fx.outbox, &asker), vec![x]);
+    assert!(!fx.outbox.to_clients.contains_key(&other));
+    assert_eq!(fx.outbox.rtts.len(), 1, "one want-to-block time");
+}
+
+#[test]
+fn counts_are_what_each_event_added() {
+    let (mut c, now) = (core(false), Instant::now());
+    let (b1, b2, client) = (peer(1), peer(2), peer(10));
+    c.backend_up(b1, now);
+    c.backend_up(b2, now);
+    let x = raw_block(1);
+    let fx = c.client_message(client, &want_block(&x), now);
+    assert_eq!(fx.counts, Counts::default());
+    // Neither backend answers: the want times out at one and moves to the other.
+    let later = now + Config::default().want_timeout + Duration::from_millis(1);
+    let fx = c.tick(later);
+    assert_eq!(
+        (fx.counts.timeouts, fx.counts.failovers),
+        (1, 1),
+        "{:?}",
+        fx.counts
+    );
+    assert_eq!(c.tick(later).counts, Counts::default(), "counted once");
+
+    let mut small = core(false);
+    small.router = Router::new(Config {
+        max_wants_per_client: 1,
+        ..Config::default()
+    });
+    small.backend_up(b1, now);
+    let two = wants(vec![
+        want(raw_block(1).cid, WantKind::Block, true),
+        want(raw_block(2).cid, WantKind::Block, true),
+    ]);
+    let fx = small.client_message(client, &two, now);
+    assert_eq!(
+        (fx.counts.refused_wants, fx.counts.dont_haves_delivered),
+        (1, 1)
+    );
+}
+
+#[test]
+fn undelivered_blocks_are_wanted_again_for_their_client() {
+    let (mut c, now, b, client) = (core(false), Instant::now(), peer(1), peer(10));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    c.client_message(client, &want_block(&x), now);
+    c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+
+    let fx = c.undelivered(client, vec![x.cid], now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+    let fx = c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    assert_eq!(blocks_to_client(&fx.outbox, &client), vec![x]);
+}
+
+#[test]
+fn without_preload_backend_wants_are_refused_and_reach_no_client() {
+    let (mut c, now, b, client) = (core(false), Instant::now(), peer(1), peer(10));
+    c.backend_up(b, now);
+    c.client_connected(client, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    let x = raw_block(1);
+    let fx = c.backend_message(b, &want_block(&x), now);
+    assert!(fx.outbox.to_clients.is_empty());
+    let told = &fx.outbox.to_backends[&b].presences;
+    assert_eq!(told.len(), 1);
+    assert_eq!((told[0].cid, told[0].kind), (x.cid, PresenceKind::DontHave));
+}
+
+#[test]
+fn only_the_last_connection_of_a_client_cancels_its_wants() {
+    let (mut c, now, b, client) = (core(false), Instant::now(), peer(1), peer(10));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    c.client_message(client, &want_block(&x), now);
+    let fx = c.client_disconnected(client, ConnectionId::new_unchecked(1), false, now);
+    assert!(fx.outbox.to_backends.is_empty());
+    let fx = c.client_disconnected(client, ConnectionId::new_unchecked(2), true, now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, true)]);
+}
+
+/// A preload world: two backends, the uploader and a bystander connected, and a
+/// refs call for `root` open at the backend rendezvous picks for it.
+struct Preloaded {
+    c: Core,
+    now: Instant,
+    backend: PeerId,
+    other_backend: PeerId,
+    uploader: PeerId,
+    bystander: PeerId,
+}
+
+fn preloaded(root: &Block) -> Preloaded {
+    let (mut c, now) = (core(true), Instant::now());
+    let (b1, b2, uploader, bystander) = (peer(1), peer(2), peer(10), peer(11));
+    c.backend_up(b1, now);
+    c.backend_up(b2, now);
+    c.client_connected(uploader, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    c.client_connected(bystander, ConnectionId::new_unchecked(2), ip(BYSTANDER_IP));
+    let (_, url) = c
+        .preload_open(
+            &[root.cid],
+            ip(UPLOADER_IP).unwrap(),
+            None,
+            |p| Some(format!("rpc of {p}")),
+            now,
+        )
+        .expect("opens");
+    let backend = c.router().backend_for(&root.cid).unwrap();
+    assert_eq!(url, format!("rpc of {backend}"));
+    let other_backend = if backend == b1 { b2 } else { b1 };
+    Preloaded {
+        c,
+        now,
+        backend,
+        other_backend,
+        uploader,
+        bystander,
+    }
+}
+
+#[test]
+fn a_preloaded_block_goes_to_the_backend_and_to_clients_waiting_for_it() {
+    let root = cbor_block(&[raw_block(1).cid]);
+    let mut w = preloaded(&root);
+    let reader = peer(12);
+    let fx = w.c.backend_message(w.backend, &want_block(&root), w.now);
+    let to_uploader = &fx.outbox.to_clients[&w.uploader].wants;
+    assert_eq!(to_uploader.len(), 1);
+    assert_eq!(to_uploader[0].cid, root.cid);
+    assert!(!fx.outbox.to_clients.contains_key(&w.bystander));
+    assert_eq!(fx.counts.reverse_forwarded, 1);
+
+    // The other backend has no preload open: refused.
+    let fx =
+        w.c.backend_message(w.other_backend, &want_block(&root), w.now);
+    assert_eq!(fx.counts.reverse_refused, 1);
+    assert!(fx.outbox.to_clients.is_empty());
+
+    // A reader wants the root too; the uploader's copy answers both.
+    w.c.client_message(reader, &want_block(&root), w.now);
+    let fx =
+        w.c.client_message(w.uploader, &blocks(std::slice::from_ref(&root)), w.now);
+    assert_eq!(fx.outbox.to_backends[&w.backend].blocks, vec![root.clone()]);
+    assert_eq!(blocks_to_client(&fx.outbox, &reader), vec![root]);
+}
+
+#[test]
+fn a_backends_blocks_teach_the_dag_before_its_wants_are_routed() {
+    // In one message the backend sends the root (answering a reader) and wants the
+    // root's link: the link is allowed only because the root was read first.
+    let leaf = raw_block(1);
+    let root = cbor_block(&[leaf.cid]);
+    let mut w = preloaded(&root);
+    let msg = Message {
+        blocks: vec![root.clone()],
+        ..want_block(&leaf)
+    };
+    let fx = w.c.backend_message(w.backend, &msg, w.now);
+    let to_uploader = &fx.outbox.to_clients[&w.uploader].wants;
+    assert_eq!(
+        to_uploader.iter().map(|w| w.cid).collect::<Vec<_>>(),
+        vec![leaf.cid]
+    );
+    assert_eq!(
+        (fx.counts.reverse_forwarded, fx.counts.reverse_refused),
+        (1, 0)
+    );
+}
+
+#[test]
+fn a_preload_opens_only_with_a_backend_to_fetch_it() {
+    let (root, now) = (raw_block(1), Instant::now());
+    let client = ip(UPLOADER_IP).unwrap();
+    let url = |p: &PeerId| Some(p.to_string());
+    let mut plain = core(false);
+    plain.backend_up(peer(1), now);
+    assert_eq!(
+        plain
+            .preload_open(&[root.cid], client, None, url, now)
+            .err(),
+        Some(OpenFail::NoBackend),
+        "not in preload mode"
+    );
+    let mut c = core(true);
+    assert_eq!(
+        c.preload_open(&[root.cid], client, None, url, now).err(),
+        Some(OpenFail::NoBackend)
+    );
+    c.backend_up(peer(1), now);
+    assert_eq!(
+        c.preload_open(&[root.cid], client, None, |_| None, now)
+            .err(),
+        Some(OpenFail::NoBackend),
+        "a backend whose RPC address is unknown"
+    );
+    assert!(c.preload_open(&[root.cid], client, None, url, now).is_ok());
+}
+
+#[test]
+fn ended_preloads_are_reported_with_their_dag_size_on_the_tick() {
+    let root = cbor_block(&[raw_block(1).cid, raw_block(2).cid]);
+    let mut w = preloaded(&root);
+    w.c.backend_message(w.backend, &want_block(&root), w.now);
+    w.c.client_message(w.uploader, &blocks(std::slice::from_ref(&root)), w.now);
+    assert!(w.c.tick(w.now).preload_dag_sizes.is_empty());
+    let end = w.now + Limits::default().max_lifetime + Duration::from_secs(1);
+    assert_eq!(
+        w.c.tick(end).preload_dag_sizes,
+        vec![3],
+        "the root and its links"
+    );
+}
