@@ -1,8 +1,10 @@
 //! Kitsune: one libp2p peer ID in front of many kubo nodes, routing bitswap.
 //!
-//! Layout: `bitswap` is the wire format, `router` the pure routing core, `backend` the
-//! pure backend lifecycle, `net` the libp2p host and stream I/O, `engine` the event
-//! loop that joins them, `http` the admin server, `config` the flags.
+//! Layout: `bitswap` is the wire format; `routing` the pure routing core, which owns
+//! `router` (the want tables and balancing) and `preload`'s reverse path; `backend` the
+//! pure backend lifecycle; `net` the libp2p hosts and stream I/O; `engine` the event
+//! loop that feeds the cores events and carries out their effects; `sources` where the
+//! backend set comes from; `http` the admin server; `config` the flags.
 
 pub mod allocator;
 pub mod backend;

@@ -40,93 +40,66 @@ impl Outbox {
         self.rtts.extend(other.rtts);
     }
 
+    fn backend(&mut self, peer: PeerId) -> &mut Message {
+        self.to_backends.entry(peer).or_default()
+    }
+
+    fn client(&mut self, peer: PeerId) -> &mut Message {
+        self.to_clients.entry(peer).or_default()
+    }
+
     pub(crate) fn want(&mut self, backend: PeerId, cid: Cid, kind: WantKind, priority: i32) {
-        self.to_backends
-            .entry(backend)
-            .or_default()
-            .wants
-            .push(WantEntry {
-                cid,
-                priority,
-                cancel: false,
-                kind,
-                // Always ask: a DONT_HAVE is what lets the want move on at once.
-                send_dont_have: true,
-            });
+        // Always ask for DONT_HAVE: it is what lets the want move on at once.
+        self.backend(backend).wants.push(ask(cid, kind, priority));
     }
 
     pub(crate) fn cancel(&mut self, backend: PeerId, cid: Cid) {
-        self.to_backends
-            .entry(backend)
-            .or_default()
-            .wants
-            .push(WantEntry {
-                cid,
-                priority: 0,
-                cancel: true,
-                kind: WantKind::Block,
-                send_dont_have: false,
-            });
+        self.backend(backend).wants.push(cancel(cid));
     }
 
     pub(crate) fn presence_to_backend(&mut self, backend: PeerId, cid: Cid, kind: PresenceKind) {
-        self.to_backends
-            .entry(backend)
-            .or_default()
-            .presences
-            .push(Presence { cid, kind });
+        self.backend(backend).presences.push(Presence { cid, kind });
     }
 
     pub(crate) fn block_to_client(&mut self, client: PeerId, block: Block) {
-        self.to_clients
-            .entry(client)
-            .or_default()
-            .blocks
-            .push(block);
+        self.client(client).blocks.push(block);
     }
 
     pub(crate) fn presence_to_client(&mut self, client: PeerId, cid: Cid, kind: PresenceKind) {
-        self.to_clients
-            .entry(client)
-            .or_default()
-            .presences
-            .push(Presence { cid, kind });
+        self.client(client).presences.push(Presence { cid, kind });
     }
 
     /// Preload's reverse path: a backend's want, passed on to a client.
     pub(crate) fn want_to_client(&mut self, client: PeerId, cid: Cid, kind: WantKind) {
-        self.to_clients
-            .entry(client)
-            .or_default()
-            .wants
-            .push(WantEntry {
-                cid,
-                priority: 1,
-                cancel: false,
-                kind,
-                send_dont_have: true,
-            });
+        self.client(client).wants.push(ask(cid, kind, 1));
     }
 
     pub(crate) fn cancel_to_client(&mut self, client: PeerId, cid: Cid) {
-        self.to_clients
-            .entry(client)
-            .or_default()
-            .wants
-            .push(WantEntry {
-                cid,
-                priority: 0,
-                cancel: true,
-                kind: WantKind::Block,
-                send_dont_have: false,
-            });
+        self.client(client).wants.push(cancel(cid));
     }
 
     pub(crate) fn block_to_backend(&mut self, backend: PeerId, block: Block) {
-        self.to_backends
-            .entry(backend)
-            .or_default()
-            .blocks
-            .push(block);
+        self.backend(backend).blocks.push(block);
+    }
+}
+
+/// A want that asks for DONT_HAVE.
+fn ask(cid: Cid, kind: WantKind, priority: i32) -> WantEntry {
+    WantEntry {
+        cid,
+        priority,
+        cancel: false,
+        kind,
+        send_dont_have: true,
+    }
+}
+
+fn cancel(cid: Cid) -> WantEntry {
+    WantEntry {
+        cid,
+        priority: 0,
+        cancel: true,
+        kind: WantKind::Block,
+        send_dont_have: false,
     }
 }
