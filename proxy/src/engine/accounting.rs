@@ -9,7 +9,7 @@ use crate::bitswap::Message;
 use crate::metrics::{
     BackendLabels, Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
 };
-use crate::routing::{Core, Effects};
+use crate::routing::{Core, Counts, Effects};
 
 const UP: DirectionLabels = DirectionLabels {
     direction: Direction::Upstream,
@@ -18,35 +18,59 @@ const DOWN: DirectionLabels = DirectionLabels {
     direction: Direction::Downstream,
 };
 
-/// Adds what one event of the core counted, and observes what it measured.
+/// The labelled series the core counts into exist from the start, at zero, so that
+/// dashboards and alerts see them before the first event.
+pub fn zeroes(m: &Metrics) {
+    for reason in ["too_many_wants", "preload_undecodable_block"] {
+        let _ = m.rejected.get_or_create(&ReasonLabels { reason });
+    }
+    for reason in ["have", "dont_have"] {
+        let _ = m.presences_sent.get_or_create(&ReasonLabels { reason });
+    }
+    for outcome in ["forwarded", "refused"] {
+        let _ = m.reverse_wants.get_or_create(&OutcomeLabels { outcome });
+    }
+}
+
+/// Adds what one event of the core counted, and observes what it measured. Most
+/// events count nothing: label lookups happen only for counters that grew.
 pub fn effects(m: &Metrics, fx: &Effects) {
     let c = &fx.counts;
-    let add = |counter: &Counter, n: u64| {
-        if n > 0 {
-            counter.inc_by(n);
-        }
-    };
-    add(&m.failovers, c.failovers);
-    add(&m.want_timeouts, c.timeouts);
-    add(&m.want_refreshes, c.refreshes);
-    add(&reason(m, "too_many_wants"), c.refused_wants);
-    add(
-        &m.presences_sent
-            .get_or_create(&ReasonLabels { reason: "have" }),
-        c.haves_delivered,
-    );
-    add(
-        &m.presences_sent.get_or_create(&ReasonLabels {
-            reason: "dont_have",
-        }),
-        c.dont_haves_delivered,
-    );
-    add(&outcome(m, "forwarded"), c.reverse_forwarded);
-    add(&outcome(m, "refused"), c.reverse_refused);
-    add(
-        &reason(m, "preload_undecodable_block"),
-        c.undecodable_blocks,
-    );
+    if c != &Counts::default() {
+        let add = |counter: &Counter, n: u64| {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        };
+        let reason = |reason: &'static str, n: u64| {
+            if n > 0 {
+                m.rejected.get_or_create(&ReasonLabels { reason }).inc_by(n);
+            }
+        };
+        let presence = |reason: &'static str, n: u64| {
+            if n > 0 {
+                m.presences_sent
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc_by(n);
+            }
+        };
+        let reverse = |outcome: &'static str, n: u64| {
+            if n > 0 {
+                m.reverse_wants
+                    .get_or_create(&OutcomeLabels { outcome })
+                    .inc_by(n);
+            }
+        };
+        add(&m.failovers, c.failovers);
+        add(&m.want_timeouts, c.timeouts);
+        add(&m.want_refreshes, c.refreshes);
+        reason("too_many_wants", c.refused_wants);
+        presence("have", c.haves_delivered);
+        presence("dont_have", c.dont_haves_delivered);
+        reverse("forwarded", c.reverse_forwarded);
+        reverse("refused", c.reverse_refused);
+        reason("preload_undecodable_block", c.undecodable_blocks);
+    }
     for rtt in &fx.outbox.rtts {
         m.downstream_block_rtt_ms
             .observe(rtt.as_secs_f64() * 1000.0);
@@ -54,16 +78,6 @@ pub fn effects(m: &Metrics, fx: &Effects) {
     for size in &fx.preload_dag_sizes {
         m.preload_dag_blocks.observe(*size as f64);
     }
-}
-
-fn reason(m: &Metrics, reason: &'static str) -> Counter {
-    m.rejected.get_or_create(&ReasonLabels { reason }).clone()
-}
-
-fn outcome(m: &Metrics, outcome: &'static str) -> Counter {
-    m.reverse_wants
-        .get_or_create(&OutcomeLabels { outcome })
-        .clone()
 }
 
 /// A backend's message as it arrives: its blocks, per backend, and bytes coming up.

@@ -87,6 +87,7 @@ impl Engine {
             ),
             None => (None, None),
         };
+        super::accounting::zeroes(&parts.metrics);
         let engine = Self {
             clients_side,
             backends_side,

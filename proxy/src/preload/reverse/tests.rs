@@ -88,7 +88,8 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
     assert!(client_wants(&out, &w.bystander).is_empty());
 
     // The uploader answers; the block goes to the backend, and its links join the DAG.
-    let got = w.r.client_message(w.uploader, &blocks(&[root.clone()]));
+    let got =
+        w.r.client_message(w.uploader, &blocks(std::slice::from_ref(&root)));
     assert_eq!(got, vec![root.clone()]);
     let out = w.r.take_outbox();
     assert_eq!(out.to_backends[&w.backend].blocks, vec![root.clone()]);
@@ -105,7 +106,7 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
     assert_eq!(out.to_clients[&w.uploader].wants[1].kind, WantKind::Have);
     assert!(client_wants(&out, &w.bystander).is_empty());
 
-    w.r.client_message(w.uploader, &blocks(&[l1.clone()]));
+    w.r.client_message(w.uploader, &blocks(std::slice::from_ref(&l1)));
     w.r.client_message(w.uploader, &presence(l2.cid, PresenceKind::Have));
     let out = w.r.take_outbox();
     assert_eq!(out.to_backends[&w.backend].blocks, vec![l1]);
@@ -184,7 +185,7 @@ fn dont_have_from_every_target_goes_back_and_cancels_go_out() {
     );
 
     // A block from one: CANCEL at the other.
-    w.r.client_message(w.uploader, &blocks(&[b.clone()]));
+    w.r.client_message(w.uploader, &blocks(std::slice::from_ref(&b)));
     let out = w.r.take_outbox();
     assert_eq!(client_wants(&out, &nat_peer), vec![(b.cid, true)]);
     assert!(client_wants(&out, &w.uploader).is_empty());
