@@ -28,74 +28,109 @@ pub enum Input {
     Pod(watcher::Event<Pod>),
 }
 
+/// A kind the index follows: how its live events and relists land there.
+pub trait Indexed: Resource + Sized {
+    fn apply(index: &mut Index, obj: &Self) -> Changed;
+    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed;
+    fn reset(index: &mut Index, all: &[Self]) -> Changed;
+}
+
+impl Indexed for KitsuneProxy {
+    fn apply(index: &mut Index, obj: &Self) -> Changed {
+        index.apply_proxy(obj)
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed {
+        index.delete_proxy(namespace, name)
+    }
+    fn reset(index: &mut Index, all: &[Self]) -> Changed {
+        index.reset_proxies(all)
+    }
+}
+
+impl Indexed for EndpointSlice {
+    fn apply(index: &mut Index, obj: &Self) -> Changed {
+        index.apply_slice(obj)
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed {
+        index.delete_slice(namespace, name)
+    }
+    fn reset(index: &mut Index, all: &[Self]) -> Changed {
+        index.reset_slices(all)
+    }
+}
+
+impl Indexed for Pod {
+    fn apply(index: &mut Index, obj: &Self) -> Changed {
+        index.apply_pod(obj)
+    }
+    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed {
+        index.delete_pod(namespace, name)
+    }
+    fn reset(index: &mut Index, all: &[Self]) -> Changed {
+        index.reset_pods(all)
+    }
+}
+
+/// One watch's relist buffer, and whether its first list completed.
+pub struct Relist<K> {
+    buffer: Option<Vec<K>>,
+    listed: bool,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Self {
+            buffer: None,
+            listed: false,
+        }
+    }
+}
+
+impl<K: Indexed> Relist<K> {
+    /// Applies one event: live events at once, a relist (`Init` … `InitDone`) as one
+    /// replacement when it completes.
+    fn step(&mut self, index: &mut Index, event: watcher::Event<K>) -> Changed {
+        use watcher::Event as E;
+        match event {
+            E::Init => {
+                self.buffer = Some(vec![]);
+                vec![]
+            }
+            E::InitApply(o) => {
+                self.buffer.get_or_insert_with(Vec::new).push(o);
+                vec![]
+            }
+            E::InitDone => {
+                self.listed = true;
+                K::reset(index, &self.buffer.take().unwrap_or_default())
+            }
+            E::Apply(o) => K::apply(index, &o),
+            E::Delete(o) => K::delete(index, &o.namespace().unwrap_or_default(), &o.name_any()),
+        }
+    }
+}
+
 /// Relist buffers, and which kinds have completed their first list.
 #[derive(Default)]
 pub struct SyncState {
-    proxies: Option<Vec<KitsuneProxy>>,
-    slices: Option<Vec<EndpointSlice>>,
-    pods: Option<Vec<Pod>>,
-    synced: [bool; 3],
+    proxies: Relist<KitsuneProxy>,
+    slices: Relist<EndpointSlice>,
+    pods: Relist<Pod>,
 }
 
 impl SyncState {
     /// True once all three kinds were listed: only then is the index complete.
     pub fn synced(&self) -> bool {
-        self.synced.iter().all(|s| *s)
+        self.proxies.listed && self.slices.listed && self.pods.listed
     }
 }
 
 /// Applies one watch event to the index. Pure apart from the index itself.
 pub fn apply(index: &mut Index, state: &mut SyncState, input: Input) -> Changed {
-    use watcher::Event as E;
     match input {
-        Input::Proxy(ev) => match ev {
-            E::Init => {
-                state.proxies = Some(vec![]);
-                vec![]
-            }
-            E::InitApply(o) => {
-                state.proxies.get_or_insert_with(Vec::new).push(o);
-                vec![]
-            }
-            E::InitDone => {
-                state.synced[0] = true;
-                index.reset_proxies(&state.proxies.take().unwrap_or_default())
-            }
-            E::Apply(o) => index.apply_proxy(&o),
-            E::Delete(o) => index.delete_proxy(&o.namespace().unwrap_or_default(), &o.name_any()),
-        },
-        Input::Slice(ev) => match ev {
-            E::Init => {
-                state.slices = Some(vec![]);
-                vec![]
-            }
-            E::InitApply(o) => {
-                state.slices.get_or_insert_with(Vec::new).push(o);
-                vec![]
-            }
-            E::InitDone => {
-                state.synced[1] = true;
-                index.reset_slices(&state.slices.take().unwrap_or_default())
-            }
-            E::Apply(o) => index.apply_slice(&o),
-            E::Delete(o) => index.delete_slice(&o.namespace().unwrap_or_default(), &o.name_any()),
-        },
-        Input::Pod(ev) => match ev {
-            E::Init => {
-                state.pods = Some(vec![]);
-                vec![]
-            }
-            E::InitApply(o) => {
-                state.pods.get_or_insert_with(Vec::new).push(o);
-                vec![]
-            }
-            E::InitDone => {
-                state.synced[2] = true;
-                index.reset_pods(&state.pods.take().unwrap_or_default())
-            }
-            E::Apply(o) => index.apply_pod(&o),
-            E::Delete(o) => index.delete_pod(&o.namespace().unwrap_or_default(), &o.name_any()),
-        },
+        Input::Proxy(ev) => state.proxies.step(index, ev),
+        Input::Slice(ev) => state.slices.step(index, ev),
+        Input::Pod(ev) => state.pods.step(index, ev),
     }
 }
 
