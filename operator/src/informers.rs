@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use futures::channel::mpsc::UnboundedSender;
-use futures::{StreamExt, stream};
+use futures::channel::mpsc::Sender;
+use futures::{SinkExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -146,13 +146,19 @@ where
     }
 }
 
+/// How many backend-set changes may wait for the controller; when it lags, the informers
+/// wait (the controller's scheduler coalesces, so it drains them quickly).
+pub const CHANGES_BUFFER: usize = 256;
+
 /// Watches until `shutdown`, in `namespace` or in all of them. `synced` turns true once
-/// every kind was listed; `changes` receives each proxy whose backend set changed.
+/// every kind was listed; from then on `changes` receives each proxy whose backend set
+/// changed (before that the controller has not started, and it reconciles every proxy
+/// when it does).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     index: SharedIndex,
-    changes: UnboundedSender<ProxyKey>,
+    mut changes: Sender<ProxyKey>,
     metrics: Arc<Metrics>,
     synced: watch::Sender<bool>,
     shutdown: CancellationToken,
@@ -214,12 +220,23 @@ pub async fn run(
             info!("backend index synced");
             synced.send_replace(true);
         }
-        for key in changed {
-            // The controller may be gone during shutdown; that is fine.
-            let _ = changes.unbounded_send(key);
+        if state.synced() {
+            forward(&mut changes, changed, &shutdown).await;
         }
     }
     info!("informers stopped");
+}
+
+/// Hands changed proxies to the controller, waiting while its buffer is full, but never
+/// past `shutdown`. The controller may be gone during shutdown; that is fine.
+async fn forward(changes: &mut Sender<ProxyKey>, changed: Changed, shutdown: &CancellationToken) {
+    for key in changed {
+        tokio::select! {
+            biased;
+            r = changes.send(key) => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -324,5 +341,40 @@ mod tests {
         assert_eq!(index.ready_backends(&key), Some(0));
         apply(&mut index, &mut st, Input::Proxy(E::Delete(kp("a"))));
         assert!(index.snapshot(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn changes_wait_for_a_full_buffer_but_not_past_shutdown() {
+        let (mut tx, mut rx) = futures::channel::mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| ProxyKey::new("ns", format!("p{i}")))
+                .collect()
+        };
+        // The buffer holds 1 + one per sender; the third send waits for the reader.
+        let fwd = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                forward(&mut tx, keys(3), &stop).await;
+                tx
+            }
+        });
+        assert_eq!(rx.next().await.unwrap().name, "p0");
+        assert_eq!(rx.next().await.unwrap().name, "p1");
+        assert_eq!(rx.next().await.unwrap().name, "p2");
+        let mut tx = fwd.await.unwrap();
+        // Nobody reads any more: a full buffer does not hold the informers past shutdown.
+        stop.cancel();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            forward(&mut tx, keys(5), &stop),
+        )
+        .await
+        .expect("forward returns on shutdown");
+        // What fitted in the buffer was sent, the rest dropped.
+        assert_eq!(rx.try_recv().unwrap().name, "p0");
+        assert_eq!(rx.try_recv().unwrap().name, "p1");
+        assert!(rx.try_recv().is_err());
     }
 }

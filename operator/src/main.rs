@@ -201,7 +201,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let index = Arc::new(RwLock::new(Index::new(first_version)));
     let (synced_tx, synced_rx) = watch::channel(false);
-    let (changes_tx, changes_rx) = futures::channel::mpsc::unbounded();
+    let (changes_tx, changes_rx) = futures::channel::mpsc::channel(informers::CHANGES_BUFFER);
 
     let mut tasks = tokio::task::JoinSet::new();
     let leadership = if args.leader_election {
