@@ -106,6 +106,29 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
+
+    /// Called for each backend-set change the index reports: a proxy the index no longer
+    /// knows was deleted, so its failure count goes (the map stays as large as the
+    /// proxies that exist, and a re-created proxy starts its backoff afresh).
+    pub fn index_changed(&self, key: &ProxyKey) {
+        let gone = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(key)
+            .is_none();
+        if gone {
+            self.note_success(key);
+        }
+    }
+
+    /// How many proxies have a failure count (for tests and debugging).
+    pub fn failing(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
 }
 
 /// The retry delay after `failures` consecutive failures: 5 s, 10 s, 20 s … capped at 5 min.
@@ -428,7 +451,13 @@ pub async fn run(
         owned.clone(),
     )
     .owns(scoped_api::<PodDisruptionBudget>(client, ns), owned)
-    .reconcile_on(index_changes.map(|k| ObjectRef::new(&k.name).within(&k.namespace)))
+    .reconcile_on(index_changes.map({
+        let ctx = ctx.clone();
+        move |k| {
+            ctx.index_changed(&k);
+            ObjectRef::new(&k.name).within(&k.namespace)
+        }
+    }))
     .reconcile_all_on(ctx.leader.acquisitions())
     .graceful_shutdown_on(shutdown.cancelled_owned())
     .run(reconcile, error_policy, ctx)

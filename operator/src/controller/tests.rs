@@ -486,3 +486,33 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(backoff(7), BACKOFF_MAX);
     assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
 }
+
+#[tokio::test]
+async fn failure_counts_go_when_the_proxy_is_deleted() {
+    let (ctx, _api, index) = Context::test();
+    let kp = Arc::new(base_kp());
+    let key = ProxyKey::new(NS, NAME);
+    seed_backends(&index, &kp, 0);
+    let err = Error::MissingObjectKey("test");
+    error_policy(kp.clone(), &err, ctx.clone());
+    assert_eq!(
+        error_policy(kp.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    // A change for a proxy that still exists keeps its count.
+    ctx.index_changed(&key);
+    assert_eq!(ctx.failing(), 1);
+
+    // Deleted: the index drops it and reports the change; the count goes with it.
+    let changed = index.write().unwrap().delete_proxy(NS, NAME);
+    assert_eq!(changed, vec![key.clone()]);
+    for k in &changed {
+        ctx.index_changed(k);
+    }
+    assert_eq!(ctx.failing(), 0);
+    // Re-created under the same name, it starts from the first backoff step.
+    assert_eq!(
+        error_policy(kp, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
