@@ -46,6 +46,7 @@ impl Context {
             Arc::new(Metrics::default()),
             index.clone(),
             leader,
+            tokio::sync::watch::channel(true).1,
             BuildConfig {
                 watch_base_url: "http://op.kitsune.svc:8080".into(),
                 default_image: "kitsune-proxy:test".into(),

@@ -2,6 +2,10 @@
 //! naming a Service) and Pods. Runs on every replica, leader or not, so every replica
 //! can serve the watch channel. A relist (`Init` … `InitDone`) replaces one kind's state
 //! atomically. Each backend-set change is forwarded so the controller can refresh status.
+//!
+//! The KitsuneProxy watch is the only one in the process: it runs through a shared
+//! reflector ([`proxy_store`]) whose cache and event fan-out the controller uses instead
+//! of a watch of its own, so each KitsuneProxy is listed and watched once.
 
 use std::sync::Arc;
 
@@ -9,6 +13,7 @@ use futures::channel::mpsc::Sender;
 use futures::{SinkExt, StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
@@ -150,25 +155,64 @@ where
 /// wait (the controller's scheduler coalesces, so it drains them quickly).
 pub const CHANGES_BUFFER: usize = 256;
 
-/// Watches until `shutdown`, in `namespace` or in all of them. `synced` turns true once
-/// every kind was listed; from then on `changes` receives each proxy whose backend set
-/// changed (before that the controller has not started, and it reconciles every proxy
-/// when it does).
+/// How many KitsuneProxy events may wait for the controller's subscription before the
+/// shared watch waits for it.
+pub const PROXY_EVENTS_BUFFER: usize = 256;
+
+/// The shared KitsuneProxy reflector: `writer` goes to [`run`], which drives the one
+/// watch; `store` and `subscriber` go to the controller. The controller must poll
+/// `subscriber` from the start (a full buffer holds the watch, and so the index, back).
+pub struct ProxyStore {
+    pub store: Store<KitsuneProxy>,
+    pub subscriber: ReflectHandle<KitsuneProxy>,
+    pub writer: reflector::store::Writer<KitsuneProxy>,
+}
+
+pub fn proxy_store() -> ProxyStore {
+    let (store, writer) = reflector::store_shared(PROXY_EVENTS_BUFFER);
+    let subscriber = writer
+        .subscribe()
+        .expect("a shared store always gives subscribers");
+    ProxyStore {
+        store,
+        subscriber,
+        writer,
+    }
+}
+
+/// Where the informers' results go.
+pub struct Sinks {
+    pub index: SharedIndex,
+    /// From the first sync on, each proxy whose backend set changed (before that the
+    /// controller reconciles every proxy anyway, once the index is synced).
+    pub changes: Sender<ProxyKey>,
+    pub metrics: Arc<Metrics>,
+    /// Turns true once every kind was listed.
+    pub synced: watch::Sender<bool>,
+}
+
+/// Watches until `shutdown`, in `namespace` or in all of them, KitsuneProxies through
+/// the shared reflector `proxies` (see [`proxy_store`]).
 pub async fn run(
     client: Client,
     namespace: Option<String>,
-    index: SharedIndex,
-    mut changes: Sender<ProxyKey>,
-    metrics: Arc<Metrics>,
-    synced: watch::Sender<bool>,
+    proxies: reflector::store::Writer<KitsuneProxy>,
+    sinks: Sinks,
     shutdown: CancellationToken,
 ) {
+    let Sinks {
+        index,
+        mut changes,
+        metrics,
+        synced,
+    } = sinks;
     let ns = namespace.as_deref();
     let proxies = watcher(
         scoped_api::<KitsuneProxy>(client.clone(), ns),
-        watcher::Config::default(),
+        watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .reflect_shared(proxies)
     .map(|r| r.map(Input::Proxy));
     let slices = watcher(
         scoped_api::<EndpointSlice>(client.clone(), ns),
@@ -376,5 +420,38 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().name, "p0");
         assert_eq!(rx.try_recv().unwrap().name, "p1");
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn one_proxy_watch_feeds_the_index_and_the_controller_subscription() {
+        let ProxyStore {
+            store,
+            mut subscriber,
+            writer,
+        } = proxy_store();
+        let events = stream::iter([
+            E::Init,
+            E::InitApply(kp("a")),
+            E::InitDone,
+            E::Apply(kp("b")),
+        ])
+        .map(Ok::<_, watcher::Error>)
+        .reflect_shared(writer);
+        let mut events = std::pin::pin!(events);
+        let (mut index, mut st) = (Index::new(0), SyncState::default());
+        while let Some(ev) = events.next().await {
+            apply(&mut index, &mut st, Input::Proxy(ev.unwrap()));
+        }
+        // The index saw both proxies...
+        assert_eq!(index.proxies().count(), 2);
+        // ...and the controller's store and trigger stream hold the same objects, from the
+        // same watch: the listed one at InitDone, then the live one.
+        assert_eq!(store.len(), 2);
+        let first = subscriber.next().await.unwrap();
+        let second = subscriber.next().await.unwrap();
+        assert_eq!(
+            (first.name_any(), second.name_any()),
+            ("a".into(), "b".into())
+        );
     }
 }

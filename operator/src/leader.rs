@@ -64,16 +64,20 @@ impl Leadership {
 
     /// Yields once each time this replica becomes leader (to reconcile everything then).
     pub fn acquisitions(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        let rx = self.rx.clone();
-        futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                rx.changed().await.ok()?;
-                if *rx.borrow_and_update() {
-                    return Some(((), rx));
-                }
-            }
-        })
+        rises(self.rx.clone())
     }
+}
+
+/// Yields once each time the flag changes to true (after the value `rx` has seen).
+pub fn rises(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    })
 }
 
 /// What to do with the Lease as found.

@@ -516,3 +516,18 @@ async fn failure_counts_go_when_the_proxy_is_deleted() {
         Action::requeue(Duration::from_secs(5))
     );
 }
+
+#[tokio::test]
+async fn nothing_is_written_before_the_index_synced() {
+    let (ctx, mut api, _index) = Context::test();
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Context {
+        synced,
+        ..Arc::into_inner(ctx).unwrap()
+    });
+    let mock = tokio::spawn(async move { api.silence().await });
+    let action = reconcile(Arc::new(base_kp()), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    finish(mock).await;
+    drop(synced_tx);
+}
