@@ -13,6 +13,10 @@
 //! - `selector`: Pods matching the selector, read directly, because a bare selector's
 //!   pods need not be behind any Service and so may have no EndpointSlice at all. A pod
 //!   counts when its `Ready` condition is `True`, it has an IP, and it is not being deleted.
+//!   Pods come in per [`PodSetKey`] (namespace and selector): the index says which sets
+//!   its proxies use ([`Index::pod_sets`]) and the informers watch exactly those, so no
+//!   other Pod is watched. Until a set's first list arrives its proxies keep the backends
+//!   they had (a selector change swaps sets at once, as soon as the new one is listed).
 //!
 //! Sets are sorted and deduplicated by (address, RPC port); every change gets a new
 //! version, larger than any version this index handed out before.
@@ -57,6 +61,32 @@ impl std::fmt::Display for ProxyKey {
 }
 
 type ObjKey = (String, String);
+
+/// The Pods of one namespace that one label selector matches: what one Pod watch lists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodSetKey {
+    pub namespace: String,
+    /// The selector in label-selector query form (`app=kubo,tier in (a,b)`).
+    pub selector: String,
+}
+
+impl PodSetKey {
+    fn of(namespace: &str, source: &Result<BackendSource, SpecError>) -> Option<Self> {
+        match source {
+            Ok(BackendSource {
+                selection: Selection::Pods(sel),
+                ..
+            }) => Some(Self {
+                namespace: namespace.to_owned(),
+                selector: sel.text().to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Pods by name; `None` until the set's first list arrives.
+type PodSet = Option<BTreeMap<String, PodRecord>>;
 
 #[derive(Debug, Clone, PartialEq)]
 struct SliceRecord {
@@ -157,7 +187,8 @@ struct ProxyEntry {
 pub struct Index {
     proxies: BTreeMap<ProxyKey, ProxyEntry>,
     slices: BTreeMap<ObjKey, SliceRecord>,
-    pods: BTreeMap<ObjKey, PodRecord>,
+    /// Exactly the pod sets the proxies use.
+    pods: BTreeMap<PodSetKey, PodSet>,
     next_version: u64,
 }
 
@@ -200,30 +231,56 @@ impl Index {
     pub fn apply_proxy(&mut self, kp: &KitsuneProxy) -> Changed {
         let key = ProxyKey::of(kp);
         let source = spec::backend_source(&kp.spec);
+        if let Some(set) = PodSetKey::of(&key.namespace, &source) {
+            self.pods.entry(set).or_insert(None);
+        }
         let backends = self.compute(&key.namespace, &source);
-        match self.proxies.get_mut(&key) {
+        let changed = match self.proxies.get_mut(&key) {
             Some(entry) => {
                 entry.source = source;
-                if publish(&mut self.next_version, &entry.tx, backends) {
-                    return vec![key];
-                }
-                vec![]
+                let sent = backends.is_some_and(|b| publish(&mut self.next_version, &entry.tx, b));
+                if sent { vec![key] } else { vec![] }
             }
             None => {
                 let version = bump(&mut self.next_version);
+                let backends = backends.unwrap_or_default();
                 let (tx, _) = watch::channel(Snapshot { version, backends });
                 self.proxies.insert(key.clone(), ProxyEntry { source, tx });
                 vec![key]
             }
-        }
+        };
+        self.prune_pod_sets();
+        changed
     }
 
     pub fn delete_proxy(&mut self, namespace: &str, name: &str) -> Changed {
         let key = ProxyKey::new(namespace, name);
-        match self.proxies.remove(&key) {
+        let changed = match self.proxies.remove(&key) {
             Some(_) => vec![key],
             None => vec![],
-        }
+        };
+        self.prune_pod_sets();
+        changed
+    }
+
+    /// The pod sets the proxies use: what the informers must watch.
+    pub fn pod_sets(&self) -> impl Iterator<Item = &PodSetKey> {
+        self.pods.keys()
+    }
+
+    /// Whether every pod set in use was listed.
+    pub fn pod_sets_listed(&self) -> bool {
+        self.pods.values().all(Option::is_some)
+    }
+
+    /// Drops the pod sets no proxy uses any more.
+    fn prune_pod_sets(&mut self) {
+        let used: std::collections::BTreeSet<PodSetKey> = self
+            .proxies
+            .iter()
+            .filter_map(|(k, e)| PodSetKey::of(&k.namespace, &e.source))
+            .collect();
+        self.pods.retain(|k, _| used.contains(k));
     }
 
     pub fn apply_slice(&mut self, s: &EndpointSlice) -> Changed {
@@ -243,26 +300,29 @@ impl Index {
         self.recompute_namespace(namespace)
     }
 
-    pub fn apply_pod(&mut self, p: &Pod) -> Changed {
-        let ns = p.namespace().unwrap_or_default();
+    /// A Pod of `set` changed. Events of a set no proxy uses (a watch being stopped) or
+    /// not yet listed are ignored.
+    pub fn apply_pod(&mut self, set: &PodSetKey, p: &Pod) -> Changed {
+        let Some(Some(pods)) = self.pods.get_mut(set) else {
+            return vec![];
+        };
         let record = PodRecord::from(p);
-        let key = (ns.clone(), p.name_any());
-        if self.pods.get(&key) == Some(&record) {
+        let name = p.name_any();
+        if pods.get(&name) == Some(&record) {
             return vec![];
         }
-        self.pods.insert(key, record);
-        self.recompute_namespace(&ns)
+        pods.insert(name, record);
+        self.recompute_namespace(&set.namespace)
     }
 
-    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Changed {
-        if self
-            .pods
-            .remove(&(namespace.to_owned(), name.to_owned()))
-            .is_none()
-        {
+    pub fn delete_pod(&mut self, set: &PodSetKey, name: &str) -> Changed {
+        let Some(Some(pods)) = self.pods.get_mut(set) else {
+            return vec![];
+        };
+        if pods.remove(name).is_none() {
             return vec![];
         }
-        self.recompute_namespace(namespace)
+        self.recompute_namespace(&set.namespace)
     }
 
     /// Replaces every KitsuneProxy at once (after a relist).
@@ -290,13 +350,13 @@ impl Index {
         self.recompute_all()
     }
 
-    /// Replaces every Pod at once (after a relist).
-    pub fn reset_pods(&mut self, all: &[Pod]) -> Changed {
-        self.pods = all
-            .iter()
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.into()))
-            .collect();
-        self.recompute_all()
+    /// Replaces every Pod of one set at once (after a list or relist).
+    pub fn reset_pods(&mut self, set: &PodSetKey, all: &[Pod]) -> Changed {
+        let Some(slot) = self.pods.get_mut(set) else {
+            return vec![];
+        };
+        *slot = Some(all.iter().map(|p| (p.name_any(), p.into())).collect());
+        self.recompute_namespace(&set.namespace)
     }
 
     fn recompute_all(&mut self) -> Changed {
@@ -317,7 +377,9 @@ impl Index {
             .collect();
         let mut changed = vec![];
         for key in keys {
-            let backends = self.compute(ns, &self.proxies[&key].source);
+            let Some(backends) = self.compute(ns, &self.proxies[&key].source) else {
+                continue;
+            };
             let entry = &self.proxies[&key];
             if publish(&mut self.next_version, &entry.tx, backends) {
                 changed.push(key);
@@ -326,9 +388,14 @@ impl Index {
         changed
     }
 
-    fn compute(&self, ns: &str, source: &Result<BackendSource, SpecError>) -> Vec<Backend> {
+    /// The backend set of a source, or `None` while its pod set is not listed yet.
+    fn compute(&self, ns: &str, source: &Result<BackendSource, SpecError>) -> Option<Vec<Backend>> {
+        let pods = match PodSetKey::of(ns, source) {
+            Some(set) => Some(self.pods.get(&set)?.as_ref()?),
+            None => None,
+        };
         let Ok(source) = source else {
-            return vec![];
+            return Some(vec![]);
         };
         let mut out: BTreeMap<(String, u16), Backend> = BTreeMap::new();
         match &source.selection {
@@ -355,7 +422,9 @@ impl Index {
                 }
             }
             Selection::Pods(selector) => {
-                for ((_, name), pod) in in_namespace(&self.pods, ns) {
+                // The watch selects already; matching again costs little and keeps a
+                // stray event out.
+                for (name, pod) in pods.into_iter().flatten() {
                     if !pod.live || !selector.matches(&pod.labels) {
                         continue;
                     }
@@ -374,7 +443,7 @@ impl Index {
                 }
             }
         }
-        out.into_values().collect()
+        Some(out.into_values().collect())
     }
 }
 
@@ -728,16 +797,35 @@ mod tests {
         assert!(addrs(&index, "ns", "kp").is_empty());
     }
 
+    /// The pod set of `proxy_for_selector(ns, _, app)`.
+    fn app(ns: &str, app: &str) -> PodSetKey {
+        PodSetKey {
+            namespace: ns.into(),
+            selector: format!("app={app}"),
+        }
+    }
+
     #[test]
     fn bare_selector_reads_pods_without_endpoint_slices() {
         let mut index = Index::new(0);
+        let kubo = app("ns", "kubo");
         index.apply_proxy(&proxy_for_selector("ns", "kp", "kubo"));
-        index.apply_pod(&pod("ns", "kubo-0", "kubo", "10.1.0.1", true));
-        index.apply_pod(&pod("ns", "kubo-1", "kubo", "10.1.0.2", false));
-        index.apply_pod(&pod("ns", "web-0", "web", "10.1.0.3", true));
+        assert_eq!(index.pod_sets().collect::<Vec<_>>(), [&kubo]);
+        assert!(!index.pod_sets_listed());
+        // Nothing counts before the set's first list.
+        assert!(
+            index
+                .apply_pod(&kubo, &pod("ns", "kubo-9", "kubo", "10.1.0.9", true))
+                .is_empty()
+        );
+        index.reset_pods(&kubo, &[pod("ns", "kubo-0", "kubo", "10.1.0.1", true)]);
+        assert!(index.pod_sets_listed());
+        index.apply_pod(&kubo, &pod("ns", "kubo-1", "kubo", "10.1.0.2", false));
+        // A stray pod the selector does not match stays out.
+        index.apply_pod(&kubo, &pod("ns", "web-0", "web", "10.1.0.3", true));
         let mut deleting = pod("ns", "kubo-2", "kubo", "10.1.0.4", true);
         deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        index.apply_pod(&deleting);
+        index.apply_pod(&kubo, &deleting);
         let snap = index.snapshot(&ProxyKey::new("ns", "kp")).unwrap();
         assert_eq!(
             snap.backends,
@@ -750,9 +838,9 @@ mod tests {
             }]
         );
         // Becoming ready adds it; deletion removes it.
-        index.apply_pod(&pod("ns", "kubo-1", "kubo", "10.1.0.2", true));
+        index.apply_pod(&kubo, &pod("ns", "kubo-1", "kubo", "10.1.0.2", true));
         assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1", "10.1.0.2"]);
-        index.delete_pod("ns", "kubo-0");
+        index.delete_pod(&kubo, "kubo-0");
         assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.2"]);
         // Slices do not matter in selector mode.
         assert!(
@@ -771,8 +859,6 @@ mod tests {
     fn selector_changes_move_the_set() {
         let mut index = Index::new(0);
         let key = ProxyKey::new("ns", "kp");
-        index.apply_pod(&pod("ns", "kubo-0", "kubo", "10.1.0.1", true));
-        index.apply_pod(&pod("ns", "ipfs-0", "ipfs", "10.1.0.9", true));
         index.apply_slice(&slice(
             "ns",
             "s",
@@ -781,21 +867,33 @@ mod tests {
         ));
 
         index.apply_proxy(&proxy_for_selector("ns", "kp", "kubo"));
+        let kubo_pods = [pod("ns", "kubo-0", "kubo", "10.1.0.1", true)];
+        index.reset_pods(&app("ns", "kubo"), &kubo_pods);
         let mut rx = index.subscribe(&key).unwrap();
         assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1"]);
 
-        // The selector changes to other pods.
+        // The selector changes to other pods: the old set is dropped (its watch stops),
+        // and the proxy keeps its backends until the new set is listed.
         rx.borrow_and_update();
+        assert!(
+            index
+                .apply_proxy(&proxy_for_selector("ns", "kp", "ipfs"))
+                .is_empty()
+        );
+        assert_eq!(index.pod_sets().collect::<Vec<_>>(), [&app("ns", "ipfs")]);
+        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1"]);
+        let ipfs_pods = [pod("ns", "ipfs-0", "ipfs", "10.1.0.9", true)];
         assert_eq!(
-            index.apply_proxy(&proxy_for_selector("ns", "kp", "ipfs")),
+            index.reset_pods(&app("ns", "ipfs"), &ipfs_pods),
             vec![key.clone()]
         );
         assert!(rx.has_changed().unwrap());
         assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.9"]);
 
-        // Switching to a Service uses its EndpointSlices instead.
+        // Switching to a Service uses its EndpointSlices instead, and needs no pod watch.
         index.apply_proxy(&proxy_for_service("ns", "kp", "svc"));
         assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1"]);
+        assert_eq!(index.pod_sets().count(), 0);
 
         // An invalid selector tracks the proxy with no backends (the reconciler reports why).
         let mut bad = proxy_for_selector("ns", "kp", "kubo");
@@ -844,7 +942,7 @@ mod tests {
         let changed = index.reset_proxies(&[proxy_for_service("ns", "a", "kubo")]);
         assert_eq!(changed, vec![ProxyKey::new("ns", "b")]);
         assert_eq!(index.proxies().count(), 1);
-        index.reset_pods(&[]);
+        assert!(index.reset_pods(&app("ns", "kubo"), &[]).is_empty());
         assert_eq!(addrs(&index, "ns", "a"), ["10.0.0.2"]);
     }
 }

@@ -1,5 +1,7 @@
-//! Feeds the backend index from three watches: KitsuneProxies, EndpointSlices (those
-//! naming a Service) and Pods. Runs on every replica, leader or not, so every replica
+//! Feeds the backend index from three kinds of watch: KitsuneProxies, EndpointSlices
+//! (those naming a Service) and Pods, one watch per label selector in use (in its
+//! proxy's namespace, so no other Pod is watched; none at all when no proxy uses a
+//! selector). Runs on every replica, leader or not, so every replica
 //! can serve the watch channel. A relist (`Init` … `InitDone`) replaces one kind's state
 //! atomically. Each backend-set change is forwarded so the controller can refresh status.
 //!
@@ -7,6 +9,7 @@
 //! reflector ([`proxy_store`]) whose cache and event fan-out the controller uses instead
 //! of a watch of its own, so each KitsuneProxy is listed and watched once.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::channel::mpsc::Sender;
@@ -21,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::crd::KitsuneProxy;
-use crate::index::{Changed, Index, ProxyKey, SERVICE_NAME_LABEL, SharedIndex};
+use crate::index::{Changed, Index, PodSetKey, ProxyKey, SERVICE_NAME_LABEL, SharedIndex};
 use crate::metrics::{Metrics, ProxyLabels};
 
 /// One watch event of any of the three kinds.
@@ -30,49 +33,54 @@ use crate::metrics::{Metrics, ProxyLabels};
 pub enum Input {
     Proxy(watcher::Event<KitsuneProxy>),
     Slice(watcher::Event<EndpointSlice>),
-    Pod(watcher::Event<Pod>),
+    Pod(PodSetKey, watcher::Event<Pod>),
 }
 
-/// A kind the index follows: how its live events and relists land there.
+/// A kind the index follows: how its live events and relists land there. `Set` names
+/// which watch of the kind an event came from.
 pub trait Indexed: Resource + Sized {
-    fn apply(index: &mut Index, obj: &Self) -> Changed;
-    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed;
-    fn reset(index: &mut Index, all: &[Self]) -> Changed;
+    type Set;
+    fn apply(index: &mut Index, set: &Self::Set, obj: &Self) -> Changed;
+    fn delete(index: &mut Index, set: &Self::Set, namespace: &str, name: &str) -> Changed;
+    fn reset(index: &mut Index, set: &Self::Set, all: &[Self]) -> Changed;
 }
 
 impl Indexed for KitsuneProxy {
-    fn apply(index: &mut Index, obj: &Self) -> Changed {
+    type Set = ();
+    fn apply(index: &mut Index, _: &(), obj: &Self) -> Changed {
         index.apply_proxy(obj)
     }
-    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed {
+    fn delete(index: &mut Index, _: &(), namespace: &str, name: &str) -> Changed {
         index.delete_proxy(namespace, name)
     }
-    fn reset(index: &mut Index, all: &[Self]) -> Changed {
+    fn reset(index: &mut Index, _: &(), all: &[Self]) -> Changed {
         index.reset_proxies(all)
     }
 }
 
 impl Indexed for EndpointSlice {
-    fn apply(index: &mut Index, obj: &Self) -> Changed {
+    type Set = ();
+    fn apply(index: &mut Index, _: &(), obj: &Self) -> Changed {
         index.apply_slice(obj)
     }
-    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed {
+    fn delete(index: &mut Index, _: &(), namespace: &str, name: &str) -> Changed {
         index.delete_slice(namespace, name)
     }
-    fn reset(index: &mut Index, all: &[Self]) -> Changed {
+    fn reset(index: &mut Index, _: &(), all: &[Self]) -> Changed {
         index.reset_slices(all)
     }
 }
 
 impl Indexed for Pod {
-    fn apply(index: &mut Index, obj: &Self) -> Changed {
-        index.apply_pod(obj)
+    type Set = PodSetKey;
+    fn apply(index: &mut Index, set: &PodSetKey, obj: &Self) -> Changed {
+        index.apply_pod(set, obj)
     }
-    fn delete(index: &mut Index, namespace: &str, name: &str) -> Changed {
-        index.delete_pod(namespace, name)
+    fn delete(index: &mut Index, set: &PodSetKey, _: &str, name: &str) -> Changed {
+        index.delete_pod(set, name)
     }
-    fn reset(index: &mut Index, all: &[Self]) -> Changed {
-        index.reset_pods(all)
+    fn reset(index: &mut Index, set: &PodSetKey, all: &[Self]) -> Changed {
+        index.reset_pods(set, all)
     }
 }
 
@@ -94,7 +102,7 @@ impl<K> Default for Relist<K> {
 impl<K: Indexed> Relist<K> {
     /// Applies one event: live events at once, a relist (`Init` … `InitDone`) as one
     /// replacement when it completes.
-    fn step(&mut self, index: &mut Index, event: watcher::Event<K>) -> Changed {
+    fn step(&mut self, index: &mut Index, set: &K::Set, event: watcher::Event<K>) -> Changed {
         use watcher::Event as E;
         match event {
             E::Init => {
@@ -107,35 +115,73 @@ impl<K: Indexed> Relist<K> {
             }
             E::InitDone => {
                 self.listed = true;
-                K::reset(index, &self.buffer.take().unwrap_or_default())
+                K::reset(index, set, &self.buffer.take().unwrap_or_default())
             }
-            E::Apply(o) => K::apply(index, &o),
-            E::Delete(o) => K::delete(index, &o.namespace().unwrap_or_default(), &o.name_any()),
+            E::Apply(o) => K::apply(index, set, &o),
+            E::Delete(o) => {
+                let ns = o.namespace().unwrap_or_default();
+                K::delete(index, set, &ns, &o.name_any())
+            }
         }
     }
 }
 
-/// Relist buffers, and which kinds have completed their first list.
+/// Relist buffers, and which watches have completed their first list.
 #[derive(Default)]
 pub struct SyncState {
     proxies: Relist<KitsuneProxy>,
     slices: Relist<EndpointSlice>,
-    pods: Relist<Pod>,
+    pods: BTreeMap<PodSetKey, Relist<Pod>>,
 }
 
 impl SyncState {
-    /// True once all three kinds were listed: only then is the index complete.
-    pub fn synced(&self) -> bool {
-        self.proxies.listed && self.slices.listed && self.pods.listed
+    /// True once proxies and slices were listed, and every pod set the proxies use: only
+    /// then is the index complete.
+    pub fn synced(&self, index: &Index) -> bool {
+        self.proxies.listed && self.slices.listed && index.pod_sets_listed()
     }
 }
 
 /// Applies one watch event to the index. Pure apart from the index itself.
 pub fn apply(index: &mut Index, state: &mut SyncState, input: Input) -> Changed {
     match input {
-        Input::Proxy(ev) => state.proxies.step(index, ev),
-        Input::Slice(ev) => state.slices.step(index, ev),
-        Input::Pod(ev) => state.pods.step(index, ev),
+        Input::Proxy(ev) => state.proxies.step(index, &(), ev),
+        Input::Slice(ev) => state.slices.step(index, &(), ev),
+        Input::Pod(set, ev) => {
+            let relist = state.pods.entry(set.clone()).or_default();
+            relist.step(index, &set, ev)
+        }
+    }
+}
+
+/// The running Pod watches, one per pod set in use; each stops when its token is cancelled.
+#[derive(Default)]
+pub struct PodWatches(BTreeMap<PodSetKey, CancellationToken>);
+
+impl PodWatches {
+    /// Matches the running watches to the pod sets the index uses: returns the sets to
+    /// start watching, and stops (and forgets the relist state of) the rest.
+    pub fn update(&mut self, index: &Index, state: &mut SyncState) -> Vec<PodSetKey> {
+        let wanted: BTreeSet<&PodSetKey> = index.pod_sets().collect();
+        self.0.retain(|set, stop| {
+            let keep = wanted.contains(set);
+            if !keep {
+                stop.cancel();
+                state.pods.remove(set);
+            }
+            keep
+        });
+        wanted
+            .into_iter()
+            .filter(|set| !self.0.contains_key(*set))
+            .cloned()
+            .collect()
+    }
+
+    fn start(&mut self, set: PodSetKey, parent: &CancellationToken) -> CancellationToken {
+        let stop = parent.child_token();
+        self.0.insert(set, stop.clone());
+        stop
     }
 }
 
@@ -220,11 +266,9 @@ pub async fn run(
     )
     .default_backoff()
     .map(|r| r.map(Input::Slice));
-    let pods = watcher(scoped_api::<Pod>(client, ns), watcher::Config::default())
-        .default_backoff()
-        .map(|r| r.map(Input::Pod));
-    let mut events = stream::select_all([proxies.boxed(), slices.boxed(), pods.boxed()]);
+    let mut events = stream::select_all([proxies.boxed(), slices.boxed()]);
     let mut state = SyncState::default();
+    let mut pod_watches = PodWatches::default();
     loop {
         let next = tokio::select! {
             n = events.next() => n,
@@ -238,9 +282,22 @@ pub async fn run(
                 continue;
             }
         };
-        let changed = {
+        let proxy_event = matches!(input, Input::Proxy(_));
+        let (changed, now_synced) = {
             let mut idx = index.write().unwrap_or_else(|e| e.into_inner());
             let changed = apply(&mut idx, &mut state, input);
+            if proxy_event {
+                for set in pod_watches.update(&idx, &mut state) {
+                    let stop = pod_watches.start(set.clone(), &shutdown);
+                    let api = Api::<Pod>::namespaced(client.clone(), &set.namespace);
+                    let cfg = watcher::Config::default().labels(&set.selector);
+                    let pods = watcher(api, cfg)
+                        .default_backoff()
+                        .map(move |r| r.map(|e| Input::Pod(set.clone(), e)))
+                        .take_until(stop.cancelled_owned());
+                    events.push(pods.boxed());
+                }
+            }
             for key in &changed {
                 let labels = ProxyLabels {
                     namespace: key.namespace.clone(),
@@ -258,13 +315,14 @@ pub async fn run(
                     }
                 }
             }
-            changed
+            (changed, state.synced(&idx))
         };
-        if state.synced() && !*synced.borrow() {
+        if now_synced && !*synced.borrow() {
             info!("backend index synced");
             synced.send_replace(true);
         }
-        if state.synced() {
+        // Synced is a latch: a pod set added later does not hold changes back.
+        if *synced.borrow() {
             forward(&mut changes, changed, &shutdown).await;
         }
     }
@@ -357,12 +415,11 @@ mod tests {
             Input::Slice(E::InitApply(slice("s1", "10.0.0.1"))),
         );
         assert_eq!(index.ready_backends(&key), Some(0));
+        assert!(!st.synced(&index));
         apply(&mut index, &mut st, Input::Slice(E::InitDone));
         assert_eq!(index.ready_backends(&key), Some(1));
-        assert!(!st.synced());
-        apply(&mut index, &mut st, Input::Pod(E::Init));
-        apply(&mut index, &mut st, Input::Pod(E::InitDone));
-        assert!(st.synced());
+        // No proxy uses a selector: no pod watch to wait for.
+        assert!(st.synced(&index));
 
         // A later relist that lacks s1 drops it.
         apply(&mut index, &mut st, Input::Slice(E::Init));
@@ -453,5 +510,43 @@ mod tests {
             (first.name_any(), second.name_any()),
             ("a".into(), "b".into())
         );
+    }
+
+    #[test]
+    fn pods_are_watched_per_selector_in_use_and_sync_waits_for_them() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let (mut index, mut st) = (Index::new(0), SyncState::default());
+        let mut watches = PodWatches::default();
+        let root = CancellationToken::new();
+        let mut selecting = kp("a");
+        selecting.spec.backends.service_name = None;
+        selecting.spec.backends.selector = Some(LabelSelector {
+            match_labels: Some([("app".to_string(), "kubo".to_string())].into()),
+            match_expressions: None,
+        });
+        for ev in [E::Init, E::InitApply(selecting.clone()), E::InitDone] {
+            apply(&mut index, &mut st, Input::Proxy(ev));
+        }
+        apply(&mut index, &mut st, Input::Slice(E::Init));
+        apply(&mut index, &mut st, Input::Slice(E::InitDone));
+        // The one selector in use gets a watch, in the proxy's namespace.
+        let set = PodSetKey {
+            namespace: "ns".into(),
+            selector: "app=kubo".into(),
+        };
+        assert_eq!(watches.update(&index, &mut st), vec![set.clone()]);
+        let stop = watches.start(set.clone(), &root);
+        assert!(watches.update(&index, &mut st).is_empty(), "started once");
+        assert!(!st.synced(&index), "the pod set is not listed yet");
+        apply(&mut index, &mut st, Input::Pod(set.clone(), E::Init));
+        apply(&mut index, &mut st, Input::Pod(set.clone(), E::InitDone));
+        assert!(st.synced(&index));
+
+        // No proxy uses it any more: its watch stops.
+        apply(&mut index, &mut st, Input::Proxy(E::Delete(selecting)));
+        assert!(watches.update(&index, &mut st).is_empty());
+        assert!(stop.is_cancelled());
+        assert!(!root.is_cancelled());
+        assert_eq!(index.pod_sets().count(), 0);
     }
 }
