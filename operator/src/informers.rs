@@ -344,53 +344,15 @@ async fn forward(changes: &mut Sender<ProxyKey>, changed: Changed, shutdown: &Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{BackendsSpec, IdentitySpec, KitsuneProxySpec};
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use crate::fixtures::{proxy_for_selector, proxy_for_service, ready_slice};
     use watcher::Event as E;
 
     fn kp(name: &str) -> KitsuneProxy {
-        let mut kp = KitsuneProxy::new(
-            name,
-            KitsuneProxySpec {
-                identity: IdentitySpec {
-                    secret_ref: None,
-                    generate: true,
-                },
-                backends: BackendsSpec {
-                    selector: None,
-                    service_name: Some("kubo".into()),
-                    rpc_port: Some(IntOrString::Int(5001)),
-                    swarm_port: Some(IntOrString::Int(4001)),
-                },
-                proxy: Default::default(),
-                service: Default::default(),
-            },
-        );
-        kp.metadata.namespace = Some("ns".into());
-        kp
+        proxy_for_service("ns", name, "kubo")
     }
 
     fn slice(name: &str, ip: &str) -> EndpointSlice {
-        EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                labels: Some([(SERVICE_NAME_LABEL.to_string(), "kubo".to_string())].into()),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: Some(vec![Endpoint {
-                addresses: vec![ip.into()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
-            ports: None,
-        }
+        ready_slice("ns", name, "kubo", &[ip])
     }
 
     #[test]
@@ -514,16 +476,10 @@ mod tests {
 
     #[test]
     fn pods_are_watched_per_selector_in_use_and_sync_waits_for_them() {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
         let (mut index, mut st) = (Index::new(0), SyncState::default());
         let mut watches = PodWatches::default();
         let root = CancellationToken::new();
-        let mut selecting = kp("a");
-        selecting.spec.backends.service_name = None;
-        selecting.spec.backends.selector = Some(LabelSelector {
-            match_labels: Some([("app".to_string(), "kubo".to_string())].into()),
-            match_expressions: None,
-        });
+        let selecting = proxy_for_selector("ns", "a", "kubo");
         for ev in [E::Init, E::InitApply(selecting.clone()), E::InitDone] {
             apply(&mut index, &mut st, Input::Proxy(ev));
         }

@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::{Value, json};
 
 use super::*;
 use crate::fixtures::ApiServerVerifier;
-use crate::index::SERVICE_NAME_LABEL;
-use crate::resources::test_support::kp as base_kp;
+use crate::fixtures::{kp as base_kp, ready_slice};
 
 const NS: &str = "ipfs";
 const NAME: &str = "preload";
@@ -40,28 +38,9 @@ fn secret_json(name: &str, key: &str, bytes: &[u8]) -> Value {
 fn seed_backends(index: &SharedIndex, kp: &KitsuneProxy, n: usize) {
     let mut idx = index.write().unwrap();
     idx.apply_proxy(kp);
-    idx.apply_slice(&EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("kubo-x".into()),
-            namespace: Some(NS.into()),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), "kubo".to_string())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            (0..n)
-                .map(|i| Endpoint {
-                    addresses: vec![format!("10.0.0.{}", i + 1)],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: None,
-    });
+    let ips: Vec<String> = (1..=n).map(|i| format!("10.0.0.{i}")).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    idx.apply_slice(&ready_slice(NS, "kubo-x", "kubo", &ips));
 }
 
 /// `type -> (status, reason)` of a status JSON's conditions.
