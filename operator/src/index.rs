@@ -3,7 +3,7 @@
 //! Pure and synchronous (linkerd's index pattern): watch events go in through `apply_*`,
 //! `delete_*` and `reset_*`, and each call returns the proxies whose set changed. Each
 //! proxy's current set is published on a `tokio::sync::watch` channel, which coalesces
-//! bursts, so the watch-channel server (a later issue) serves subscribers without ever
+//! bursts, so the watch-channel server ([`crate::watch_server`]) serves subscribers without ever
 //! buffering. The I/O that feeds it lives in [`crate::informers`].
 //!
 //! What counts as a live backend:
