@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -38,7 +38,7 @@ use crate::conditions::{self, BACKENDS_AVAILABLE, Desired, IDENTITY_READY, READY
 use crate::crd::{KitsuneProxy, KitsuneProxyStatus};
 use crate::index::{ProxyKey, SharedIndex};
 use crate::informers::scoped_api;
-use crate::leader::Leadership;
+use crate::leader::{self, Leadership};
 use crate::metrics::Metrics;
 use crate::resources::{self, BuildConfig, FIELD_MANAGER};
 use crate::spec::{self, Selection, SpecPart, ValidSpec};
@@ -61,6 +61,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub index: SharedIndex,
     pub leader: Leadership,
+    /// True once the backend index is complete: before, status would report backends
+    /// missing that are only not listed yet, so nothing is written.
+    pub synced: tokio::sync::watch::Receiver<bool>,
     pub build: BuildConfig,
     /// Consecutive failures per KitsuneProxy, for the backoff.
     failures: Mutex<HashMap<ProxyKey, u32>>,
@@ -73,6 +76,7 @@ impl Context {
         metrics: Arc<Metrics>,
         index: SharedIndex,
         leader: Leadership,
+        synced: tokio::sync::watch::Receiver<bool>,
         build: BuildConfig,
     ) -> Self {
         let recorder = Recorder::new(
@@ -88,6 +92,7 @@ impl Context {
             metrics,
             index,
             leader,
+            synced,
             build,
             failures: Mutex::default(),
         }
@@ -105,6 +110,29 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+
+    /// Called for each backend-set change the index reports: a proxy the index no longer
+    /// knows was deleted, so its failure count goes (the map stays as large as the
+    /// proxies that exist, and a re-created proxy starts its backoff afresh).
+    pub fn index_changed(&self, key: &ProxyKey) {
+        let gone = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot(key)
+            .is_none();
+        if gone {
+            self.note_success(key);
+        }
+    }
+
+    /// How many proxies have a failure count (for tests and debugging).
+    pub fn failing(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -128,8 +156,9 @@ pub async fn reconcile(kp: Arc<KitsuneProxy>, ctx: Arc<Context>) -> Result<Actio
         debug!("being deleted; nothing to do");
         return Ok(Action::await_change());
     }
-    if !ctx.leader.is_leader() {
-        // Another replica writes; this one reconciles everything when it is elected.
+    if !ctx.leader.is_leader() || !*ctx.synced.borrow() {
+        // Another replica writes, or the index is still listing; this one reconciles
+        // everything once it is elected and synced.
         return Ok(Action::await_change());
     }
     let result = reconcile_as_leader(&kp, &ctx).await;
@@ -404,41 +433,48 @@ async fn publish(ctx: &Context, kp: &KitsuneProxy, type_: EventType, reason: &st
     }
 }
 
-/// Runs the controller until `shutdown`: reconciles on KitsuneProxy changes, on changes of
-/// the owned Deployments and Services, on backend-set changes from the index
-/// (`index_changes`), and all at once whenever this replica becomes leader. With a
-/// `namespace`, only that namespace is watched.
+/// Runs the controller until `shutdown`: reconciles on KitsuneProxy changes (from the
+/// shared reflector the informers drive: `store` and its `subscriber`), on changes of the
+/// owned Deployments and Services, on backend-set changes from the index
+/// (`index_changes`), and all at once whenever this replica becomes leader or its index
+/// synced. With a `namespace`, only that namespace is watched.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    (store, subscriber): (Store<KitsuneProxy>, ReflectHandle<KitsuneProxy>),
     index_changes: impl Stream<Item = ProxyKey> + Send + 'static,
     shutdown: CancellationToken,
 ) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=kitsune-operator");
-    Controller::new(
-        scoped_api::<KitsuneProxy>(client.clone(), ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(scoped_api::<Deployment>(client.clone(), ns), owned.clone())
-    .owns(scoped_api::<Service>(client.clone(), ns), owned.clone())
-    .owns(
-        scoped_api::<ServiceAccount>(client.clone(), ns),
-        owned.clone(),
-    )
-    .owns(scoped_api::<PodDisruptionBudget>(client, ns), owned)
-    .reconcile_on(index_changes.map(|k| ObjectRef::new(&k.name).within(&k.namespace)))
-    .reconcile_all_on(ctx.leader.acquisitions())
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => debug!(object = %obj, "reconciled"),
-            Err(e) => debug!(error = %e, "controller: reconcile not completed"),
-        }
-    })
-    .await;
+    let may_write =
+        futures::stream::select(ctx.leader.acquisitions(), leader::rises(ctx.synced.clone()));
+    Controller::for_shared_stream(subscriber, store)
+        .owns(scoped_api::<Deployment>(client.clone(), ns), owned.clone())
+        .owns(scoped_api::<Service>(client.clone(), ns), owned.clone())
+        .owns(
+            scoped_api::<ServiceAccount>(client.clone(), ns),
+            owned.clone(),
+        )
+        .owns(scoped_api::<PodDisruptionBudget>(client, ns), owned)
+        .reconcile_on(index_changes.map({
+            let ctx = ctx.clone();
+            move |k| {
+                ctx.index_changed(&k);
+                ObjectRef::new(&k.name).within(&k.namespace)
+            }
+        }))
+        .reconcile_all_on(may_write)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(object = %obj, "reconciled"),
+                Err(e) => debug!(error = %e, "controller: reconcile not completed"),
+            }
+        })
+        .await;
     info!("controller stopped");
 }
 

@@ -1,20 +1,180 @@
-//! Test doubles: a `kube::Client` over a mocked service, and `ApiServerVerifier`, which
-//! plays the apiserver for one scenario, asserting each request in order (method, path,
-//! SSA parameters, body) and answering as the apiserver would.
+//! Test builders and doubles, in one place: the KitsuneProxy, EndpointSlice and Pod
+//! literals the tests share; a `kube::Client` over a mocked service; and
+//! `ApiServerVerifier`, which plays the apiserver for one scenario, asserting each request
+//! in order (method, path, SSA parameters, body) and answering as the apiserver would.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, ObjectReference, Pod, PodCondition, PodSpec, PodStatus,
+};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
 
 use crate::controller::Context;
-use crate::index::{Index, SharedIndex};
+use crate::crd::{BackendsSpec, IdentitySpec, KitsuneProxy, KitsuneProxySpec, SecretKeyRef};
+use crate::index::{Index, SERVICE_NAME_LABEL, SharedIndex};
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::resources::BuildConfig;
+
+/// The KitsuneProxy `ipfs/preload`: identity from Secret `preload-key`, backends from
+/// Service `kubo` (RPC 5001, swarm 4001), as read from the API (uid, generation 1).
+pub fn kp() -> KitsuneProxy {
+    let mut kp = KitsuneProxy::new(
+        "preload",
+        KitsuneProxySpec {
+            identity: IdentitySpec {
+                secret_ref: Some(SecretKeyRef {
+                    name: "preload-key".into(),
+                    key: "key".into(),
+                }),
+                generate: false,
+            },
+            backends: BackendsSpec {
+                selector: None,
+                service_name: Some("kubo".into()),
+                rpc_port: Some(IntOrString::Int(5001)),
+                swarm_port: Some(IntOrString::Int(4001)),
+            },
+            proxy: Default::default(),
+            service: Default::default(),
+        },
+    );
+    kp.metadata.namespace = Some("ipfs".into());
+    kp.metadata.uid = Some("uid-1".into());
+    kp.metadata.generation = Some(1);
+    kp
+}
+
+/// A KitsuneProxy selecting the EndpointSlices of `service` (swarm port by name).
+pub fn proxy_for_service(ns: &str, name: &str, service: &str) -> KitsuneProxy {
+    let mut kp = kp();
+    kp.metadata.name = Some(name.into());
+    kp.metadata.namespace = Some(ns.into());
+    kp.spec.backends.service_name = Some(service.into());
+    kp.spec.backends.swarm_port = Some(IntOrString::String("swarm".into()));
+    kp
+}
+
+/// A KitsuneProxy selecting the pods labelled `app=<app>`.
+pub fn proxy_for_selector(ns: &str, name: &str, app: &str) -> KitsuneProxy {
+    let mut kp = proxy_for_service(ns, name, "unused");
+    kp.spec.backends.service_name = None;
+    kp.spec.backends.selector = Some(LabelSelector {
+        match_labels: Some([("app".to_string(), app.to_string())].into()),
+        match_expressions: None,
+    });
+    kp
+}
+
+/// (ip, ready, terminating, pod)
+pub type Ep<'a> = (&'a str, Option<bool>, Option<bool>, &'a str);
+
+/// An EndpointSlice of `service` with ports `rpc` 5001 and `swarm` 4001.
+pub fn slice(ns: &str, name: &str, service: &str, eps: &[Ep]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(
+            eps.iter()
+                .map(|(ip, ready, terminating, pod)| Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: *ready,
+                        serving: *ready,
+                        terminating: *terminating,
+                    }),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some(pod.to_string()),
+                        namespace: Some(ns.into()),
+                        ..Default::default()
+                    }),
+                    zone: Some("zone-a".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        ports: Some(vec![
+            EndpointPort {
+                name: Some("rpc".into()),
+                port: Some(5001),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            EndpointPort {
+                name: Some("swarm".into()),
+                port: Some(4001),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+    }
+}
+
+/// A kubo pod labelled `app=<app>` with named ports `rpc` 5001 and `swarm` 4001.
+pub fn pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            labels: Some([("app".to_string(), app.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "kubo".into(),
+                ports: Some(vec![
+                    ContainerPort {
+                        name: Some("rpc".into()),
+                        container_port: 5001,
+                        ..Default::default()
+                    },
+                    ContainerPort {
+                        name: Some("swarm".into()),
+                        container_port: 4001,
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: Some(ip.into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A slice of ready, non-terminating endpoints at `ips`, of pods `<service>-<i>`.
+pub fn ready_slice(ns: &str, name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
+    let pods: Vec<String> = (0..ips.len()).map(|i| format!("{service}-{i}")).collect();
+    let eps: Vec<Ep> = ips
+        .iter()
+        .zip(&pods)
+        .map(|(ip, pod)| (*ip, Some(true), Some(false), pod.as_str()))
+        .collect();
+    slice(ns, name, service, &eps)
+}
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -46,6 +206,7 @@ impl Context {
             Arc::new(Metrics::default()),
             index.clone(),
             leader,
+            tokio::sync::watch::channel(true).1,
             BuildConfig {
                 watch_base_url: "http://op.kitsune.svc:8080".into(),
                 default_image: "kitsune-proxy:test".into(),

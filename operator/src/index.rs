@@ -3,7 +3,7 @@
 //! Pure and synchronous (linkerd's index pattern): watch events go in through `apply_*`,
 //! `delete_*` and `reset_*`, and each call returns the proxies whose set changed. Each
 //! proxy's current set is published on a `tokio::sync::watch` channel, which coalesces
-//! bursts, so the watch-channel server (a later issue) serves subscribers without ever
+//! bursts, so the watch-channel server ([`crate::watch_server`]) serves subscribers without ever
 //! buffering. The I/O that feeds it lives in [`crate::informers`].
 //!
 //! What counts as a live backend:
@@ -13,6 +13,10 @@
 //! - `selector`: Pods matching the selector, read directly, because a bare selector's
 //!   pods need not be behind any Service and so may have no EndpointSlice at all. A pod
 //!   counts when its `Ready` condition is `True`, it has an IP, and it is not being deleted.
+//!   Pods come in per [`PodSetKey`] (namespace and selector): the index says which sets
+//!   its proxies use ([`Index::pod_sets`]) and the informers watch exactly those, so no
+//!   other Pod is watched. Until a set's first list arrives its proxies keep the backends
+//!   they had (a selector change swaps sets at once, as soon as the new one is listed).
 //!
 //! Sets are sorted and deduplicated by (address, RPC port); every change gets a new
 //! version, larger than any version this index handed out before.
@@ -57,6 +61,32 @@ impl std::fmt::Display for ProxyKey {
 }
 
 type ObjKey = (String, String);
+
+/// The Pods of one namespace that one label selector matches: what one Pod watch lists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodSetKey {
+    pub namespace: String,
+    /// The selector in label-selector query form (`app=kubo,tier in (a,b)`).
+    pub selector: String,
+}
+
+impl PodSetKey {
+    fn of(namespace: &str, source: &Result<BackendSource, SpecError>) -> Option<Self> {
+        match source {
+            Ok(BackendSource {
+                selection: Selection::Pods(sel),
+                ..
+            }) => Some(Self {
+                namespace: namespace.to_owned(),
+                selector: sel.text().to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Pods by name; `None` until the set's first list arrives.
+type PodSet = Option<BTreeMap<String, PodRecord>>;
 
 #[derive(Debug, Clone, PartialEq)]
 struct SliceRecord {
@@ -157,7 +187,8 @@ struct ProxyEntry {
 pub struct Index {
     proxies: BTreeMap<ProxyKey, ProxyEntry>,
     slices: BTreeMap<ObjKey, SliceRecord>,
-    pods: BTreeMap<ObjKey, PodRecord>,
+    /// Exactly the pod sets the proxies use.
+    pods: BTreeMap<PodSetKey, PodSet>,
     next_version: u64,
 }
 
@@ -200,30 +231,56 @@ impl Index {
     pub fn apply_proxy(&mut self, kp: &KitsuneProxy) -> Changed {
         let key = ProxyKey::of(kp);
         let source = spec::backend_source(&kp.spec);
+        if let Some(set) = PodSetKey::of(&key.namespace, &source) {
+            self.pods.entry(set).or_insert(None);
+        }
         let backends = self.compute(&key.namespace, &source);
-        match self.proxies.get_mut(&key) {
+        let changed = match self.proxies.get_mut(&key) {
             Some(entry) => {
                 entry.source = source;
-                if publish(&mut self.next_version, &entry.tx, backends) {
-                    return vec![key];
-                }
-                vec![]
+                let sent = backends.is_some_and(|b| publish(&mut self.next_version, &entry.tx, b));
+                if sent { vec![key] } else { vec![] }
             }
             None => {
                 let version = bump(&mut self.next_version);
+                let backends = backends.unwrap_or_default();
                 let (tx, _) = watch::channel(Snapshot { version, backends });
                 self.proxies.insert(key.clone(), ProxyEntry { source, tx });
                 vec![key]
             }
-        }
+        };
+        self.prune_pod_sets();
+        changed
     }
 
     pub fn delete_proxy(&mut self, namespace: &str, name: &str) -> Changed {
         let key = ProxyKey::new(namespace, name);
-        match self.proxies.remove(&key) {
+        let changed = match self.proxies.remove(&key) {
             Some(_) => vec![key],
             None => vec![],
-        }
+        };
+        self.prune_pod_sets();
+        changed
+    }
+
+    /// The pod sets the proxies use: what the informers must watch.
+    pub fn pod_sets(&self) -> impl Iterator<Item = &PodSetKey> {
+        self.pods.keys()
+    }
+
+    /// Whether every pod set in use was listed.
+    pub fn pod_sets_listed(&self) -> bool {
+        self.pods.values().all(Option::is_some)
+    }
+
+    /// Drops the pod sets no proxy uses any more.
+    fn prune_pod_sets(&mut self) {
+        let used: std::collections::BTreeSet<PodSetKey> = self
+            .proxies
+            .iter()
+            .filter_map(|(k, e)| PodSetKey::of(&k.namespace, &e.source))
+            .collect();
+        self.pods.retain(|k, _| used.contains(k));
     }
 
     pub fn apply_slice(&mut self, s: &EndpointSlice) -> Changed {
@@ -243,26 +300,29 @@ impl Index {
         self.recompute_namespace(namespace)
     }
 
-    pub fn apply_pod(&mut self, p: &Pod) -> Changed {
-        let ns = p.namespace().unwrap_or_default();
+    /// A Pod of `set` changed. Events of a set no proxy uses (a watch being stopped) or
+    /// not yet listed are ignored.
+    pub fn apply_pod(&mut self, set: &PodSetKey, p: &Pod) -> Changed {
+        let Some(Some(pods)) = self.pods.get_mut(set) else {
+            return vec![];
+        };
         let record = PodRecord::from(p);
-        let key = (ns.clone(), p.name_any());
-        if self.pods.get(&key) == Some(&record) {
+        let name = p.name_any();
+        if pods.get(&name) == Some(&record) {
             return vec![];
         }
-        self.pods.insert(key, record);
-        self.recompute_namespace(&ns)
+        pods.insert(name, record);
+        self.recompute_namespace(&set.namespace)
     }
 
-    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Changed {
-        if self
-            .pods
-            .remove(&(namespace.to_owned(), name.to_owned()))
-            .is_none()
-        {
+    pub fn delete_pod(&mut self, set: &PodSetKey, name: &str) -> Changed {
+        let Some(Some(pods)) = self.pods.get_mut(set) else {
+            return vec![];
+        };
+        if pods.remove(name).is_none() {
             return vec![];
         }
-        self.recompute_namespace(namespace)
+        self.recompute_namespace(&set.namespace)
     }
 
     /// Replaces every KitsuneProxy at once (after a relist).
@@ -290,13 +350,13 @@ impl Index {
         self.recompute_all()
     }
 
-    /// Replaces every Pod at once (after a relist).
-    pub fn reset_pods(&mut self, all: &[Pod]) -> Changed {
-        self.pods = all
-            .iter()
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p.into()))
-            .collect();
-        self.recompute_all()
+    /// Replaces every Pod of one set at once (after a list or relist).
+    pub fn reset_pods(&mut self, set: &PodSetKey, all: &[Pod]) -> Changed {
+        let Some(slot) = self.pods.get_mut(set) else {
+            return vec![];
+        };
+        *slot = Some(all.iter().map(|p| (p.name_any(), p.into())).collect());
+        self.recompute_namespace(&set.namespace)
     }
 
     fn recompute_all(&mut self) -> Changed {
@@ -317,7 +377,9 @@ impl Index {
             .collect();
         let mut changed = vec![];
         for key in keys {
-            let backends = self.compute(ns, &self.proxies[&key].source);
+            let Some(backends) = self.compute(ns, &self.proxies[&key].source) else {
+                continue;
+            };
             let entry = &self.proxies[&key];
             if publish(&mut self.next_version, &entry.tx, backends) {
                 changed.push(key);
@@ -326,9 +388,14 @@ impl Index {
         changed
     }
 
-    fn compute(&self, ns: &str, source: &Result<BackendSource, SpecError>) -> Vec<Backend> {
+    /// The backend set of a source, or `None` while its pod set is not listed yet.
+    fn compute(&self, ns: &str, source: &Result<BackendSource, SpecError>) -> Option<Vec<Backend>> {
+        let pods = match PodSetKey::of(ns, source) {
+            Some(set) => Some(self.pods.get(&set)?.as_ref()?),
+            None => None,
+        };
         let Ok(source) = source else {
-            return vec![];
+            return Some(vec![]);
         };
         let mut out: BTreeMap<(String, u16), Backend> = BTreeMap::new();
         match &source.selection {
@@ -355,7 +422,9 @@ impl Index {
                 }
             }
             Selection::Pods(selector) => {
-                for ((_, name), pod) in in_namespace(&self.pods, ns) {
+                // The watch selects already; matching again costs little and keeps a
+                // stray event out.
+                for (name, pod) in pods.into_iter().flatten() {
                     if !pod.live || !selector.matches(&pod.labels) {
                         continue;
                     }
@@ -374,7 +443,7 @@ impl Index {
                 }
             }
         }
-        out.into_values().collect()
+        Some(out.into_values().collect())
     }
 }
 
@@ -437,414 +506,4 @@ impl Default for Index {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{BackendsSpec, IdentitySpec, KitsuneProxySpec};
-    use k8s_openapi::api::core::v1::{
-        Container, ContainerPort, ObjectReference, PodCondition, PodSpec, PodStatus,
-    };
-    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-    fn proxy_for_service(ns: &str, name: &str, service: &str) -> KitsuneProxy {
-        let mut kp = KitsuneProxy::new(
-            name,
-            KitsuneProxySpec {
-                identity: IdentitySpec {
-                    secret_ref: None,
-                    generate: true,
-                },
-                backends: BackendsSpec {
-                    selector: None,
-                    service_name: Some(service.into()),
-                    rpc_port: Some(IntOrString::Int(5001)),
-                    swarm_port: Some(IntOrString::String("swarm".into())),
-                },
-                proxy: Default::default(),
-                service: Default::default(),
-            },
-        );
-        kp.metadata.namespace = Some(ns.into());
-        kp
-    }
-
-    fn proxy_for_selector(ns: &str, name: &str, app: &str) -> KitsuneProxy {
-        let mut kp = proxy_for_service(ns, name, "unused");
-        kp.spec.backends.service_name = None;
-        kp.spec.backends.selector = Some(LabelSelector {
-            match_labels: Some([("app".to_string(), app.to_string())].into()),
-            match_expressions: None,
-        });
-        kp
-    }
-
-    /// (ip, ready, terminating, pod)
-    type Ep<'a> = (&'a str, Option<bool>, Option<bool>, &'a str);
-
-    fn slice(ns: &str, name: &str, service: &str, eps: &[Ep]) -> EndpointSlice {
-        EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                labels: Some([(SERVICE_NAME_LABEL.to_string(), service.to_string())].into()),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: Some(
-                eps.iter()
-                    .map(|(ip, ready, terminating, pod)| Endpoint {
-                        addresses: vec![ip.to_string()],
-                        conditions: Some(EndpointConditions {
-                            ready: *ready,
-                            serving: *ready,
-                            terminating: *terminating,
-                        }),
-                        target_ref: Some(ObjectReference {
-                            kind: Some("Pod".into()),
-                            name: Some(pod.to_string()),
-                            namespace: Some(ns.into()),
-                            ..Default::default()
-                        }),
-                        zone: Some("zone-a".into()),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
-            ports: Some(vec![
-                EndpointPort {
-                    name: Some("rpc".into()),
-                    port: Some(5001),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                },
-                EndpointPort {
-                    name: Some("swarm".into()),
-                    port: Some(4001),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                },
-            ]),
-        }
-    }
-
-    fn pod(ns: &str, name: &str, app: &str, ip: &str, ready: bool) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                labels: Some([("app".to_string(), app.to_string())].into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                containers: vec![Container {
-                    name: "kubo".into(),
-                    ports: Some(vec![
-                        ContainerPort {
-                            name: Some("rpc".into()),
-                            container_port: 5001,
-                            ..Default::default()
-                        },
-                        ContainerPort {
-                            name: Some("swarm".into()),
-                            container_port: 4001,
-                            ..Default::default()
-                        },
-                    ]),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                pod_ip: Some(ip.into()),
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        }
-    }
-
-    fn addrs(index: &Index, ns: &str, name: &str) -> Vec<String> {
-        index
-            .snapshot(&ProxyKey::new(ns, name))
-            .unwrap()
-            .backends
-            .into_iter()
-            .map(|b| b.address)
-            .collect()
-    }
-
-    #[test]
-    fn slice_add_update_delete() {
-        let mut index = Index::new(100);
-        let key = ProxyKey::new("ns", "kp");
-        assert_eq!(
-            index.apply_proxy(&proxy_for_service("ns", "kp", "kubo")),
-            vec![key.clone()]
-        );
-        let mut rx = index.subscribe(&key).unwrap();
-        let first = rx.borrow_and_update().clone();
-        assert!(first.backends.is_empty());
-        assert_eq!(first.version, 101);
-
-        // Add.
-        let s = slice(
-            "ns",
-            "kubo-abc",
-            "kubo",
-            &[("10.0.0.2", Some(true), None, "kubo-1")],
-        );
-        assert_eq!(index.apply_slice(&s), vec![key.clone()]);
-        assert!(rx.has_changed().unwrap());
-        let snap = rx.borrow_and_update().clone();
-        assert!(snap.version > first.version);
-        assert_eq!(
-            snap.backends,
-            vec![Backend {
-                address: "10.0.0.2".into(),
-                rpc_port: 5001,
-                swarm_port: Some(4001),
-                pod_name: Some("kubo-1".into()),
-                zone: Some("zone-a".into()),
-            }]
-        );
-
-        // Update: a second endpoint appears; output stays sorted.
-        let s = slice(
-            "ns",
-            "kubo-abc",
-            "kubo",
-            &[
-                ("10.0.0.9", Some(true), None, "kubo-2"),
-                ("10.0.0.2", Some(true), None, "kubo-1"),
-            ],
-        );
-        assert_eq!(index.apply_slice(&s), vec![key.clone()]);
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.2", "10.0.0.9"]);
-        assert_eq!(index.ready_backends(&key), Some(2));
-
-        // The same content again changes nothing and sends nothing.
-        rx.borrow_and_update();
-        assert!(index.apply_slice(&s).is_empty());
-        assert!(!rx.has_changed().unwrap());
-
-        // Delete.
-        assert_eq!(index.delete_slice("ns", "kubo-abc"), vec![key.clone()]);
-        assert!(addrs(&index, "ns", "kp").is_empty());
-        assert!(index.delete_slice("ns", "kubo-abc").is_empty());
-    }
-
-    #[test]
-    fn not_ready_and_terminating_endpoints_are_not_backends() {
-        let mut index = Index::new(0);
-        index.apply_proxy(&proxy_for_service("ns", "kp", "kubo"));
-        index.apply_slice(&slice(
-            "ns",
-            "s1",
-            "kubo",
-            &[
-                ("10.0.0.1", Some(true), Some(false), "ready"),
-                ("10.0.0.2", Some(false), None, "not-ready"),
-                ("10.0.0.3", Some(true), Some(true), "terminating-but-ready"),
-                ("10.0.0.4", Some(false), Some(true), "terminating"),
-                ("10.0.0.5", None, None, "unknown-means-ready"),
-            ],
-        ));
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1", "10.0.0.5"]);
-
-        // An endpoint turning unready is removed.
-        let key = ProxyKey::new("ns", "kp");
-        let changed = index.apply_slice(&slice(
-            "ns",
-            "s1",
-            "kubo",
-            &[("10.0.0.1", Some(true), Some(true), "ready")],
-        ));
-        assert_eq!(changed, vec![key]);
-        assert!(addrs(&index, "ns", "kp").is_empty());
-    }
-
-    #[test]
-    fn several_slices_per_service_merge_and_deduplicate() {
-        let mut index = Index::new(0);
-        index.apply_proxy(&proxy_for_service("ns", "kp", "kubo"));
-        index.apply_slice(&slice(
-            "ns",
-            "a",
-            "kubo",
-            &[("10.0.0.3", Some(true), None, "p3")],
-        ));
-        index.apply_slice(&slice(
-            "ns",
-            "b",
-            "kubo",
-            &[
-                ("10.0.0.1", Some(true), None, "p1"),
-                // The same endpoint in two slices (mid-migration) counts once.
-                ("10.0.0.3", Some(true), None, "p3"),
-            ],
-        ));
-        // Another Service's slice, and the same Service name in another namespace.
-        index.apply_slice(&slice(
-            "ns",
-            "c",
-            "web",
-            &[("10.0.0.7", Some(true), None, "w")],
-        ));
-        index.apply_slice(&slice(
-            "other",
-            "d",
-            "kubo",
-            &[("10.9.0.1", Some(true), None, "x")],
-        ));
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1", "10.0.0.3"]);
-        assert!(index.has_slices_for("ns", "kubo"));
-        assert!(!index.has_slices_for("ns", "nothing"));
-
-        index.delete_slice("ns", "b");
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.3"]);
-    }
-
-    #[test]
-    fn named_ports_resolve_per_slice() {
-        let mut index = Index::new(0);
-        let mut kp = proxy_for_service("ns", "kp", "kubo");
-        kp.spec.backends.rpc_port = Some(IntOrString::String("rpc".into()));
-        index.apply_proxy(&kp);
-        let mut s = slice("ns", "a", "kubo", &[("10.0.0.3", Some(true), None, "p3")]);
-        s.ports.as_mut().unwrap()[0].port = Some(15001);
-        index.apply_slice(&s);
-        let snap = index.snapshot(&ProxyKey::new("ns", "kp")).unwrap();
-        assert_eq!(snap.backends[0].rpc_port, 15001);
-        assert_eq!(snap.backends[0].swarm_port, Some(4001));
-
-        // A slice without the named RPC port contributes nothing.
-        s.ports = Some(vec![]);
-        index.apply_slice(&s);
-        assert!(addrs(&index, "ns", "kp").is_empty());
-    }
-
-    #[test]
-    fn bare_selector_reads_pods_without_endpoint_slices() {
-        let mut index = Index::new(0);
-        index.apply_proxy(&proxy_for_selector("ns", "kp", "kubo"));
-        index.apply_pod(&pod("ns", "kubo-0", "kubo", "10.1.0.1", true));
-        index.apply_pod(&pod("ns", "kubo-1", "kubo", "10.1.0.2", false));
-        index.apply_pod(&pod("ns", "web-0", "web", "10.1.0.3", true));
-        let mut deleting = pod("ns", "kubo-2", "kubo", "10.1.0.4", true);
-        deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        index.apply_pod(&deleting);
-        let snap = index.snapshot(&ProxyKey::new("ns", "kp")).unwrap();
-        assert_eq!(
-            snap.backends,
-            vec![Backend {
-                address: "10.1.0.1".into(),
-                rpc_port: 5001,
-                swarm_port: Some(4001),
-                pod_name: Some("kubo-0".into()),
-                zone: None,
-            }]
-        );
-        // Becoming ready adds it; deletion removes it.
-        index.apply_pod(&pod("ns", "kubo-1", "kubo", "10.1.0.2", true));
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1", "10.1.0.2"]);
-        index.delete_pod("ns", "kubo-0");
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.2"]);
-        // Slices do not matter in selector mode.
-        assert!(
-            index
-                .apply_slice(&slice(
-                    "ns",
-                    "s",
-                    "kubo",
-                    &[("10.0.0.1", Some(true), None, "p")]
-                ))
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn selector_changes_move_the_set() {
-        let mut index = Index::new(0);
-        let key = ProxyKey::new("ns", "kp");
-        index.apply_pod(&pod("ns", "kubo-0", "kubo", "10.1.0.1", true));
-        index.apply_pod(&pod("ns", "ipfs-0", "ipfs", "10.1.0.9", true));
-        index.apply_slice(&slice(
-            "ns",
-            "s",
-            "svc",
-            &[("10.0.0.1", Some(true), None, "p")],
-        ));
-
-        index.apply_proxy(&proxy_for_selector("ns", "kp", "kubo"));
-        let mut rx = index.subscribe(&key).unwrap();
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.1"]);
-
-        // The selector changes to other pods.
-        rx.borrow_and_update();
-        assert_eq!(
-            index.apply_proxy(&proxy_for_selector("ns", "kp", "ipfs")),
-            vec![key.clone()]
-        );
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.1.0.9"]);
-
-        // Switching to a Service uses its EndpointSlices instead.
-        index.apply_proxy(&proxy_for_service("ns", "kp", "svc"));
-        assert_eq!(addrs(&index, "ns", "kp"), ["10.0.0.1"]);
-
-        // An invalid selector tracks the proxy with no backends (the reconciler reports why).
-        let mut bad = proxy_for_selector("ns", "kp", "kubo");
-        bad.spec.backends.selector = Some(LabelSelector::default());
-        index.apply_proxy(&bad);
-        assert_eq!(index.ready_backends(&key), Some(0));
-
-        // Unchanged spec: nothing to send.
-        assert!(index.apply_proxy(&bad).is_empty());
-    }
-
-    #[test]
-    fn deleting_a_proxy_closes_its_channel_and_relists_replace() {
-        let mut index = Index::new(0);
-        let key = ProxyKey::new("ns", "kp");
-        index.apply_proxy(&proxy_for_service("ns", "kp", "kubo"));
-        let rx = index.subscribe(&key).unwrap();
-        assert_eq!(index.delete_proxy("ns", "kp"), vec![key.clone()]);
-        assert!(
-            rx.has_changed().is_err(),
-            "subscribers see the channel close"
-        );
-        assert!(index.subscribe(&key).is_none());
-        assert!(index.snapshot(&key).is_none());
-
-        // Relists replace state atomically, dropping what the relist lacks.
-        index.reset_proxies(&[
-            proxy_for_service("ns", "a", "kubo"),
-            proxy_for_service("ns", "b", "kubo"),
-        ]);
-        index.apply_slice(&slice(
-            "ns",
-            "old",
-            "kubo",
-            &[("10.0.0.1", Some(true), None, "p")],
-        ));
-        assert_eq!(addrs(&index, "ns", "a"), ["10.0.0.1"]);
-        let changed = index.reset_slices(&[slice(
-            "ns",
-            "new",
-            "kubo",
-            &[("10.0.0.2", Some(true), None, "q")],
-        )]);
-        assert_eq!(changed.len(), 2);
-        assert_eq!(addrs(&index, "ns", "b"), ["10.0.0.2"]);
-        let changed = index.reset_proxies(&[proxy_for_service("ns", "a", "kubo")]);
-        assert_eq!(changed, vec![ProxyKey::new("ns", "b")]);
-        assert_eq!(index.proxies().count(), 1);
-        index.reset_pods(&[]);
-        assert_eq!(addrs(&index, "ns", "a"), ["10.0.0.2"]);
-    }
-}
+mod tests;

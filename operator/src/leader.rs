@@ -3,15 +3,21 @@
 //! status, events). Writes are gated by [`Leadership::is_leader`], checked at the start of
 //! every reconcile. No fencing: a replica that cannot renew steps down at once, before its
 //! lease can expire for others.
+//!
+//! Expiry is measured as client-go measures it: from when this replica last saw the
+//! Lease's record change, on its own monotonic clock, never by comparing the holder's
+//! `renewTime` with the local wall clock. Clocks that disagree across nodes then cannot
+//! make a live holder look expired (two leaders), nor a dead one look alive for ever.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -58,16 +64,20 @@ impl Leadership {
 
     /// Yields once each time this replica becomes leader (to reconcile everything then).
     pub fn acquisitions(&self) -> impl futures::Stream<Item = ()> + Send + 'static {
-        let rx = self.rx.clone();
-        futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                rx.changed().await.ok()?;
-                if *rx.borrow_and_update() {
-                    return Some(((), rx));
-                }
-            }
-        })
+        rises(self.rx.clone())
     }
+}
+
+/// Yields once each time the flag changes to true (after the value `rx` has seen).
+pub fn rises(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    })
 }
 
 /// What to do with the Lease as found.
@@ -81,8 +91,33 @@ pub enum Decision {
     Follow { holder: String },
 }
 
-/// Decides, from the current Lease, what this replica should do. Pure.
-pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// The Lease record as this replica last saw it, and when (on the local monotonic clock)
+/// it first saw that record.
+#[derive(Debug, Default)]
+pub struct Observed {
+    record: Option<LeaseSpec>,
+    since: Option<Instant>,
+}
+
+impl Observed {
+    /// Notes the record read at `now`; returns how long it has been unchanged, as far as
+    /// this replica knows. A record never seen before counts as changed just now.
+    pub fn observe(&mut self, record: Option<&LeaseSpec>, now: Instant) -> Duration {
+        match self.since {
+            Some(since) if self.record.as_ref() == record => now.saturating_duration_since(since),
+            _ => {
+                self.record = record.cloned();
+                self.since = Some(now);
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+/// Decides, from the current Lease and how long this replica has seen it unchanged
+/// (`unchanged_for`, see [`Observed`]), what to do. Pure. The holder's `renewTime` is
+/// never compared with the local clock.
+pub fn decide(spec: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire { transition: false };
     };
@@ -93,17 +128,14 @@ pub fn decide(spec: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder == me {
         return Decision::Renew;
     }
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    let renewed = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .map(|t| t.0);
-    match renewed {
-        Some(t) if t + duration > now => Decision::Follow {
+    let seconds = spec.lease_duration_seconds.unwrap_or(15);
+    let duration = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+    if unchanged_for < duration {
+        Decision::Follow {
             holder: holder.to_owned(),
-        },
-        _ => Decision::Acquire { transition: true },
+        }
+    } else {
+        Decision::Acquire { transition: true }
     }
 }
 
@@ -133,11 +165,13 @@ fn lease_spec(
 }
 
 /// One election round; returns whether this replica now holds the lease.
-async fn round(api: &Api<Lease>, cfg: &LeaseConfig) -> kube::Result<bool> {
-    let now = Timestamp::now();
+async fn round(api: &Api<Lease>, cfg: &LeaseConfig, seen: &mut Observed) -> kube::Result<bool> {
     let current = api.get_opt(&cfg.name).await?;
     let spec = current.as_ref().and_then(|l| l.spec.as_ref());
-    let transition = match decide(spec, &cfg.identity, now) {
+    let unchanged_for = seen.observe(spec, Instant::now());
+    // The wall clock only stamps what this replica writes, for others and for humans.
+    let now = Timestamp::now();
+    let transition = match decide(spec, &cfg.identity, unchanged_for) {
         Decision::Follow { .. } => return Ok(false),
         Decision::Renew => false,
         Decision::Acquire { transition } => transition,
@@ -177,8 +211,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let mut seen = Observed::default();
     loop {
-        let leading = match round(&api, &cfg).await {
+        let leading = match round(&api, &cfg, &mut seen).await {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, lease = %cfg.name, "lease round failed; not leading");
@@ -228,31 +263,87 @@ mod tests {
         }
     }
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn election_decisions() {
-        let now = Timestamp::from_second(1_000).unwrap();
         assert_eq!(
-            decide(None, "a", now),
+            decide(None, "a", secs(0)),
             Decision::Acquire { transition: false }
         );
         assert_eq!(
-            decide(Some(&spec(Some("a"), 990, 15)), "a", now),
+            decide(Some(&spec(Some("a"), 990, 15)), "a", secs(100)),
             Decision::Renew
         );
         assert_eq!(
-            decide(Some(&spec(Some("b"), 990, 15)), "a", now),
+            decide(Some(&spec(Some("b"), 990, 15)), "a", secs(10)),
             Decision::Follow { holder: "b".into() }
         );
-        // b stopped renewing 20 s ago with a 15 s lease.
+        // b's record has not changed for 20 s with a 15 s lease.
         assert_eq!(
-            decide(Some(&spec(Some("b"), 980, 15)), "a", now),
+            decide(Some(&spec(Some("b"), 990, 15)), "a", secs(20)),
             Decision::Acquire { transition: true }
         );
         // Released.
         assert_eq!(
-            decide(Some(&spec(None, 999, 15)), "a", now),
+            decide(Some(&spec(None, 999, 15)), "a", secs(0)),
             Decision::Acquire { transition: true }
         );
+    }
+
+    /// Clock skew: the holder's renewTime says nothing about expiry here; only how long
+    /// this replica has seen the record unchanged does.
+    #[tokio::test(start_paused = true)]
+    async fn expiry_is_measured_from_local_observation_not_renew_time() {
+        let wall_now = Timestamp::now().as_second();
+        let mut seen = Observed::default();
+        // A holder whose clock is an hour behind ours, renewing every 5 s: by our wall
+        // clock its lease expired long ago, but we see it change, so we follow it.
+        let mut renew = wall_now - 3_600;
+        for _ in 0..10 {
+            let lease = spec(Some("b"), renew, 15);
+            let unchanged = seen.observe(Some(&lease), Instant::now());
+            assert_eq!(
+                decide(Some(&lease), "a", unchanged),
+                Decision::Follow { holder: "b".into() }
+            );
+            tokio::time::advance(secs(5)).await;
+            renew += 5;
+        }
+        // A holder whose clock is an hour ahead: by our wall clock its lease is good for an
+        // hour, but once it stops renewing we take over after one lease duration.
+        let stuck = spec(Some("c"), wall_now + 3_600, 15);
+        let mut seen = Observed::default();
+        let unchanged = seen.observe(Some(&stuck), Instant::now());
+        assert!(matches!(
+            decide(Some(&stuck), "a", unchanged),
+            Decision::Follow { .. }
+        ));
+        tokio::time::advance(secs(14)).await;
+        let unchanged = seen.observe(Some(&stuck), Instant::now());
+        assert!(matches!(
+            decide(Some(&stuck), "a", unchanged),
+            Decision::Follow { .. }
+        ));
+        tokio::time::advance(secs(2)).await;
+        let unchanged = seen.observe(Some(&stuck), Instant::now());
+        assert_eq!(unchanged, secs(16));
+        assert_eq!(
+            decide(Some(&stuck), "a", unchanged),
+            Decision::Acquire { transition: true }
+        );
+        // A replica that starts up and finds a stale-looking lease waits a full duration
+        // from its own first sight of it before taking over.
+        let mut fresh = Observed::default();
+        let old = spec(Some("b"), 1, 15);
+        let unchanged = fresh.observe(Some(&old), Instant::now());
+        assert_eq!(unchanged, Duration::ZERO);
+        assert!(matches!(
+            decide(Some(&old), "a", unchanged),
+            Decision::Follow { .. }
+        ));
     }
 
     #[test]

@@ -201,7 +201,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or(0);
     let index = Arc::new(RwLock::new(Index::new(first_version)));
     let (synced_tx, synced_rx) = watch::channel(false);
-    let (changes_tx, changes_rx) = futures::channel::mpsc::unbounded();
+    let (changes_tx, changes_rx) = futures::channel::mpsc::channel(informers::CHANGES_BUFFER);
 
     let mut tasks = tokio::task::JoinSet::new();
     let leadership = if args.leader_election {
@@ -227,13 +227,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Leadership::always()
     };
 
+    // One KitsuneProxy watch, shared by the informers (which drive it) and the controller.
+    let proxies = informers::proxy_store();
     tasks.spawn(informers::run(
         client.clone(),
         watch_namespace.clone(),
-        index.clone(),
-        changes_tx,
-        metrics.clone(),
-        synced_tx,
+        proxies.writer,
+        informers::Sinks {
+            index: index.clone(),
+            changes: changes_tx,
+            metrics: metrics.clone(),
+            synced: synced_tx,
+        },
         shutdown.clone(),
     ));
 
@@ -267,22 +272,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         index,
         leadership,
+        synced_rx,
         BuildConfig {
             watch_base_url: args.watch_base_url,
             default_image: args.proxy_image,
             watch_ca_pem,
         },
     ));
-    let s = shutdown.clone();
-    tasks.spawn(async move {
-        // Status must not report zero backends because the index is still listing.
-        let mut synced = synced_rx;
-        tokio::select! {
-            r = synced.wait_for(|v| *v) => if r.is_err() { return },
-            _ = s.cancelled() => return,
-        }
-        controller::run(ctx, watch_namespace, changes_rx, s).await;
-    });
+    // The controller starts at once, since it drives its share of the KitsuneProxy watch;
+    // it writes nothing until the index is synced (see `Context::synced`).
+    tasks.spawn(controller::run(
+        ctx,
+        watch_namespace,
+        (proxies.store, proxies.subscriber),
+        changes_rx,
+        shutdown.clone(),
+    ));
 
     let signal = shutdown.clone();
     tokio::spawn(async move {

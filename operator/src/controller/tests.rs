@@ -8,14 +8,12 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::{Value, json};
 
 use super::*;
 use crate::fixtures::ApiServerVerifier;
-use crate::index::SERVICE_NAME_LABEL;
-use crate::resources::test_support::kp as base_kp;
+use crate::fixtures::{kp as base_kp, ready_slice};
 
 const NS: &str = "ipfs";
 const NAME: &str = "preload";
@@ -40,28 +38,9 @@ fn secret_json(name: &str, key: &str, bytes: &[u8]) -> Value {
 fn seed_backends(index: &SharedIndex, kp: &KitsuneProxy, n: usize) {
     let mut idx = index.write().unwrap();
     idx.apply_proxy(kp);
-    idx.apply_slice(&EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("kubo-x".into()),
-            namespace: Some(NS.into()),
-            labels: Some([(SERVICE_NAME_LABEL.to_string(), "kubo".to_string())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            (0..n)
-                .map(|i| Endpoint {
-                    addresses: vec![format!("10.0.0.{}", i + 1)],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: None,
-    });
+    let ips: Vec<String> = (1..=n).map(|i| format!("10.0.0.{i}")).collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    idx.apply_slice(&ready_slice(NS, "kubo-x", "kubo", &ips));
 }
 
 /// `type -> (status, reason)` of a status JSON's conditions.
@@ -485,4 +464,49 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(backoff(4), Duration::from_secs(40));
     assert_eq!(backoff(7), BACKOFF_MAX);
     assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+}
+
+#[tokio::test]
+async fn failure_counts_go_when_the_proxy_is_deleted() {
+    let (ctx, _api, index) = Context::test();
+    let kp = Arc::new(base_kp());
+    let key = ProxyKey::new(NS, NAME);
+    seed_backends(&index, &kp, 0);
+    let err = Error::MissingObjectKey("test");
+    error_policy(kp.clone(), &err, ctx.clone());
+    assert_eq!(
+        error_policy(kp.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(10))
+    );
+    // A change for a proxy that still exists keeps its count.
+    ctx.index_changed(&key);
+    assert_eq!(ctx.failing(), 1);
+
+    // Deleted: the index drops it and reports the change; the count goes with it.
+    let changed = index.write().unwrap().delete_proxy(NS, NAME);
+    assert_eq!(changed, vec![key.clone()]);
+    for k in &changed {
+        ctx.index_changed(k);
+    }
+    assert_eq!(ctx.failing(), 0);
+    // Re-created under the same name, it starts from the first backoff step.
+    assert_eq!(
+        error_policy(kp, &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_written_before_the_index_synced() {
+    let (ctx, mut api, _index) = Context::test();
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(Context {
+        synced,
+        ..Arc::into_inner(ctx).unwrap()
+    });
+    let mock = tokio::spawn(async move { api.silence().await });
+    let action = reconcile(Arc::new(base_kp()), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    finish(mock).await;
+    drop(synced_tx);
 }

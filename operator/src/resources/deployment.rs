@@ -260,7 +260,7 @@ fn runtime_default() -> SeccompProfile {
 mod tests {
     use super::*;
     use crate::crd::PullPolicy;
-    use crate::resources::test_support::kp;
+    use crate::fixtures::kp;
 
     fn id() -> Identity {
         Identity {

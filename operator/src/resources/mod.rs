@@ -120,36 +120,3 @@ fn owner_ref(kp: &KitsuneProxy) -> OwnerReference {
             block_owner_deletion: Some(true),
         })
 }
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    use crate::crd::{BackendsSpec, IdentitySpec, KitsuneProxy, KitsuneProxySpec, SecretKeyRef};
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-
-    pub fn kp() -> KitsuneProxy {
-        let mut kp = KitsuneProxy::new(
-            "preload",
-            KitsuneProxySpec {
-                identity: IdentitySpec {
-                    secret_ref: Some(SecretKeyRef {
-                        name: "preload-key".into(),
-                        key: "key".into(),
-                    }),
-                    generate: false,
-                },
-                backends: BackendsSpec {
-                    selector: None,
-                    service_name: Some("kubo".into()),
-                    rpc_port: Some(IntOrString::Int(5001)),
-                    swarm_port: Some(IntOrString::Int(4001)),
-                },
-                proxy: Default::default(),
-                service: Default::default(),
-            },
-        );
-        kp.metadata.namespace = Some("ipfs".into());
-        kp.metadata.uid = Some("uid-1".into());
-        kp.metadata.generation = Some(1);
-        kp
-    }
-}

@@ -25,7 +25,7 @@ pub fn pod_disruption_budget(kp: &KitsuneProxy) -> PodDisruptionBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::kp;
+    use crate::fixtures::kp;
 
     #[test]
     fn pdb_allows_one_disruption_and_selects_the_proxy_pods() {

@@ -39,7 +39,7 @@ pub fn generated_identity_secret(kp: &KitsuneProxy, key_protobuf: Vec<u8>) -> Se
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::kp;
+    use crate::fixtures::kp;
 
     #[test]
     fn generated_secret_is_immutable_unowned_and_holds_a_loadable_key() {

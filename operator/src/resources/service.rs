@@ -69,7 +69,7 @@ pub fn metrics_service(kp: &KitsuneProxy) -> Service {
 mod tests {
     use super::*;
     use crate::crd::{ExternalTrafficPolicy, ServiceType, SessionAffinity};
-    use crate::resources::test_support::kp;
+    use crate::fixtures::kp;
 
     fn summary(s: &Service) -> Vec<(String, String, i32)> {
         s.spec

@@ -17,7 +17,7 @@ pub fn service_account(kp: &KitsuneProxy) -> ServiceAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::test_support::kp;
+    use crate::fixtures::kp;
 
     #[test]
     fn service_account_is_owned_and_mounts_no_token() {

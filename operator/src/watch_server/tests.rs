@@ -5,15 +5,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kitsune_common::watch::WatchEvent;
 use tokio::sync::watch as tokio_watch;
 
 use super::*;
+use crate::fixtures::{kp, ready_slice};
 use crate::index::Index;
-use crate::resources::test_support::kp;
 
 /// Tokens → usernames; "boom" makes the check itself fail.
 struct FakeReviewer(HashMap<String, String>);
@@ -33,49 +31,7 @@ const GOOD: &str = "token-of-preload";
 const OTHER: &str = "token-of-someone-else";
 
 fn slice(ips: &[&str]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("kubo-abc".into()),
-            namespace: Some("ipfs".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), "kubo".to_string())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            ips.iter()
-                .enumerate()
-                .map(|(i, ip)| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    target_ref: Some(ObjectReference {
-                        kind: Some("Pod".into()),
-                        name: Some(format!("kubo-{i}")),
-                        namespace: Some("ipfs".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(vec![
-            EndpointPort {
-                name: Some("rpc".into()),
-                port: Some(5001),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            EndpointPort {
-                name: Some("swarm".into()),
-                port: Some(4001),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
-    }
+    ready_slice("ipfs", "kubo-abc", "kubo", ips)
 }
 
 struct Server {
