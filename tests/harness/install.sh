@@ -89,40 +89,40 @@ else
   log "helm: installed $HELM_REQ in $(( $(date +%s) - t )) s"
 fi
 
-# ---------------------------------------------------------------- 2. Helia (npm ci)
-sync_file "$src/helia/node20-polyfill.cjs" "$dest/helia/node20-polyfill.cjs"
-sync_file "$src/helia/fetch.mjs" "$dest/helia/fetch.mjs"
-helia_key=$(hash_of "$src/helia/package.json" "$src/helia/package-lock.json"; node --version)
-if stamp_ok helia "$helia_key" && [ -d "$dest/helia/node_modules/helia" ]; then
-  log "helia: up to date"
-else
+# ---------------------------------------------------------------- 2, 3. the Node clients
+# npm_package NAME NPM-COMMAND REQUIRED...: install $dest/NAME from its pinned package files
+# with `npm NPM-COMMAND`, unless its stamp matches and every REQUIRED path (under
+# node_modules) is there; after installing, each REQUIRED path must exist.
+npm_package() {
+  local name="$1" npm_cmd="$2" t key r; shift 2
+  key=$(hash_of "$src/$name/package.json" "$src/$name/package-lock.json"; node --version)
+  if stamp_ok "$name" "$key" && all_there "$dest/$name/node_modules" "$@"; then
+    log "$name: up to date"
+    return
+  fi
   t=$(date +%s)
-  cp "$src/helia/package.json" "$src/helia/package-lock.json" "$dest/helia/"
-  log "helia: npm ci (30-60 s)..."
-  (cd "$dest/helia" && npm ci --no-audit --no-fund --loglevel=error) || die "helia: npm ci failed"
-  stamp_set helia "$helia_key"
-  log "helia: installed in $(( $(date +%s) - t )) s"
-fi
+  cp "$src/$name/package.json" "$src/$name/package-lock.json" "$dest/$name/"
+  log "$name: npm $npm_cmd..."
+  (cd "$dest/$name" && npm "$npm_cmd" --no-audit --no-fund --loglevel=error) || die "$name: npm $npm_cmd failed"
+  cmp -s "$src/$name/package-lock.json" "$dest/$name/package-lock.json" \
+    || log "$name: WARNING npm $npm_cmd changed package-lock.json (pins drifted?)"
+  for r in "$@"; do
+    [ -e "$dest/$name/node_modules/$r" ] || die "$name: node_modules/$r missing after npm $npm_cmd"
+  done
+  stamp_set "$name" "$key"
+  log "$name: installed in $(( $(date +%s) - t )) s"
+}
+all_there() { local d="$1" r; shift; for r in "$@"; do [ -e "$d/$r" ] || return 1; done; }
 
-# ---------------------------------------------------------------- 3. js-ipfs (npm install)
-sync_file "$src/jsipfs/node20-polyfill.cjs" "$dest/jsipfs/node20-polyfill.cjs"
+# One Node 20 polyfill for both clients: each loads it from its own folder.
+sync_file "$src/node20-polyfill.cjs" "$dest/helia/node20-polyfill.cjs"
+sync_file "$src/helia/fetch.mjs" "$dest/helia/fetch.mjs"
+npm_package helia ci helia                                        # 30-60 s
+sync_file "$src/node20-polyfill.cjs" "$dest/jsipfs/node20-polyfill.cjs"
 sync_file "$src/jsipfs/client.mjs" "$dest/jsipfs/client.mjs"
 sync_file "$src/jsipfs/daemon.sh" "$dest/jsipfs/daemon.sh"
 chmod +x "$dest/jsipfs/daemon.sh"
-jsipfs_key=$(hash_of "$src/jsipfs/package.json" "$src/jsipfs/package-lock.json"; node --version)
-if stamp_ok jsipfs "$jsipfs_key" && [ -d "$dest/jsipfs/node_modules/ipfs-core" ]; then
-  log "jsipfs: up to date"
-else
-  t=$(date +%s)
-  cp "$src/jsipfs/package.json" "$src/jsipfs/package-lock.json" "$dest/jsipfs/"
-  log "jsipfs: npm install (1.5-3 min)..."
-  (cd "$dest/jsipfs" && npm install --no-audit --no-fund --loglevel=error) || die "jsipfs: npm install failed"
-  cmp -s "$src/jsipfs/package-lock.json" "$dest/jsipfs/package-lock.json" \
-    || log "jsipfs: WARNING npm install changed package-lock.json (pins drifted?)"
-  [ -x "$dest/jsipfs/node_modules/.bin/jsipfs" ] || die "jsipfs: node_modules/.bin/jsipfs missing after npm install"
-  stamp_set jsipfs "$jsipfs_key"
-  log "jsipfs: installed in $(( $(date +%s) - t )) s"
-fi
+npm_package jsipfs install ipfs-core .bin/jsipfs                  # 1.5-3 min
 
 printf '%s\n' "$repo" > "$dest/stamps/source"
 log "done in $(( $(date +%s) - t_start )) s"

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Deserialize;
 
-use crate::process::ChildProcess;
+use crate::process::{ChildProcess, ResultLine, read_reported};
 use crate::util::{node_command, scratch_dir};
 
 /// What to fetch.
@@ -62,12 +62,9 @@ pub struct FetchResult {
     pub log: String,
 }
 
+/// Helia's own fields in its `RESULT` line.
 #[derive(Deserialize)]
-struct ResultLine {
-    ok: bool,
-    error: Option<String>,
-    bytes: Option<u64>,
-    ms: Option<u64>,
+struct Connection {
     dial_ms: Option<u64>,
     peer: Option<String>,
     remote_addr: Option<String>,
@@ -125,32 +122,13 @@ pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<Fe
     let t0 = Instant::now();
     let mut proc = ChildProcess::spawn("helia", cmd, dir.path())?;
     // Node start-up (module loading) takes ~2 s, far more on a busy 2-core machine
-    let limit = opts.timeout + Duration::from_secs(90);
-    if proc.wait_timeout(limit).await.is_none() {
-        let logs = proc.log_tail(30);
-        proc.kill();
-        bail!("helia client still running after {limit:?}; killed\n{logs}");
-    }
+    let r: ResultLine<Connection> = proc
+        .result_line(opts.timeout + Duration::from_secs(90), 30)
+        .await?;
     let wall = t0.elapsed();
     let log = proc.log_tail(30);
-    let stdout = proc.stdout();
-    let line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .with_context(|| format!("helia client printed no RESULT line\n{log}"))?;
-    let r: ResultLine =
-        serde_json::from_str(line).with_context(|| format!("bad RESULT line {line:?}\n{log}"))?;
     let bytes = if r.ok {
-        let b = std::fs::read(&out).with_context(|| format!("reading {}\n{log}", out.display()))?;
-        if Some(b.len() as u64) != r.bytes {
-            bail!(
-                "helia reported {:?} bytes but wrote {}\n{log}",
-                r.bytes,
-                b.len()
-            );
-        }
-        b
+        read_reported(&out, r.bytes, &log)?
     } else {
         Vec::new()
     };
@@ -159,11 +137,11 @@ pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<Fe
         error: r.error,
         bytes,
         ms: r.ms.unwrap_or(0),
-        dial_ms: r.dial_ms,
-        peer: r.peer,
-        remote_addr: r.remote_addr,
-        muxer: r.muxer,
-        encryption: r.encryption,
+        dial_ms: r.own.dial_ms,
+        peer: r.own.peer,
+        remote_addr: r.own.remote_addr,
+        muxer: r.own.muxer,
+        encryption: r.own.encryption,
         wall,
         log,
     })

@@ -10,9 +10,10 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use crate::ports::free_port;
-use crate::process::ChildProcess;
+use crate::preload::JsIpfsJob;
+use crate::process::{ChildProcess, ResultLine, read_reported};
 use crate::rpc::RpcClient;
-use crate::util::{harness_dir, node_command, scratch_dir};
+use crate::util::{harness_dir, scratch_dir};
 
 /// Options for [`jsipfs_client`] / [`jsipfs_run`]. Steps run in order: connect, add, cat.
 #[derive(Clone, Debug)]
@@ -63,14 +64,11 @@ pub struct JsIpfsResult {
     pub log: String,
 }
 
+/// The ipfs-core client's own fields in its `RESULT` line.
 #[derive(Deserialize)]
-struct ResultLine {
-    ok: bool,
-    error: Option<String>,
+struct Steps {
     peer_id: Option<String>,
     added: Option<String>,
-    bytes: Option<u64>,
-    ms: Option<u64>,
     connect_ms: Option<u64>,
 }
 
@@ -92,70 +90,35 @@ pub async fn jsipfs_client(opts: &JsIpfsOptions) -> Result<JsIpfsResult> {
 pub async fn jsipfs_run(opts: &JsIpfsOptions) -> Result<JsIpfsResult> {
     let dir = scratch_dir("jsipfs-client")?;
     let out = dir.path().join("out.bin");
-    let mut cmd = node_command("jsipfs");
-    cmd.arg("client.mjs")
-        .arg("--timeout")
-        .arg(format!("{:.3}", opts.timeout.as_secs_f64()))
-        .arg("--linger")
-        .arg(format!("{:.3}", opts.linger.as_secs_f64()))
-        // ipfs-core puts nothing outside its repo, but keep any tmp use in our scratch dir
-        .env("TMPDIR", dir.path());
-    for c in &opts.connect {
-        cmd.arg("--connect").arg(c);
+    let cmd = JsIpfsJob {
+        connect: opts.connect.clone(),
+        preload: opts.preload.clone(),
+        add_bytes: opts.add_bytes,
+        cat: opts.cat.clone(),
+        timeout: opts.timeout,
+        linger: opts.linger,
+        ..Default::default()
     }
-    if let Some(p) = &opts.preload {
-        cmd.arg("--preload").arg(p);
-    }
-    if let Some((len, seed)) = opts.add_bytes {
-        cmd.arg("--add-bytes")
-            .arg(len.to_string())
-            .arg("--seed")
-            .arg(seed.to_string());
-    }
-    if let Some(c) = &opts.cat {
-        cmd.arg("--cat").arg(c).arg("--out").arg(&out);
-    }
+    .command(dir.path(), &out);
     let t0 = Instant::now();
     let mut proc = ChildProcess::spawn("jsipfs-client", cmd, dir.path())?;
-    let limit = opts.timeout + opts.linger + Duration::from_secs(90);
-    if proc.wait_timeout(limit).await.is_none() {
-        let logs = proc.log_tail(30);
-        proc.kill();
-        bail!("ipfs-core client still running after {limit:?}; killed\n{logs}");
-    }
+    let r: ResultLine<Steps> = proc
+        .result_line(opts.timeout + opts.linger + Duration::from_secs(90), 30)
+        .await?;
     let wall = t0.elapsed();
     let log = proc.log_tail(30);
-    let stdout = proc.stdout();
-    let line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .with_context(|| format!("ipfs-core client printed no RESULT line\n{log}"))?;
-    let r: ResultLine =
-        serde_json::from_str(line).with_context(|| format!("bad RESULT line {line:?}\n{log}"))?;
     let bytes = match (r.ok, &opts.cat) {
-        (true, Some(_)) => {
-            let b =
-                std::fs::read(&out).with_context(|| format!("reading {}\n{log}", out.display()))?;
-            if Some(b.len() as u64) != r.bytes {
-                bail!(
-                    "client reported {:?} bytes but wrote {}\n{log}",
-                    r.bytes,
-                    b.len()
-                );
-            }
-            Some(b)
-        }
+        (true, Some(_)) => Some(read_reported(&out, r.bytes, &log)?),
         _ => None,
     };
     Ok(JsIpfsResult {
         ok: r.ok,
         error: r.error,
-        peer_id: r.peer_id,
-        added: r.added,
+        peer_id: r.own.peer_id,
+        added: r.own.added,
         bytes,
         ms: r.ms,
-        connect_ms: r.connect_ms,
+        connect_ms: r.own.connect_ms,
         wall,
         log,
     })

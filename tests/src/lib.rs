@@ -28,6 +28,7 @@ pub mod preload;
 mod process;
 mod proxy;
 mod rpc;
+mod swarm;
 mod util;
 
 pub use helia::{FetchMode, FetchResult, HeliaOptions, helia_fetch, helia_fetch_with, helia_run};
@@ -37,6 +38,7 @@ pub use ports::free_port;
 pub use process::ChildProcess;
 pub use proxy::{Proxy, ProxyOptions, binary, run_proxy_to_exit};
 pub use rpc::RpcClient;
+pub use swarm::tcp_swarm;
 pub use util::{
     harness_dir, node_command, python_bin, random_bytes, repo_root, scratch_dir, wait_for,
     write_random_file,

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kitsune_operator::crd::KitsuneProxy;
 use kitsune_operator::index::{Index, SharedIndex};
 use kitsune_operator::watch_server::{self, Authenticator, WatchMetrics, WatchState};
@@ -167,41 +165,27 @@ fn kitsune_proxy() -> KitsuneProxy {
     serde_yaml::from_str(&yaml).expect("a valid KitsuneProxy")
 }
 
-/// The EndpointSlice of one ready backend on 127.0.0.1, ports named as the spec says.
+/// The EndpointSlice of one ready backend on 127.0.0.1, ports named as the spec says
+/// (written as its manifest, like [`kitsune_proxy`]).
 fn slice(b: &SliceBackend) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(b.pod.clone()),
-            namespace: Some(NAMESPACE.into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), "kubo".to_string())].into()),
-            ..Default::default()
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": b.pod,
+            "namespace": NAMESPACE,
+            "labels": {"kubernetes.io/service-name": "kubo"},
         },
-        address_type: "IPv4".into(),
-        endpoints: Some(vec![Endpoint {
-            addresses: vec!["127.0.0.1".into()],
-            conditions: Some(EndpointConditions {
-                ready: Some(true),
-                serving: Some(true),
-                terminating: Some(false),
-            }),
-            target_ref: Some(ObjectReference {
-                kind: Some("Pod".into()),
-                name: Some(b.pod.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-        ports: Some(vec![
-            EndpointPort {
-                name: Some("rpc".into()),
-                port: Some(i32::from(b.rpc_port)),
-                ..Default::default()
-            },
-            EndpointPort {
-                name: Some("swarm".into()),
-                port: Some(i32::from(b.swarm_port)),
-                ..Default::default()
-            },
-        ]),
-    }
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": ["127.0.0.1"],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+            "targetRef": {"kind": "Pod", "name": b.pod},
+        }],
+        "ports": [
+            {"name": "rpc", "port": b.rpc_port},
+            {"name": "swarm", "port": b.swarm_port},
+        ],
+    }))
+    .expect("a valid EndpointSlice")
 }

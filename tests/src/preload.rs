@@ -3,11 +3,12 @@
 //! replicas, and the proxy's RSS.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
 
 use crate::process::ChildProcess;
 use crate::util::{node_command, scratch_dir};
@@ -49,27 +50,28 @@ pub struct JsIpfsDone {
     pub log: String,
 }
 
-impl JsIpfsProc {
-    pub fn spawn(job: &JsIpfsJob) -> Result<Self> {
-        let dir = scratch_dir("jsipfs-bg")?;
-        let out = dir.path().join("out.bin");
+impl JsIpfsJob {
+    /// The `client.mjs` command line for this job; `dir` holds its temporary files, `out`
+    /// gets the fetched bytes.
+    pub(crate) fn command(&self, dir: &Path, out: &Path) -> Command {
         let mut cmd = node_command("jsipfs");
         cmd.arg("client.mjs")
             .arg("--timeout")
-            .arg(format!("{:.3}", job.timeout.as_secs_f64()))
+            .arg(format!("{:.3}", self.timeout.as_secs_f64()))
             .arg("--linger")
-            .arg(format!("{:.3}", job.linger.as_secs_f64()))
-            .env("TMPDIR", dir.path());
-        for c in &job.connect {
+            .arg(format!("{:.3}", self.linger.as_secs_f64()))
+            // ipfs-core puts nothing outside its repo, but keep any tmp use in our scratch dir
+            .env("TMPDIR", dir);
+        for c in &self.connect {
             cmd.arg("--connect").arg(c);
         }
-        if let Some(p) = &job.preload {
+        if let Some(p) = &self.preload {
             cmd.arg("--preload").arg(p);
         }
-        if let Some((len, seed)) = job.add_bytes {
+        if let Some((len, seed)) = self.add_bytes {
             cmd.args(["--add-bytes", &len.to_string(), "--seed", &seed.to_string()]);
         }
-        if let Some((n, size, seed)) = job.add_dag_cbor {
+        if let Some((n, size, seed)) = self.add_dag_cbor {
             cmd.args([
                 "--add-dag-cbor",
                 &n.to_string(),
@@ -79,12 +81,21 @@ impl JsIpfsProc {
                 &seed.to_string(),
             ]);
         }
-        if let Some(c) = &job.cat {
-            cmd.arg("--cat").arg(c).arg("--out").arg(&out);
+        if let Some(c) = &self.cat {
+            cmd.arg("--cat").arg(c).arg("--out").arg(out);
         }
-        if let Some(c) = &job.get_dag {
-            cmd.arg("--get-dag").arg(c).arg("--out").arg(&out);
+        if let Some(c) = &self.get_dag {
+            cmd.arg("--get-dag").arg(c).arg("--out").arg(out);
         }
+        cmd
+    }
+}
+
+impl JsIpfsProc {
+    pub fn spawn(job: &JsIpfsJob) -> Result<Self> {
+        let dir = scratch_dir("jsipfs-bg")?;
+        let out = dir.path().join("out.bin");
+        let cmd = job.command(dir.path(), &out);
         let proc = ChildProcess::spawn("jsipfs-client", cmd, dir.path())?;
         Ok(Self {
             proc,
@@ -122,19 +133,7 @@ impl JsIpfsProc {
 
     /// Waits for it to finish (its steps, then its linger).
     pub async fn finish(mut self, timeout: Duration) -> Result<JsIpfsDone> {
-        if self.proc.wait_timeout(timeout).await.is_none() {
-            let log = self.log();
-            self.proc.kill();
-            bail!("ipfs-core client still running after {timeout:?}\n{log}");
-        }
-        let line = self
-            .proc
-            .stdout()
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("RESULT ").map(str::to_owned))
-            .with_context(|| format!("no RESULT line\n{}", self.log()))?;
-        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let v: serde_json::Value = self.proc.result_line(timeout, 40).await?;
         let ok = v["ok"].as_bool() == Some(true);
         Ok(JsIpfsDone {
             ok,

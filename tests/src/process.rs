@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tokio::process::{Child, Command};
 
 use crate::util::tail;
@@ -143,6 +145,32 @@ impl ChildProcess {
             .and_then(|r| r.ok())
     }
 
+    /// For the harness's Node clients, which end by printing `RESULT {json}`: wait at most
+    /// `limit` for the child to exit (else kill it), then parse the last such line. Errors
+    /// carry the last `log_lines` lines of its output.
+    pub async fn result_line<T: DeserializeOwned>(
+        &mut self,
+        limit: Duration,
+        log_lines: usize,
+    ) -> Result<T> {
+        if self.wait_timeout(limit).await.is_none() {
+            let logs = self.log_tail(log_lines);
+            self.kill();
+            bail!(
+                "{} still running after {limit:?}; killed\n{logs}",
+                self.name
+            );
+        }
+        let log = self.log_tail(log_lines);
+        let stdout = self.stdout();
+        let line = stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .with_context(|| format!("{} printed no RESULT line\n{log}", self.name))?;
+        serde_json::from_str(line).with_context(|| format!("bad RESULT line {line:?}\n{log}"))
+    }
+
     /// SIGKILL the process group now and reap the child (waits at most ~1 s, synchronously).
     pub fn kill(&mut self) {
         if self.status.is_some() {
@@ -172,4 +200,31 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A Node client's `RESULT` line: the fields every client prints, then its own (`T`).
+#[derive(Deserialize)]
+pub(crate) struct ResultLine<T> {
+    pub ok: bool,
+    /// Why it failed, when `ok` is false.
+    pub error: Option<String>,
+    /// Length of what it wrote to `--out` (see [`read_reported`]).
+    pub bytes: Option<u64>,
+    /// Fetch time, ms.
+    pub ms: Option<u64>,
+    #[serde(flatten)]
+    pub own: T,
+}
+
+/// The file a Node client wrote its fetched bytes to, checked against the length it reported
+/// in its `RESULT` line. `log` goes into the errors.
+pub(crate) fn read_reported(out: &Path, reported: Option<u64>, log: &str) -> Result<Vec<u8>> {
+    let b = std::fs::read(out).with_context(|| format!("reading {}\n{log}", out.display()))?;
+    if Some(b.len() as u64) != reported {
+        bail!(
+            "client reported {reported:?} bytes but wrote {}\n{log}",
+            b.len()
+        );
+    }
+    Ok(b)
 }

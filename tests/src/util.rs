@@ -22,13 +22,14 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Scripts that live in `tests/harness` but must run from the install dir (ESM imports resolve
-/// `node_modules` next to the script), so they are copied over when they differ.
-const SYNCED: &[&str] = &[
-    "helia/fetch.mjs",
-    "helia/node20-polyfill.cjs",
-    "jsipfs/client.mjs",
-    "jsipfs/daemon.sh",
-    "jsipfs/node20-polyfill.cjs",
+/// `node_modules` next to the script), so they are copied over when they differ: (source,
+/// installed copy). The one Node 20 polyfill goes beside each client.
+const SYNCED: &[(&str, &str)] = &[
+    ("helia/fetch.mjs", "helia/fetch.mjs"),
+    ("node20-polyfill.cjs", "helia/node20-polyfill.cjs"),
+    ("jsipfs/client.mjs", "jsipfs/client.mjs"),
+    ("jsipfs/daemon.sh", "jsipfs/daemon.sh"),
+    ("node20-polyfill.cjs", "jsipfs/node20-polyfill.cjs"),
 ];
 
 /// What must exist in an installed harness, with a short reason.
@@ -105,14 +106,14 @@ fn check_and_sync() -> Result<PathBuf> {
             );
         }
     }
-    for p in SYNCED {
-        let from = std::fs::read(src.join(p))?;
-        let to = dir.join(p);
-        if std::fs::read(&to).ok().as_deref() != Some(from.as_slice()) {
+    for (source, installed) in SYNCED {
+        let bytes = std::fs::read(src.join(source))?;
+        let to = dir.join(installed);
+        if std::fs::read(&to).ok().as_deref() != Some(bytes.as_slice()) {
             // write + rename: atomic for concurrent test processes
             let tmp = to.with_extension(format!("tmp.{}", std::process::id()));
-            std::fs::write(&tmp, &from)?;
-            if p.ends_with(".sh") {
+            std::fs::write(&tmp, &bytes)?;
+            if installed.ends_with(".sh") {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
             }

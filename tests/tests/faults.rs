@@ -188,8 +188,8 @@ mod garbage {
     use kitsune_proxy::bitswap::Version;
     use kitsune_proxy::bitswap::codec::read_frame;
     use kitsune_proxy::net::inbound;
+    use libp2p::Multiaddr;
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-    use libp2p::{Multiaddr, SwarmBuilder, noise, tcp, yamux};
 
     #[derive(NetworkBehaviour)]
     struct Behaviour {
@@ -217,23 +217,10 @@ mod garbage {
         }
 
         pub async fn start() -> Self {
-            let mut swarm = SwarmBuilder::with_new_identity()
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default(),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
-                .unwrap()
-                .with_behaviour(|_| Behaviour {
-                    bitswap: inbound::Behaviour::default(),
-                    stream: libp2p_stream::Behaviour::new(),
-                })
-                .unwrap()
-                .with_swarm_config(|c| {
-                    c.with_idle_connection_timeout(std::time::Duration::from_secs(300))
-                })
-                .build();
+            let mut swarm = kitsune_e2e::tcp_swarm(|_| Behaviour {
+                bitswap: inbound::Behaviour::default(),
+                stream: libp2p_stream::Behaviour::new(),
+            });
             swarm
                 .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
                 .unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cid::Cid;
 use kitsune_e2e::bitswap_client::BitswapClient;
-use kitsune_e2e::preload::{JsIpfsJob, JsIpfsProc, Service, rss_bytes};
+use kitsune_e2e::preload::{JsIpfsDone, JsIpfsJob, JsIpfsProc, Service, rss_bytes};
 use kitsune_e2e::{
     KuboNode, KuboOptions, Proxy, ProxyOptions, free_port, random_bytes, scratch_dir, wait_for,
 };
@@ -99,21 +99,16 @@ impl Content {
     }
 }
 
-/// The original's golden scenario: node A adds with preload on (preload → the proxy's
-/// HTTP port, Bootstrap → its `/ws` on the same port, no MDNS), the backend fetches the
-/// DAG from A through the proxy, A goes away, and node B gets identical bytes.
-async fn golden(content: Content) {
-    let k = kubo(Duration::from_secs(60)).await;
-    let (proxy, port) = preload_proxy(&[&k], None, &[]).await;
-    let (ws, http) = (ws_addr(port, &proxy.peer_id), http_addr(port));
-    let mut a = JsIpfsProc::spawn(&JsIpfsJob {
-        connect: vec![ws.clone()],
-        preload: Some(http.clone()),
-        add_bytes: match content {
+/// Node A: adds `content` with preload on, then keeps serving it.
+fn uploader(ws: &str, http: &str, content: &Content) -> JsIpfsProc {
+    JsIpfsProc::spawn(&JsIpfsJob {
+        connect: vec![ws.to_owned()],
+        preload: Some(http.to_owned()),
+        add_bytes: match *content {
             Content::File(len, seed) => Some((len, seed)),
             _ => None,
         },
-        add_dag_cbor: match content {
+        add_dag_cbor: match *content {
             Content::DagCbor { leaves, size, seed } => Some((leaves, size, seed)),
             _ => None,
         },
@@ -121,19 +116,59 @@ async fn golden(content: Content) {
         linger: Duration::from_secs(300),
         ..Default::default()
     })
-    .unwrap();
-    let root = a.added(T).await.unwrap();
-    // The refs call returns once the backend holds the whole DAG.
-    let r = wait_for(
-        "the preload to finish",
-        T,
-        Duration::from_millis(100),
-        || async { Ok(metric(&proxy, REFS_OK).await >= 1.0) },
-    )
+    .unwrap()
+}
+
+/// Waits until the `proxies` together have answered one refs call with success (it returns
+/// once the backend holds A's whole DAG); panics with their logs and A's if none does.
+async fn wait_preloaded(what: &str, proxies: &[&Proxy], a: &JsIpfsProc) {
+    let r = wait_for(what, T, Duration::from_millis(100), || async {
+        let mut ok = 0.0;
+        for p in proxies {
+            ok += metric(p, REFS_OK).await;
+        }
+        Ok(ok >= 1.0)
+    })
     .await;
     if let Err(e) = r {
-        panic!("{e}\nproxy:\n{}\nA:\n{}", proxy.proc.log_tail(40), a.log());
+        let logs: String = proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("\nproxy {}:\n{}", i + 1, p.proc.log_tail(40)))
+            .collect();
+        panic!("{e}{logs}\nA:\n{}", a.log());
     }
+}
+
+/// Node B: fetches `root` (cat of a file, dag.get of a dag-cbor root, as `content` is).
+async fn fetcher(ws: String, http: String, root: String, content: &Content) -> JsIpfsDone {
+    let file = matches!(content, Content::File(..));
+    JsIpfsProc::spawn(&JsIpfsJob {
+        connect: vec![ws],
+        preload: Some(http),
+        cat: file.then(|| root.clone()),
+        get_dag: (!file).then_some(root),
+        timeout: Duration::from_secs(90),
+        linger: Duration::ZERO,
+        ..Default::default()
+    })
+    .unwrap()
+    .finish(T + T)
+    .await
+    .unwrap()
+}
+
+/// The original's golden scenario: node A adds with preload on (preload → the proxy's
+/// HTTP port, Bootstrap → its `/ws` on the same port, no MDNS), the backend fetches the
+/// DAG from A through the proxy, A goes away, and node B gets identical bytes.
+async fn golden(content: Content) {
+    let k = kubo(Duration::from_secs(60)).await;
+    let (proxy, port) = preload_proxy(&[&k], None, &[]).await;
+    let (ws, http) = (ws_addr(port, &proxy.peer_id), http_addr(port));
+    let mut a = uploader(&ws, &http, &content);
+    let root = a.added(T).await.unwrap();
+    // The refs call returns once the backend holds the whole DAG.
+    wait_preloaded("the preload to finish", &[&proxy], &a).await;
     assert!(metric(&proxy, FORWARDED).await >= 1.0);
     assert!(
         metric(&proxy, BLOCKS_DOWN).await >= 1.0,
@@ -141,17 +176,7 @@ async fn golden(content: Content) {
     );
     drop(a); // A is gone: only the backend has the content now.
 
-    let b = JsIpfsProc::spawn(&JsIpfsJob {
-        connect: vec![ws],
-        preload: Some(http),
-        cat: matches!(content, Content::File(..)).then(|| root.clone()),
-        get_dag: matches!(content, Content::DagCbor { .. }).then(|| root.clone()),
-        timeout: Duration::from_secs(90),
-        linger: Duration::ZERO,
-        ..Default::default()
-    })
-    .unwrap();
-    let done = b.finish(T + T).await.unwrap();
+    let done = fetcher(ws, http, root, &content).await;
     assert!(
         done.ok,
         "B failed: {:?}\n{}\nproxy:\n{}",
@@ -442,32 +467,10 @@ async fn two_replicas_sharing_a_key_preload_through_one_port() {
     .await
     .unwrap();
     let (ws, http) = (ws_addr(svc.port, &p1.peer_id), http_addr(svc.port));
-    let content = random_bytes(512 * KIB, 21);
-    let mut a = JsIpfsProc::spawn(&JsIpfsJob {
-        connect: vec![ws.clone()],
-        preload: Some(http.clone()),
-        add_bytes: Some((512 * KIB, 21)),
-        timeout: Duration::from_secs(60),
-        linger: Duration::from_secs(300),
-        ..Default::default()
-    })
-    .unwrap();
+    let content = Content::File(512 * KIB, 21);
+    let mut a = uploader(&ws, &http, &content);
     let root = a.added(T).await.unwrap();
-    let r = wait_for(
-        "a preload on either replica",
-        T,
-        Duration::from_millis(100),
-        || async { Ok(metric(&p1, REFS_OK).await + metric(&p2, REFS_OK).await >= 1.0) },
-    )
-    .await;
-    if let Err(e) = r {
-        panic!(
-            "{e}\np1:\n{}\np2:\n{}\nA:\n{}",
-            p1.proc.log_tail(30),
-            p2.proc.log_tail(30),
-            a.log()
-        );
-    }
+    wait_preloaded("a preload on either replica", &[&p1, &p2], &a).await;
     // Affinity put A's WebSocket and refs call on the first replica the Service chose.
     assert!(
         metric(&p2, REFS_OK).await >= 1.0,
@@ -475,17 +478,9 @@ async fn two_replicas_sharing_a_key_preload_through_one_port() {
     );
     assert_eq!(metric(&p1, REFS_OK).await, 0.0);
     drop(a);
-    let b = JsIpfsProc::spawn(&JsIpfsJob {
-        connect: vec![ws],
-        preload: Some(http),
-        cat: Some(root),
-        timeout: Duration::from_secs(90),
-        ..Default::default()
-    })
-    .unwrap();
-    let done = b.finish(T + T).await.unwrap();
+    let done = fetcher(ws, http, root, &content).await;
     assert!(done.ok, "B failed: {:?}\n{}", done.error, done.log);
-    assert!(done.bytes.as_deref() == Some(&content[..]));
+    assert!(done.bytes.as_deref() == Some(&content.expected()[..]));
 }
 
 /// The loopback WebSocket listener behind the preload port is internal: identify
@@ -493,24 +488,14 @@ async fn two_replicas_sharing_a_key_preload_through_one_port() {
 #[tokio::test]
 async fn identify_does_not_announce_the_internal_websocket_listener() {
     use futures::StreamExt;
+    use libp2p::identify;
     use libp2p::swarm::SwarmEvent;
-    use libp2p::{SwarmBuilder, identify, noise, tcp, yamux};
 
     let k = kubo(Duration::from_secs(20)).await;
     let (proxy, _port) = preload_proxy(&[&k], None, &[]).await;
-    let mut swarm = SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()))
-        })
-        .unwrap()
-        .build();
+    let mut swarm = kitsune_e2e::tcp_swarm(|key| {
+        identify::Behaviour::new(identify::Config::new("ipfs/0.1.0".into(), key.public()))
+    });
     swarm
         .dial(proxy.tcp_addr.parse::<libp2p::Multiaddr>().unwrap())
         .unwrap();

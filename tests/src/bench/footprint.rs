@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::process::Command;
 
 use super::{Section, cpu_seconds, mem_mib, ms, percentile};
-use crate::{ChildProcess, KuboNode, KuboOptions, Proxy, ProxyOptions, binary, free_port};
+use crate::{ChildProcess, KuboNode, KuboOptions, Proxy, binary, free_port};
 
 pub struct Config {
     pub quick: bool,
@@ -52,13 +52,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
 
 async fn proxy(s: &mut Section, starts: usize) -> anyhow::Result<()> {
     let kubo = KuboNode::start(KuboOptions::default()).await?;
-    let opts = ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        release: super::RELEASE,
-        ..Default::default()
-    };
-    let p = Proxy::start(opts.clone()).await?;
-    p.wait_backends(1, Duration::from_secs(30)).await?;
+    let p = super::proxy_in_front(&kubo).await?;
     let pid = p.proc.pid();
     let cpu = cpu_seconds(pid);
     tokio::time::sleep(IDLE).await;
@@ -76,7 +70,7 @@ async fn proxy(s: &mut Section, starts: usize) -> anyhow::Result<()> {
     let (mut listening, mut ready) = (Vec::new(), Vec::new());
     for _ in 0..starts {
         let t = Instant::now();
-        let p = Proxy::start(opts.clone()).await?;
+        let p = Proxy::start(super::one_backend(&kubo)).await?;
         listening.push(p.startup);
         p.wait_ready(Duration::from_secs(30)).await?;
         ready.push(t.elapsed());

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::{KuboNode, Proxy, ProxyOptions};
+
 /// One benchmark's results, as Markdown lines (also printed as they come).
 #[derive(Debug, Default)]
 pub struct Section {
@@ -101,6 +103,22 @@ pub fn num_cpus() -> usize {
 /// (`scripts/bench.sh`) measures release binaries; a debug one (the CI smoke run) only
 /// shows that every benchmark still runs, and its figures say so.
 pub const RELEASE: bool = !cfg!(debug_assertions);
+
+/// A proxy built as this bench is, in front of `kubo` alone.
+pub fn one_backend(kubo: &KuboNode) -> ProxyOptions {
+    ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        release: RELEASE,
+        ..Default::default()
+    }
+}
+
+/// Starts [`one_backend`] and waits until its backend is up.
+pub async fn proxy_in_front(kubo: &KuboNode) -> anyhow::Result<Proxy> {
+    let proxy = Proxy::start(one_backend(kubo)).await?;
+    proxy.wait_backends(1, Duration::from_secs(30)).await?;
+    Ok(proxy)
+}
 
 /// The build profile, for the methods' text.
 pub fn build_profile() -> &'static str {

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use cid::Cid;
 
-use super::{Section, median, mem_mib};
+use super::{Section, median, mem_mib, proxy_in_front};
 use crate::bitswap_client::BitswapClient;
-use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes};
+use crate::{KuboNode, KuboOptions, random_bytes};
 
 pub struct Config {
     pub duration: Duration,
@@ -26,13 +26,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         }
         files.push(cids);
     }
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        release: super::RELEASE,
-        ..Default::default()
-    })
-    .await?;
-    proxy.wait_backends(1, Duration::from_secs(30)).await?;
+    let proxy = proxy_in_front(&kubo).await?;
     let mut s = Section::new(
         "7. Soak",
         format!(

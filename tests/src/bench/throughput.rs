@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use cid::Cid;
 
-use super::{Section, cpu_seconds, median, ms, num_cpus, percentile};
+use super::{Section, cpu_seconds, median, ms, num_cpus, percentile, proxy_in_front};
 use crate::bitswap_client::BitswapClient;
-use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir};
+use crate::{KuboNode, KuboOptions, Proxy, helia_fetch, random_bytes, scratch_dir};
 
 pub struct Config {
     pub size_mib: usize,
@@ -26,13 +26,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         ..Default::default()
     })
     .await?;
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        release: super::RELEASE,
-        ..Default::default()
-    })
-    .await?;
-    proxy.wait_backends(1, Duration::from_secs(30)).await?;
+    let proxy = proxy_in_front(&kubo).await?;
     let root = kubo.added["bench.bin"].clone();
     let mut cids: Vec<Cid> = vec![root.parse()?];
     for c in kubo.refs_recursive(&root).await? {
