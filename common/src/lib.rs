@@ -1,2 +1,3 @@
+pub mod backoff;
 pub mod key;
 pub mod watch;
