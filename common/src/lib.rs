@@ -1,3 +1,4 @@
 pub mod backoff;
+pub mod clock;
 pub mod key;
 pub mod watch;

@@ -195,10 +195,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&mut registry));
     let watch_metrics = WatchMetrics::register(&mut registry);
     let registry = Arc::new(registry);
-    let first_version = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let first_version =
+        u64::try_from(kitsune_common::clock::unix_now().as_micros()).unwrap_or(u64::MAX);
     let index = Arc::new(RwLock::new(Index::new(first_version)));
     let (synced_tx, synced_rx) = watch::channel(false);
     let (changes_tx, changes_rx) = futures::channel::mpsc::unbounded();

@@ -10,10 +10,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kitsune_common::backoff::Backoff;
+use kitsune_common::clock::unix_now;
 use kitsune_common::watch::{self, Snapshot, WatchEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -240,7 +241,7 @@ async fn session(
             Ok(Some(Ok(c))) => c,
         };
         for line in lines.push(&chunk)? {
-            status.last_message.set(unix_now());
+            status.last_message.set(unix_now().as_secs() as i64);
             match parse_line(&line)? {
                 WatchEvent::Heartbeat { .. } => {}
                 WatchEvent::Snapshot(snap) => {
@@ -279,12 +280,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// One NDJSON line.
