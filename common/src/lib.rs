@@ -1,4 +1,5 @@
 pub mod backoff;
 pub mod clock;
 pub mod key;
+pub mod logging;
 pub mod watch;

@@ -5,7 +5,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use kitsune_common::logging::{self, LogFormat};
 use kitsune_operator::controller::{self, Context};
 use kitsune_operator::crd::{self, KitsuneProxy};
 use kitsune_operator::http::{self, HttpState};
@@ -40,12 +41,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -116,16 +111,6 @@ struct RunArgs {
     watch_namespace: Option<String>,
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -135,7 +120,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_tracing(cli.log_format);
+            logging::init(cli.log_format)
+                .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))?;
             run(*args).await
         }
     }
