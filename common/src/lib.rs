@@ -2,4 +2,5 @@ pub mod backoff;
 pub mod clock;
 pub mod key;
 pub mod logging;
+pub mod shutdown;
 pub mod watch;

@@ -176,6 +176,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let shutdown = CancellationToken::new();
+    kitsune_common::shutdown::cancel_on_signal(shutdown.clone())
+        .context("listening for SIGTERM")?;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
@@ -268,13 +270,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller::run(ctx, watch_namespace, changes_rx, s).await;
     });
 
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down");
-        signal.cancel();
-    });
-
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
             error!(error = %e, "task failed");
@@ -284,20 +279,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` reports: listening, the backend set known (with the watch channel:
 /// the first snapshot applied; never cleared, so an absent operator does not make the
@@ -51,12 +52,24 @@ pub fn router(registry: Arc<Registry>, health: Arc<Health>) -> Router {
         .with_state(AppState { registry, health })
 }
 
-pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
+/// Binds the admin server's address (a start-up error if taken).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("binding the metrics server to {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("binding the metrics server to {addr}: {e}"))
+}
+
+/// Serves `app` until `shutdown`, then lets open requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "metrics and health on /metrics, /healthz, /readyz");
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }
 

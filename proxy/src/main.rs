@@ -9,6 +9,8 @@ fn main() {
         .build()
         .expect("the tokio runtime starts");
     runtime.block_on(run());
+    // Stopped tasks are gone; do not wait long for a blocking call still in flight.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
 }
 
 async fn run() {
