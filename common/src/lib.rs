@@ -1,3 +1,4 @@
+pub mod admin;
 pub mod backoff;
 pub mod clock;
 pub mod key;

@@ -121,11 +121,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let admin = http::router(Arc::new(registry), health);
-    let listener = http::bind(cli.metrics_addr).await?;
+    let listener = kitsune_common::admin::bind(cli.metrics_addr).await?;
     let mut tasks = tokio::task::JoinSet::new();
     let s = shutdown.clone();
     tasks.spawn(async move {
-        http::serve(listener, admin, s)
+        kitsune_common::admin::serve(listener, admin, s)
             .await
             .context("admin server")
     });
