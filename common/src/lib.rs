@@ -1,2 +1,7 @@
+pub mod admin;
+pub mod backoff;
+pub mod clock;
 pub mod key;
+pub mod logging;
+pub mod shutdown;
 pub mod watch;

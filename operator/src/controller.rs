@@ -23,6 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kitsune_common::backoff::Backoff;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -46,10 +47,13 @@ use crate::{Error, Result, identity};
 
 /// How often a healthy KitsuneProxy is looked at again without any event.
 pub const RESYNC: Duration = Duration::from_secs(300);
-/// The first retry delay after a failure; it doubles per consecutive failure.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Retries after a failure: 5 s doubling per consecutive failure, up to 5 min.
+pub const RETRY: Backoff = Backoff::must(Backoff::doubling(
+    Duration::from_secs(5),
+    Duration::from_secs(300),
+));
 /// The longest retry delay.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub const BACKOFF_MAX: Duration = RETRY.max();
 /// The `reportingController` of the operator's events.
 pub const REPORTER: &str = "kitsune-operator";
 
@@ -138,8 +142,7 @@ impl Context {
 
 /// The retry delay after `failures` consecutive failures: 5 s, 10 s, 20 s … capped at 5 min.
 pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    BACKOFF_BASE.saturating_mul(1u32 << exp).min(BACKOFF_MAX)
+    RETRY.delay(failures.saturating_sub(1), 1.0)
 }
 
 fn key_of(kp: &KitsuneProxy) -> ProxyKey {

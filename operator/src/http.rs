@@ -1,15 +1,12 @@
-//! The operator's HTTP server: `/metrics`, `/healthz` (the process answers) and
-//! `/readyz` (the backend index has completed its first list). The watch channel's
-//! routes (a later issue) merge into [`router`]'s result.
+//! The operator's HTTP server: [`kitsune_common::admin`]'s `/metrics`, `/healthz` (the
+//! process answers) and `/readyz` (the backend index has completed its first list).
+//! The watch channel's routes merge into [`router`]'s result.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use kitsune_common::admin;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -22,63 +19,34 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
-}
-
-async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        crate::metrics::encode(&s.registry),
+    let ready = state.ready;
+    admin::router(
+        state.registry,
+        Arc::new(move || {
+            if *ready.borrow() {
+                Ok(())
+            } else {
+                Err("backend index not synced yet")
+            }
+        }),
     )
 }
 
-async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if *s.ready.borrow() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "backend index not synced yet",
-        )
-    }
-}
-
-/// Serves `router` on `addr` until `shutdown`, then drains open requests.
-pub async fn serve(
-    addr: SocketAddr,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    serve_with(addr, router, None, shutdown).await
-}
-
-/// [`serve`], over TLS when `tls` is given ([`crate::tls`]).
+/// Serves `router` on `addr` until `shutdown`, then drains open requests; over TLS when
+/// `tls` is given ([`crate::tls`]).
 pub async fn serve_with(
     addr: SocketAddr,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
+    let listener = admin::bind(addr).await?;
     match tls {
         Some(cfg) => {
-            tracing::info!(%addr, "HTTPS server listening");
+            tracing::info!(addr = %listener.local_addr()?, "HTTPS server listening");
             crate::tls::serve(listener, router, cfg, shutdown).await
         }
-        None => {
-            tracing::info!(%addr, "HTTP server listening");
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
+        None => admin::serve(listener, router, shutdown).await,
     }
 }
 
@@ -88,14 +56,8 @@ mod tests {
     use crate::metrics::Metrics;
 
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let code = out[9..12].parse().unwrap();
-        (code, out)
+        let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     #[tokio::test]
@@ -112,7 +74,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(addr, router(state), stop.clone()));
+        let server = tokio::spawn(serve_with(addr, router(state), None, stop.clone()));
         // Wait for the bind.
         for _ in 0..50 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -5,7 +5,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use kitsune_common::logging::{self, LogFormat};
 use kitsune_operator::controller::{self, Context};
 use kitsune_operator::crd::{self, KitsuneProxy};
 use kitsune_operator::http::{self, HttpState};
@@ -40,12 +41,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -116,16 +111,6 @@ struct RunArgs {
     watch_namespace: Option<String>,
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -135,7 +120,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            init_tracing(cli.log_format);
+            logging::init(cli.log_format)
+                .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))?;
             run(*args).await
         }
     }
@@ -190,15 +176,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let identity = args.identity.clone().unwrap_or_else(hostname);
     let shutdown = CancellationToken::new();
+    kitsune_common::shutdown::cancel_on_signal(shutdown.clone())
+        .context("listening for SIGTERM")?;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let watch_metrics = WatchMetrics::register(&mut registry);
     let registry = Arc::new(registry);
-    let first_version = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
+    let first_version =
+        u64::try_from(kitsune_common::clock::unix_now().as_micros()).unwrap_or(u64::MAX);
     let index = Arc::new(RwLock::new(Index::new(first_version)));
     let (synced_tx, synced_rx) = watch::channel(false);
     let (changes_tx, changes_rx) = futures::channel::mpsc::channel(informers::CHANGES_BUFFER);
@@ -289,13 +275,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let signal = shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutting down");
-        signal.cancel();
-    });
-
     while let Some(r) = tasks.join_next().await {
         if let Err(e) = r {
             error!(error = %e, "task failed");
@@ -305,20 +284,4 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

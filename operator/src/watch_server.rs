@@ -263,9 +263,7 @@ impl Stream {
             line = self.next_event() => line,
             _ = shutdown.cancelled() => None,
         }?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = kitsune_common::clock::unix_now().as_secs();
         self.metrics
             .last_message
             .get_or_create(&self.labels)

@@ -136,8 +136,10 @@ fn proxy(addr: SocketAddr, token: &str, idle: Duration) -> Proxy {
         Some(token_file),
     );
     cfg.idle_timeout = idle;
-    cfg.backoff.initial = Duration::from_millis(50);
-    cfg.backoff.max = Duration::from_millis(200);
+    cfg.backoff = cfg
+        .backoff
+        .with_bounds(Duration::from_millis(50), Duration::from_millis(200))
+        .unwrap();
     let (handle, commands) = Handle::channel(16);
     let status = WatchStatus::default();
     let task = tokio::spawn(client::run(cfg, handle, status.clone()));

@@ -106,8 +106,10 @@ async fn snapshot_arrives(url: String, ca_pem: Option<&str>, within: Duration) -
     std::fs::write(&token, "good\n").unwrap();
     let mut cfg = WatchConfig::new(url, Some(token));
     cfg.ca_pem = ca_pem.map(str::to_owned);
-    cfg.backoff.initial = Duration::from_millis(50);
-    cfg.backoff.max = Duration::from_millis(300);
+    cfg.backoff = cfg
+        .backoff
+        .with_bounds(Duration::from_millis(50), Duration::from_millis(300))
+        .unwrap();
     let (handle, mut commands): (Handle, mpsc::Receiver<Command>) = Handle::channel(4);
     let status = WatchStatus::default();
     let task = tokio::spawn(client::run(cfg, handle, status.clone()));

@@ -164,11 +164,7 @@ pub struct PreloadArgs {
     pub linger: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use kitsune_common::logging::LogFormat;
 
 /// Everything a remote peer could otherwise grow without bound.
 #[derive(Debug, Clone, clap::Args)]

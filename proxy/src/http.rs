@@ -1,14 +1,11 @@
-//! The admin HTTP server: Prometheus metrics and health probes.
+//! The proxy's admin routes (Prometheus metrics, health probes), served by
+//! [`kitsune_common::admin`]; readiness is [`Health`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use kitsune_common::admin;
 use prometheus_client::registry::Registry;
 
 /// What `/readyz` reports: listening, the backend set known (with the watch channel:
@@ -31,62 +28,42 @@ impl Health {
     }
 
     pub fn ready(&self) -> bool {
-        self.listening.load(Ordering::Relaxed)
-            && self.synced.load(Ordering::Relaxed)
-            && self.backend_connected.load(Ordering::Relaxed)
+        self.check().is_ok()
+    }
+
+    /// Ready, or the first reason not to be.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !self.listening.load(Ordering::Relaxed) {
+            Err("not listening yet")
+        } else if !self.synced.load(Ordering::Relaxed) {
+            Err("no backend set from the operator yet")
+        } else if !self.backend_connected.load(Ordering::Relaxed) {
+            Err("no backend connected")
+        } else {
+            Ok(())
+        }
     }
 }
 
-#[derive(Clone)]
-struct AppState {
-    registry: Arc<Registry>,
-    health: Arc<Health>,
-}
-
+/// `/metrics` over `registry`, `/healthz`, and `/readyz` from `health`.
 pub fn router(registry: Arc<Registry>, health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(AppState { registry, health })
+    admin::router(registry, Arc::new(move || health.check()))
 }
 
-pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the metrics server to {addr}: {e}"))?;
-    tracing::info!(%addr, "metrics and health on /metrics, /healthz, /readyz");
-    axum::serve(listener, app).await?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.ready() {
-        (StatusCode::OK, "ready\n")
-    } else if !s.health.listening.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "not listening yet\n")
-    } else if !s.health.synced.load(Ordering::Relaxed) {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no backend set from the operator yet\n",
-        )
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no backend connected\n")
+    #[test]
+    fn readiness_needs_listening_a_backend_set_and_a_connected_backend() {
+        let synced = Arc::new(AtomicBool::new(false));
+        let h = Health::new(synced.clone());
+        assert_eq!(h.check(), Err("not listening yet"));
+        h.listening.store(true, Ordering::Relaxed);
+        assert_eq!(h.check(), Err("no backend set from the operator yet"));
+        synced.store(true, Ordering::Relaxed);
+        assert_eq!(h.check(), Err("no backend connected"));
+        h.backend_connected.store(true, Ordering::Relaxed);
+        assert!(h.ready());
     }
 }

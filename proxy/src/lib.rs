@@ -25,13 +25,18 @@ pub mod sources;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendSpec;
 use crate::config::Cli;
 use crate::engine::{Engine, Parts};
 
-/// Runs the proxy until ctrl-c or SIGTERM.
+/// Runs the proxy until ctrl-c or SIGTERM, then stops its tasks.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // First, so a signal during start-up is not lost: it stops the proxy once started.
+    let shutdown = CancellationToken::new();
+    kitsune_common::shutdown::cancel_on_signal(shutdown.clone())
+        .context("listening for SIGTERM")?;
     // rustls is built with both ring and aws-lc-rs in this workspace; HTTPS clients
     // (the watch channel) use ring, as the operator does (an error: one is already set).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -105,11 +110,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         handle.set_backends(specs).await?;
     }
     if let Some(path) = cli.backends_file.clone() {
-        tokio::spawn(sources::file::watch(
-            path,
-            handle.clone(),
-            std::time::Duration::from_secs(1),
-        ));
+        let every = std::time::Duration::from_secs(1);
+        let watch = sources::file::watch(path, handle.clone(), every);
+        tokio::spawn(shutdown.clone().run_until_cancelled_owned(watch));
     }
     if let (Some(url), Some(status)) = (cli.backends_url.clone(), watch_status) {
         let mut cfg = sources::watch::WatchConfig::new(url, cli.backends_token_file.clone());
@@ -118,25 +121,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // A bad CA bundle is a start-up error, not a proxy that never becomes ready.
         let http =
             sources::watch::http_client(&cfg).context("--backends-ca-file / --backends-ca-pem")?;
-        tokio::spawn(sources::watch::run_with(http, cfg, handle.clone(), status));
+        let watch = sources::watch::run_with(http, cfg, handle.clone(), status);
+        tokio::spawn(shutdown.clone().run_until_cancelled_owned(watch));
     }
 
     let admin = http::router(Arc::new(registry), health);
-    let admin = tokio::spawn(http::serve(cli.metrics_addr, admin));
-    let engine = tokio::spawn(engine.run());
-    let front = async {
-        match front {
-            Some((listener, front)) => preload::front::serve(listener, front).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        r = admin => r.context("admin server")??,
-        r = front => r.context("preload port")?,
-        r = engine => r.context("engine")?,
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+    let listener = kitsune_common::admin::bind(cli.metrics_addr).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        kitsune_common::admin::serve(listener, admin, s)
+            .await
+            .context("admin server")
+    });
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        s.run_until_cancelled(engine.run()).await;
+        Ok(())
+    });
+    if let Some((listener, front)) = front {
+        let s = shutdown.clone();
+        tasks.spawn(async move {
+            let r = s.run_until_cancelled(preload::front::serve(listener, front));
+            r.await.unwrap_or(Ok(())).context("preload port")
+        });
     }
-    Ok(())
+    // The first task to end (on the signal, or failing) stops the others.
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        shutdown.cancel();
+        let r = r.context("a task panicked").and_then(|r| r);
+        if let (Ok(()), Err(e)) = (&result, r) {
+            result = Err(e);
+        }
+    }
+    tracing::info!("stopped");
+    result
 }
 
 /// Preload mode: the loopback WebSocket listener the preload port splices to, the
@@ -199,18 +219,4 @@ async fn preload_setup(
         internal_ws_addr,
     };
     Ok((parts, (listener, front)))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,6 +1,5 @@
 use clap::Parser;
-use kitsune_proxy::config::{Cli, LogFormat};
-use tracing_subscriber::EnvFilter;
+use kitsune_proxy::config::Cli;
 
 fn main() {
     // Before the runtime's threads exist.
@@ -10,17 +9,15 @@ fn main() {
         .build()
         .expect("the tokio runtime starts");
     runtime.block_on(run());
+    // Stopped tasks are gone; do not wait long for a blocking call still in flight.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
 }
 
 async fn run() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
+    if let Err(e) = kitsune_common::logging::init(cli.log_format) {
+        eprintln!("Error: setting up logging: {e}");
+        std::process::exit(1);
     }
     if let Err(e) = kitsune_proxy::run(cli).await {
         eprintln!("Error: {e:#}");

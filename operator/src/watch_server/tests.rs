@@ -186,10 +186,7 @@ async fn changes_are_coalesced_into_the_latest_full_set_and_heartbeats_flow() {
         s.metrics.version.get_or_create(&labels).get(),
         latest.version as i64
     );
-    let age = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    let age = kitsune_common::clock::unix_now().as_secs() as i64
         - s.metrics.last_message.get_or_create(&labels).get();
     assert!((0..5).contains(&age), "last line sent {age} s ago");
 }

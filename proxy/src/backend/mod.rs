@@ -9,6 +9,7 @@ pub mod spec;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use kitsune_common::backoff::Backoff;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::metrics::BackendState;
@@ -30,31 +31,30 @@ pub enum Action {
     Disconnect(PeerId),
 }
 
+/// How the pool retries and how long a dial may take.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
+pub struct Timing {
+    /// Exponential in the consecutive failures, capped, jittered by half so a fleet of
+    /// proxies does not retry in lockstep.
+    pub retry: Backoff,
     /// How long a dial may take before it counts as failed.
     pub dial_timeout: Duration,
 }
 
-impl Default for Backoff {
+/// 250 ms doubling to 30 s, each delay scaled into [0.5, 1.0] of itself.
+pub const RETRY: Backoff = Backoff::must(Backoff::new(
+    Duration::from_millis(250),
+    Duration::from_secs(30),
+    2.0,
+    0.5,
+));
+
+impl Default for Timing {
     fn default() -> Self {
         Self {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(30),
+            retry: RETRY,
             dial_timeout: Duration::from_secs(15),
         }
-    }
-}
-
-impl Backoff {
-    /// Exponential in the attempt, capped, scaled by a jitter in [0.5, 1.0) so a fleet of
-    /// proxies does not retry in lockstep.
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exp = self.initial.saturating_mul(1u32 << attempt.min(16));
-        exp.min(self.max)
-            .mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
     }
 }
 
@@ -77,13 +77,13 @@ struct Slot {
 pub struct Backends {
     slots: BTreeMap<BackendSpec, Slot>,
     by_peer: HashMap<PeerId, BackendSpec>,
-    backoff: Backoff,
+    timing: Timing,
 }
 
 impl Backends {
-    pub fn new(backoff: Backoff) -> Self {
+    pub fn new(timing: Timing) -> Self {
         Self {
-            backoff,
+            timing,
             ..Self::default()
         }
     }
@@ -152,7 +152,7 @@ impl Backends {
                         "two backend addresses are the same kubo node; using one");
                     slot.failures += 1;
                     slot.state = State::Waiting {
-                        until: now + self.backoff.max,
+                        until: now + self.timing.retry.max(),
                     };
                     return Vec::new();
                 }
@@ -167,7 +167,7 @@ impl Backends {
                 }]
             }
             Err(e) => {
-                let delay = self.backoff.delay(slot.failures, jitter);
+                let delay = self.timing.retry.delay(slot.failures, jitter);
                 slot.failures += 1;
                 tracing::warn!(backend = %spec, error = %e, retry_in = ?delay, "backend not reachable");
                 slot.state = State::Waiting { until: now + delay };
@@ -205,7 +205,7 @@ impl Backends {
         }
         self.by_peer.remove(&peer);
         // Re-resolve after the backoff: the node may come back with a new peer ID.
-        let delay = self.backoff.delay(slot.failures, jitter);
+        let delay = self.timing.retry.delay(slot.failures, jitter);
         slot.failures += 1;
         slot.state = State::Waiting { until: now + delay };
         actions
@@ -220,11 +220,11 @@ impl Backends {
                     slot.state = State::Resolving;
                     actions.push(Action::Resolve(spec.clone()));
                 }
-                State::Dialing { peer, since } if now - since > self.backoff.dial_timeout => {
+                State::Dialing { peer, since } if now - since > self.timing.dial_timeout => {
                     self.by_peer.remove(&peer);
                     slot.failures += 1;
                     slot.state = State::Waiting {
-                        until: now + self.backoff.initial,
+                        until: now + self.timing.retry.base(),
                     };
                     actions.push(Action::Disconnect(peer));
                 }
@@ -345,7 +345,7 @@ mod tests {
             "capped: {:?}",
             delays[9]
         );
-        let bo = Backoff::default();
+        let bo = RETRY;
         assert!(bo.delay(3, 0.0) < bo.delay(3, 0.99));
     }
 

@@ -10,16 +10,18 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kitsune_common::backoff::Backoff;
+use kitsune_common::clock::unix_now;
 use kitsune_common::watch::{self, Snapshot, WatchEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::backend::BackendSpec;
 use crate::backend::spec::Host;
-use crate::backend::{BackendSpec, Backoff};
 use crate::engine::Handle;
 
 #[derive(Debug, Clone)]
@@ -39,8 +41,17 @@ pub struct WatchConfig {
     /// Reconnect after this long anyway, so a stream never outlives a rebalanced
     /// operator replica or an expired token.
     pub max_lifetime: Duration,
+    /// Between reconnects: exponential in the consecutive failures, jittered by half.
     pub backoff: Backoff,
 }
+
+/// 200 ms doubling to 30 s, each delay scaled into [0.5, 1.0] of itself.
+pub const RECONNECT: Backoff = Backoff::must(Backoff::new(
+    Duration::from_millis(200),
+    Duration::from_secs(30),
+    2.0,
+    0.5,
+));
 
 impl WatchConfig {
     pub fn new(url: String, token_file: Option<PathBuf>) -> Self {
@@ -52,11 +63,7 @@ impl WatchConfig {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(30 * 60),
-            backoff: Backoff {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(30),
-                dial_timeout: Duration::from_secs(10),
-            },
+            backoff: RECONNECT,
         }
     }
 }
@@ -234,7 +241,7 @@ async fn session(
             Ok(Some(Ok(c))) => c,
         };
         for line in lines.push(&chunk)? {
-            status.last_message.set(unix_now());
+            status.last_message.set(unix_now().as_secs() as i64);
             match parse_line(&line)? {
                 WatchEvent::Heartbeat { .. } => {}
                 WatchEvent::Snapshot(snap) => {
@@ -273,12 +280,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// One NDJSON line.
