@@ -221,10 +221,9 @@ impl Engine {
                 resolved_rx,
                 undelivered_tx,
                 undelivered_rx,
-                http: reqwest::Client::builder()
-                    .no_proxy()
+                http: crate::http_client::plain()
                     .build()
-                    .expect("a plain HTTP client builds"),
+                    .expect("a client without TLS roots builds"),
                 metrics: parts.metrics,
                 libp2p_metrics,
                 health: parts.health,
@@ -422,7 +421,7 @@ impl Engine {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let id = *self.clients_side.swarm.local_peer_id();
-                println!("Listening on {address}/p2p/{id}");
+                crate::announce::line(format_args!("Listening on {address}/p2p/{id}"));
                 self.health.listening.store(true, Ordering::Relaxed);
                 self.clients_side.swarm.add_external_address(address);
             }
