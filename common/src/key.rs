@@ -251,7 +251,7 @@ mod tests {
             KeyBytes::read_at_most(std::io::repeat(0), MAX_KEY_FILE_BYTES).unwrap(),
             None
         );
-        let exact = vec![7u8; 100];
+        let exact = [7u8; 100];
         let read = KeyBytes::read_at_most(&exact[..], 100).unwrap().unwrap();
         assert_eq!(&read[..], &exact[..]);
         assert_eq!(KeyBytes::read_at_most(&exact[..], 99).unwrap(), None);
