@@ -7,6 +7,7 @@
 //! backend set comes from; `http` the admin server; `config` the flags.
 
 pub mod allocator;
+pub mod announce;
 pub mod backend;
 pub mod bitswap;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod engine;
 #[cfg(test)]
 mod fixtures;
 pub mod http;
+pub mod http_client;
 pub mod identity;
 pub mod metrics;
 pub mod net;
@@ -54,7 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if specs.is_empty() && cli.backends_file.is_none() && cli.backends_url.is_none() {
         anyhow::bail!("no backends: give -d/--downstream, --backends-file or --backends-url");
     }
-    println!("Peer ID: {peer_id}");
+    announce::line(format_args!("Peer ID: {peer_id}"));
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);
@@ -119,8 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         cfg.ca_file = cli.backends_ca_file.clone();
         cfg.ca_pem = cli.backends_ca_pem.clone();
         // A bad CA bundle is a start-up error, not a proxy that never becomes ready.
-        let http =
-            sources::watch::http_client(&cfg).context("--backends-ca-file / --backends-ca-pem")?;
+        let http = sources::watch::http_client(&cfg).context("the --backends-url client")?;
         let watch = sources::watch::run_with(http, cfg, handle.clone(), status);
         tokio::spawn(shutdown.clone().run_until_cancelled_owned(watch));
     }
@@ -183,19 +184,18 @@ async fn preload_setup(
         std::net::IpAddr::V4(v4) => format!("/ip4/{v4}"),
         std::net::IpAddr::V6(v6) => format!("/ip6/{v6}"),
     };
-    println!(
+    announce::line(format_args!(
         "Listening on {ip}/tcp/{}/ws/p2p/{}",
         local.port(),
         swarm.local_peer_id()
-    );
+    ));
     tracing::info!(%local, "preload mode: /api/v0/refs and the WebSocket listener share this port");
     let (commands_tx, commands) = tokio::sync::mpsc::unbounded_channel();
     let (internal_ws_addr, ws_target) = tokio::sync::watch::channel(None);
     let trusted = Arc::new(cli.preload.trusted_proxies.clone());
     let app = preload::refs::router(preload::refs::RefsState {
         engine: commands_tx,
-        http: reqwest::Client::builder()
-            .no_proxy()
+        http: http_client::plain()
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .context("building the preload HTTP client")?,

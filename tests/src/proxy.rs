@@ -23,6 +23,8 @@ pub struct ProxyOptions {
     pub quic: bool,
     /// More flags.
     pub args: Vec<String>,
+    /// More environment variables.
+    pub env: Vec<(String, String)>,
     /// Use the release build (benchmarks) instead of the debug one.
     pub release: bool,
 }
@@ -90,7 +92,7 @@ impl Proxy {
         if let Some(p) = quic {
             cmd.args(["-l", &format!("/ip4/127.0.0.1/udp/{p}/quic-v1")]);
         }
-        cmd.args(&opts.args);
+        cmd.args(&opts.args).envs(opts.env.iter().cloned());
         let started = Instant::now();
         let mut proc = ChildProcess::spawn("kitsune-proxy", cmd, dir.path())?;
         loop {

@@ -186,7 +186,7 @@ impl Engine {
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let id = *self.clients_side.swarm.local_peer_id();
-                println!("Listening on {address}/p2p/{id}");
+                crate::announce::line(format_args!("Listening on {address}/p2p/{id}"));
                 self.health.listening.store(true, Ordering::Relaxed);
                 self.clients_side.swarm.add_external_address(address);
             }

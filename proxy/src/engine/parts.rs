@@ -100,10 +100,9 @@ impl Engine {
             resolved_rx,
             undelivered_tx,
             undelivered_rx,
-            http: reqwest::Client::builder()
-                .no_proxy()
+            http: crate::http_client::plain()
                 .build()
-                .expect("a plain HTTP client builds"),
+                .expect("a client without TLS roots builds"),
             metrics: parts.metrics,
             libp2p_metrics: libp2p::metrics::Metrics::new(registry),
             health: parts.health,

@@ -377,12 +377,14 @@ impl Router {
             return;
         }
         self.backends.insert(backend, Backend::default());
-        let parked: Vec<Cid> = self
+        let mut parked: Vec<Cid> = self
             .wants
             .iter()
             .filter(|(_, w)| w.state == State::Exhausted)
             .map(|(c, _)| *c)
             .collect();
+        // In CID order, not the map's random one: the same events give the same routing.
+        parked.sort();
         for cid in parked {
             self.dispatch(cid, now);
         }

@@ -769,115 +769,100 @@ fn backend_wants_get_dont_have_and_never_reach_clients() {
 /// A randomised run: clients want, cancel and leave; backends answer, time out and
 /// die. Invariants: every delivered block was wanted by that client at that moment,
 /// no client gets a block twice, and every want that stays wanted is eventually served
-/// while a backend that has it stays up.
+/// while a backend that has it stays up. Everything random comes from the seed (peer IDs
+/// too), so a failing seed replays the same run.
 #[test]
 fn randomised_no_loss_no_duplicates() {
-    use rand::{Rng, SeedableRng, rngs::StdRng};
     for seed in 0..20u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut t = Instant::now();
-        let bs = backends(3);
-        let cfg = Config {
-            max_inflight_per_backend: 8,
-            ..Config::default()
-        };
-        let mut r = router_with(cfg, &bs, t);
-        let content: Vec<Block> = (0..40).map(|i| block(1000 + i)).collect();
-        // Backend 0 has nothing; backends 1 and 2 have everything.
-        let has = |b: &PeerId, _: &Cid| *b != bs[0];
-        let clients: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
-        let mut wanted: HashMap<PeerId, HashSet<Cid>> = HashMap::new();
-        let mut got: HashMap<PeerId, HashSet<Cid>> = HashMap::new();
-        let mut pending: Vec<(PeerId, Cid, bool)> = Vec::new(); // backend, cid, cancel
-        let mut alive: HashSet<PeerId> = bs.iter().copied().collect();
+        let first = randomised_run(seed);
+        assert!(!first.is_empty(), "seed {seed}: nothing was delivered");
+        assert_eq!(first, randomised_run(seed), "seed {seed} does not replay");
+    }
+}
 
-        let drain = |r: &mut Router,
-                     pending: &mut Vec<(PeerId, Cid, bool)>,
-                     wanted: &mut HashMap<PeerId, HashSet<Cid>>,
-                     got: &mut HashMap<PeerId, HashSet<Cid>>| {
-            let out = r.take_outbox();
-            for (c, m) in out.to_clients {
-                for blk in m.blocks {
-                    assert!(
-                        wanted.get_mut(&c).unwrap().remove(&blk.cid),
-                        "unwanted delivery"
-                    );
-                    assert!(
-                        got.entry(c).or_default().insert(blk.cid),
-                        "duplicate delivery"
-                    );
-                }
-            }
-            for (b, m) in out.to_backends {
-                for w in m.wants {
-                    pending.push((b, w.cid, w.cancel));
-                }
-            }
-        };
+/// A peer ID drawn from `rng` (an Ed25519 key from seeded bytes).
+fn seeded_peer(rng: &mut impl rand::Rng) -> PeerId {
+    let secret: [u8; 32] = rng.r#gen();
+    libp2p::identity::Keypair::ed25519_from_bytes(secret)
+        .expect("any 32 bytes are an Ed25519 secret")
+        .public()
+        .to_peer_id()
+}
 
-        for _ in 0..400 {
-            t += Duration::from_millis(rng.gen_range(0..3000));
-            match rng.gen_range(0..10) {
-                0..=3 => {
-                    let c = clients[rng.gen_range(0..clients.len())];
-                    let b = &content[rng.gen_range(0..content.len())];
-                    if got.get(&c).is_some_and(|g| g.contains(&b.cid)) {
-                        continue;
-                    }
-                    wanted.entry(c).or_default().insert(b.cid);
-                    r.client_message(c, &wants(vec![want(b, WantKind::Block, false)]), t);
+/// One run of [`randomised_no_loss_no_duplicates`]; returns every delivery in order.
+fn randomised_run(seed: u64) -> Vec<(PeerId, Cid)> {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut t = Instant::now();
+    let bs: Vec<PeerId> = (0..3).map(|_| seeded_peer(&mut rng)).collect();
+    let cfg = Config {
+        max_inflight_per_backend: 8,
+        ..Config::default()
+    };
+    let mut r = router_with(cfg, &bs, t);
+    let content: Vec<Block> = (0..40).map(|i| block(1000 + i)).collect();
+    // Backend 0 has nothing; backends 1 and 2 have everything.
+    let has = |b: &PeerId, _: &Cid| *b != bs[0];
+    let clients: Vec<PeerId> = (0..4).map(|_| seeded_peer(&mut rng)).collect();
+    // Ordered collections: iteration order must not depend on a hasher's random keys.
+    let mut wanted: BTreeMap<PeerId, BTreeSet<Cid>> = BTreeMap::new();
+    let mut got: BTreeMap<PeerId, BTreeSet<Cid>> = BTreeMap::new();
+    let mut pending: Vec<(PeerId, Cid, bool)> = Vec::new(); // backend, cid, cancel
+    let mut alive: BTreeSet<PeerId> = bs.iter().copied().collect();
+    let mut delivered: Vec<(PeerId, Cid)> = Vec::new();
+
+    let drain = |r: &mut Router,
+                 pending: &mut Vec<(PeerId, Cid, bool)>,
+                 wanted: &mut BTreeMap<PeerId, BTreeSet<Cid>>,
+                 got: &mut BTreeMap<PeerId, BTreeSet<Cid>>,
+                 delivered: &mut Vec<(PeerId, Cid)>| {
+        let out = r.take_outbox();
+        // The outbox is keyed by a HashMap: visit its peers in a fixed order.
+        let to_clients: BTreeMap<PeerId, Message> = out.to_clients.into_iter().collect();
+        for (c, m) in to_clients {
+            for blk in m.blocks {
+                assert!(
+                    wanted.get_mut(&c).unwrap().remove(&blk.cid),
+                    "seed {seed}: unwanted delivery"
+                );
+                assert!(
+                    got.entry(c).or_default().insert(blk.cid),
+                    "seed {seed}: duplicate delivery"
+                );
+                delivered.push((c, blk.cid));
+            }
+        }
+        let to_backends: BTreeMap<PeerId, Message> = out.to_backends.into_iter().collect();
+        for (b, m) in to_backends {
+            for w in m.wants {
+                pending.push((b, w.cid, w.cancel));
+            }
+        }
+    };
+
+    for _ in 0..400 {
+        t += Duration::from_millis(rng.gen_range(0..3000));
+        match rng.gen_range(0..10) {
+            0..=3 => {
+                let c = clients[rng.gen_range(0..clients.len())];
+                let b = &content[rng.gen_range(0..content.len())];
+                if got.get(&c).is_some_and(|g| g.contains(&b.cid)) {
+                    continue;
                 }
-                4 => {
-                    let c = clients[rng.gen_range(0..clients.len())];
-                    if let Some(cid) = wanted.get(&c).and_then(|w| w.iter().next().copied()) {
-                        wanted.get_mut(&c).unwrap().remove(&cid);
-                        let b = content.iter().find(|b| b.cid == cid).unwrap();
-                        r.client_message(c, &wants(vec![cancel(b)]), t);
-                    }
-                }
-                5..=8 if !pending.is_empty() => {
-                    let (b, cid, is_cancel) = pending.remove(rng.gen_range(0..pending.len()));
-                    if is_cancel || !alive.contains(&b) {
-                        continue;
-                    }
-                    let blk = content.iter().find(|x| x.cid == cid).unwrap();
-                    if has(&b, &cid) {
-                        r.backend_message(b, &blocks(std::slice::from_ref(blk)), t);
-                    } else {
-                        r.backend_message(b, &presence(blk, PresenceKind::DontHave), t);
-                    }
-                }
-                _ => {
-                    // Backend 2 flaps; backend 1 stays, so everything stays servable.
-                    if alive.remove(&bs[2]) {
-                        r.backend_down(bs[2], t);
-                    } else {
-                        alive.insert(bs[2]);
-                        r.backend_up(bs[2], t);
-                    }
+                wanted.entry(c).or_default().insert(b.cid);
+                r.client_message(c, &wants(vec![want(b, WantKind::Block, false)]), t);
+            }
+            4 => {
+                let c = clients[rng.gen_range(0..clients.len())];
+                if let Some(cid) = wanted.get(&c).and_then(|w| w.iter().next().copied()) {
+                    wanted.get_mut(&c).unwrap().remove(&cid);
+                    let b = content.iter().find(|b| b.cid == cid).unwrap();
+                    r.client_message(c, &wants(vec![cancel(b)]), t);
                 }
             }
-            r.tick(t);
-            drain(&mut r, &mut pending, &mut wanted, &mut got);
-        }
-        // Settle: clients re-send what they still want (as bitswap clients rebroadcast),
-        // backends answer everything, with no more failures.
-        if !alive.contains(&bs[2]) {
-            alive.insert(bs[2]);
-            r.backend_up(bs[2], t);
-        }
-        for _ in 0..20 {
-            for (c, w) in wanted.clone() {
-                let entries = content
-                    .iter()
-                    .filter(|b| w.contains(&b.cid))
-                    .map(|b| want(b, WantKind::Block, false))
-                    .collect();
-                r.client_message(c, &wants(entries), t);
-            }
-            drain(&mut r, &mut pending, &mut wanted, &mut got);
-            while !pending.is_empty() {
-                let (b, cid, is_cancel) = pending.remove(0);
+            5..=8 if !pending.is_empty() => {
+                let (b, cid, is_cancel) = pending.remove(rng.gen_range(0..pending.len()));
                 if is_cancel || !alive.contains(&b) {
                     continue;
                 }
@@ -887,21 +872,62 @@ fn randomised_no_loss_no_duplicates() {
                 } else {
                     r.backend_message(b, &presence(blk, PresenceKind::DontHave), t);
                 }
-                drain(&mut r, &mut pending, &mut wanted, &mut got);
             }
-            if wanted.values().all(HashSet::is_empty) {
-                break;
+            _ => {
+                // Backend 2 flaps; backend 1 stays, so everything stays servable.
+                if alive.remove(&bs[2]) {
+                    r.backend_down(bs[2], t);
+                } else {
+                    alive.insert(bs[2]);
+                    r.backend_up(bs[2], t);
+                }
             }
         }
-        for (c, w) in &wanted {
-            assert!(
-                w.is_empty(),
-                "seed {seed}: client {c} never got {} wanted blocks",
-                w.len()
-            );
-        }
-        assert_eq!(r.wants_in_flight(), 0, "seed {seed}");
+        r.tick(t);
+        drain(&mut r, &mut pending, &mut wanted, &mut got, &mut delivered);
     }
+    // Settle: clients re-send what they still want (as bitswap clients rebroadcast),
+    // backends answer everything, with no more failures.
+    if !alive.contains(&bs[2]) {
+        alive.insert(bs[2]);
+        r.backend_up(bs[2], t);
+    }
+    for _ in 0..20 {
+        for (c, w) in wanted.clone() {
+            let entries = content
+                .iter()
+                .filter(|b| w.contains(&b.cid))
+                .map(|b| want(b, WantKind::Block, false))
+                .collect();
+            r.client_message(c, &wants(entries), t);
+        }
+        drain(&mut r, &mut pending, &mut wanted, &mut got, &mut delivered);
+        while !pending.is_empty() {
+            let (b, cid, is_cancel) = pending.remove(0);
+            if is_cancel || !alive.contains(&b) {
+                continue;
+            }
+            let blk = content.iter().find(|x| x.cid == cid).unwrap();
+            if has(&b, &cid) {
+                r.backend_message(b, &blocks(std::slice::from_ref(blk)), t);
+            } else {
+                r.backend_message(b, &presence(blk, PresenceKind::DontHave), t);
+            }
+            drain(&mut r, &mut pending, &mut wanted, &mut got, &mut delivered);
+        }
+        if wanted.values().all(BTreeSet::is_empty) {
+            break;
+        }
+    }
+    for (c, w) in &wanted {
+        assert!(
+            w.is_empty(),
+            "seed {seed}: client {c} never got {} wanted blocks",
+            w.len()
+        );
+    }
+    assert_eq!(r.wants_in_flight(), 0, "seed {seed}");
+    delivered
 }
 
 #[test]

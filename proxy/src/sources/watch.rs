@@ -127,8 +127,9 @@ pub enum WatchError {
     BadBackend(String),
 }
 
-/// The HTTP client for `cfg`: plain HTTP, or HTTPS trusting only the CAs of
-/// `cfg.ca_file` or `cfg.ca_pem` (rustls on ring) or, with neither, the system's roots.
+/// The HTTP client for `cfg`: plain HTTP (no TLS roots loaded), or HTTPS trusting only
+/// the CAs of `cfg.ca_file` or `cfg.ca_pem` (rustls on ring) or, with neither, the
+/// system's roots.
 pub fn http_client(cfg: &WatchConfig) -> anyhow::Result<reqwest::Client> {
     use anyhow::Context as _;
     let mut builder = reqwest::Client::builder()
@@ -142,6 +143,10 @@ pub fn http_client(cfg: &WatchConfig) -> anyhow::Result<reqwest::Client> {
     } else if let Some(pem) = &cfg.ca_pem {
         let tls = tls_config(pem.as_bytes()).context("the inline CA bundle")?;
         builder = builder.tls_backend_preconfigured(tls);
+    } else if crate::http_client::is_https(&cfg.url) {
+        return crate::http_client::with_system_roots(builder);
+    } else {
+        builder = crate::http_client::without_roots(builder);
     }
     Ok(builder.build()?)
 }
