@@ -58,7 +58,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         |w| w.synced.clone(),
     );
     let splices = cli.preload_port.map(|_| preload::front::Splices::default());
-    let mut swarm = net::swarm::build(key, &cli.limits, splices.clone(), &mut registry).await?;
+    let mut swarm = net::swarm::build(
+        key,
+        &cli.limits,
+        splices.clone().map(|s| Box::new(s) as _),
+        &mut registry,
+    )
+    .await?;
     for addr in cli.listen.iter().chain(cli.ws_listen_addrs().iter()) {
         swarm
             .listen_on(addr.clone())

@@ -14,9 +14,9 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
 
-use super::{inbound, ip_limit, outbound};
+use super::ip_limit::{self, RealClient};
+use super::{inbound, outbound};
 use crate::config::Limits;
-use crate::preload::front::Splices;
 
 /// Identify's agent string.
 pub const AGENT: &str = concat!("kitsune/", env!("CARGO_PKG_VERSION"));
@@ -44,12 +44,12 @@ fn mplex() -> libp2p_mplex::Config {
     c
 }
 
-/// Builds the host. `splices` (preload mode) maps connections spliced from the preload
-/// port back to their clients, so the per-IP limit counts the real address.
+/// Builds the host. `real_client` (preload mode) finds the client behind a connection
+/// relayed from the preload port, so the per-IP limit counts the real address.
 pub async fn build(
     key: Keypair,
     limits: &Limits,
-    splices: Option<Splices>,
+    real_client: Option<Box<dyn RealClient>>,
     registry: &mut Registry,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let conn_limits = connection_limits::ConnectionLimits::default()
@@ -73,7 +73,8 @@ pub async fn build(
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
-            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip).with_splices(splices),
+            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip)
+                .with_real_client(real_client),
             // Only external addresses are announced (the engine adds the public
             // listeners): preload mode's loopback WebSocket listener must not leak.
             identify: identify::Behaviour::new(
