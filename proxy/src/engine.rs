@@ -24,10 +24,9 @@ use crate::http::Health;
 use crate::metrics::{
     BackendLabels, Direction, DirectionLabels, Metrics, OutcomeLabels, ReasonLabels, StateLabels,
 };
-use crate::net::inbound::InboundStream;
-use crate::net::outbound::Control;
-use crate::net::streams::{
-    FrameBounds, Inbound, ONE_STREAM, QueueError, Readers, STREAM_BUDGET, Undelivered, Writer,
+use crate::net::bitswap::{
+    Control, FrameBounds, Inbound, InboundStream, ONE_STREAM, QueueError, Readers, STREAM_BUDGET,
+    Undelivered, Writer,
 };
 use crate::net::swarm::{Behaviour, BehaviourEvent};
 use crate::preload::Reverse;
@@ -130,7 +129,7 @@ impl Side {
         stream_budget: usize,
         metrics: &Metrics,
     ) -> Self {
-        let control = swarm.behaviour().outbound.control();
+        let control = swarm.behaviour().bitswap.control();
         let (tx, inbound) = mpsc::channel(1024);
         Self {
             swarm,

@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let health = Arc::new(http::Health::new(synced));
     let backend_swarm = net::swarm::build_backend_side(&cli.limits)?;
     tracing::info!(peer = %backend_swarm.local_peer_id(), "backend-facing identity of this process");
-    let client_frames = net::streams::FrameBounds::new(
+    let client_frames = net::bitswap::FrameBounds::new(
         cli.limits.max_client_frame_bytes,
         cli.limits.frame_timeout,
         metrics.client_frame_bytes.clone(),

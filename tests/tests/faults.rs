@@ -187,13 +187,13 @@ mod garbage {
     use futures::{AsyncWriteExt, StreamExt};
     use kitsune_proxy::bitswap::Version;
     use kitsune_proxy::bitswap::codec::read_frame;
-    use kitsune_proxy::net::inbound;
+    use kitsune_proxy::net::bitswap;
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
     use libp2p::{Multiaddr, SwarmBuilder, noise, tcp, yamux};
 
     #[derive(NetworkBehaviour)]
     struct Behaviour {
-        bitswap: inbound::Behaviour,
+        bitswap: bitswap::Behaviour,
         stream: libp2p_stream::Behaviour,
     }
 
@@ -226,7 +226,7 @@ mod garbage {
                 )
                 .unwrap()
                 .with_behaviour(|_| Behaviour {
-                    bitswap: inbound::Behaviour::default(),
+                    bitswap: bitswap::Behaviour::default(),
                     stream: libp2p_stream::Behaviour::new(),
                 })
                 .unwrap()

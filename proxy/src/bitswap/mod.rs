@@ -1,5 +1,5 @@
 //! The bitswap wire format, pure (no I/O beyond reading and writing frames): protocol
-//! versions, framing, the protobuf, messages and their encoding.
+//! versions, framing, the protobuf, messages, their encoding, and their sizes.
 
 pub mod cids;
 pub mod codec;
@@ -7,6 +7,7 @@ pub mod encode;
 pub mod message;
 pub mod pb;
 pub mod protocol;
+pub mod size;
 #[cfg(test)]
 mod tests;
 

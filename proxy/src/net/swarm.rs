@@ -14,8 +14,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
 
+use super::bitswap;
 use super::ip_limit::{self, RealClient};
-use super::{inbound, outbound};
 use crate::config::Limits;
 
 /// Identify's agent string.
@@ -27,11 +27,9 @@ pub struct Behaviour {
     pub ip_limit: ip_limit::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    /// Inbound bitswap streams.
-    pub bitswap: inbound::Behaviour,
-    /// Outbound bitswap streams. Last: it tracks only connections every other
+    /// Bitswap streams both ways. Last: it tracks only connections every other
     /// behaviour accepted.
-    pub outbound: outbound::Behaviour,
+    pub bitswap: bitswap::Behaviour,
 }
 
 fn mplex() -> libp2p_mplex::Config {
@@ -83,8 +81,7 @@ pub async fn build(
                     .with_hide_listen_addrs(true),
             ),
             ping: ping::Behaviour::default(),
-            bitswap: inbound::Behaviour::default(),
-            outbound: outbound::Behaviour::default(),
+            bitswap: bitswap::Behaviour::default(),
         })?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(limits.idle_timeout)
@@ -118,8 +115,7 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
                     .with_agent_version(AGENT.into()),
             ),
             ping: ping::Behaviour::default(),
-            bitswap: inbound::Behaviour::default(),
-            outbound: outbound::Behaviour::default(),
+            bitswap: bitswap::Behaviour::default(),
         })?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(limits.idle_timeout)
