@@ -1,6 +1,6 @@
 //! The bitswap inbound path, as a stream reader sees it: the input is the bytes a peer
 //! writes on one stream. Frames are read with the proxy's `read_frame` (the 4 MiB limit)
-//! and each is decoded with `Message::decode`, exactly as `net::streams` does.
+//! and each is decoded with `Message::decode`, exactly as `net::bitswap`'s reader does.
 //!
 //! Checked on every input, besides "no panic":
 //! - framing: every frame is within the limit, frames never claim more bytes than the

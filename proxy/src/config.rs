@@ -105,8 +105,8 @@ pub struct Cli {
     pub metrics_addr: SocketAddr,
 
     /// How wants choose a backend.
-    #[arg(long, env = "KITSUNE_BALANCE", value_enum, default_value_t = Policy::Rendezvous)]
-    pub balance: Policy,
+    #[arg(long, env = "KITSUNE_BALANCE", value_enum, default_value_t = Balance::Rendezvous)]
+    pub balance: Balance,
 
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "KITSUNE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -162,6 +162,26 @@ pub struct PreloadArgs {
     /// How long a preload's reverse wants stay allowed after its refs call ends.
     #[arg(long = "preload-linger", env = "KITSUNE_PRELOAD_LINGER", value_parser = humantime::parse_duration, default_value = "30s")]
     pub linger: Duration,
+}
+
+/// `--balance`: the command line's names for the router's [`Policy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Balance {
+    /// Rendezvous hashing of the CID with bounded loads: each CID goes to the same
+    /// backend from every replica (one cache for repeated content); a backend over its
+    /// share of the wants in flight is passed over for the next in the CID's order
+    Rendezvous,
+    /// Rotate through the backends: even load, no cache affinity
+    RoundRobin,
+}
+
+impl From<Balance> for Policy {
+    fn from(balance: Balance) -> Self {
+        match balance {
+            Balance::Rendezvous => Policy::Rendezvous,
+            Balance::RoundRobin => Policy::RoundRobin,
+        }
+    }
 }
 
 pub use kitsune_common::logging::LogFormat;
@@ -260,7 +280,7 @@ impl Cli {
 
     pub fn router_config(&self) -> crate::router::Config {
         crate::router::Config {
-            policy: self.balance,
+            policy: self.balance.into(),
             max_wants_per_client: self.limits.max_wants_per_client,
             max_inflight_per_backend: self.limits.max_inflight_per_backend,
             max_queued_wants: self.limits.max_queued_wants,
@@ -382,5 +402,23 @@ mod tests {
         assert!(cli.preload.bind.is_ipv6());
         assert_eq!(cli.preload_limits().max_sessions, 256);
         assert!(Cli::try_parse_from(["kitsune-proxy", "--trusted-proxy", "10.0.0.0/40"]).is_err());
+    }
+
+    #[test]
+    fn balance_names_map_to_the_router_policies() {
+        let policy = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("kitsune-proxy").chain(args.iter().copied()))
+                .map(|cli| cli.router_config().policy)
+        };
+        assert_eq!(policy(&[]).unwrap(), Policy::Rendezvous);
+        assert_eq!(
+            policy(&["--balance", "rendezvous"]).unwrap(),
+            Policy::Rendezvous
+        );
+        assert_eq!(
+            policy(&["--balance", "round-robin"]).unwrap(),
+            Policy::RoundRobin
+        );
+        assert!(policy(&["--balance", "random"]).is_err());
     }
 }

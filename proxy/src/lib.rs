@@ -70,7 +70,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         |w| w.synced.clone(),
     );
     let splices = cli.preload_port.map(|_| preload::front::Splices::default());
-    let mut swarm = net::swarm::build(key, &cli.limits, splices.clone(), &mut registry).await?;
+    let mut swarm = net::swarm::build(
+        key,
+        &cli.limits,
+        splices.clone().map(|s| Box::new(s) as _),
+        &mut registry,
+    )
+    .await?;
     for addr in cli.listen.iter().chain(cli.ws_listen_addrs().iter()) {
         swarm
             .listen_on(addr.clone())
@@ -86,7 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let health = Arc::new(http::Health::new(synced));
     let backend_swarm = net::swarm::build_backend_side(&cli.limits)?;
     tracing::info!(peer = %backend_swarm.local_peer_id(), "backend-facing identity of this process");
-    let client_frames = net::streams::FrameBounds::new(
+    let client_frames = net::bitswap::FrameBounds::new(
         cli.limits.max_client_frame_bytes,
         cli.limits.frame_timeout,
         metrics.client_frame_bytes.clone(),

@@ -2,12 +2,15 @@
 //! The original's names are kept where the meaning is the same; no label ever holds a
 //! client peer ID or a CID, so cardinality stays bounded.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+// The label value type of `StateLabels`, named here too for the families' users.
+pub use crate::backend::BackendState;
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Direction {
@@ -22,12 +25,17 @@ pub struct DirectionLabels {
     pub direction: Direction,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum BackendState {
-    Resolving,
-    Connecting,
-    Connected,
-    Backoff,
+/// The label value is the state's name, as `kitsune_backends{state="Backoff"}`.
+impl EncodeLabelValue for BackendState {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            BackendState::Resolving => "Resolving",
+            BackendState::Connecting => "Connecting",
+            BackendState::Connected => "Connected",
+            BackendState::Backoff => "Backoff",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -237,5 +245,38 @@ impl Metrics {
 
     pub fn reject(&self, reason: &'static str) {
         self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dashboards and the e2e tests read `kitsune_backends{state="Backoff"}`: the label
+    /// values are the state names, whichever module the type lives in.
+    #[test]
+    fn backend_states_are_labelled_by_name() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let states = [
+            BackendState::Resolving,
+            BackendState::Connecting,
+            BackendState::Connected,
+            BackendState::Backoff,
+        ];
+        for (n, state) in states.into_iter().enumerate() {
+            m.backends
+                .get_or_create(&StateLabels { state })
+                .set(n as i64 + 1);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for (n, name) in ["Resolving", "Connecting", "Connected", "Backoff"]
+            .iter()
+            .enumerate()
+        {
+            let line = format!("kitsune_backends{{state=\"{name}\"}} {}", n + 1);
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use cid::Cid;
 use futures::{AsyncWriteExt, StreamExt};
 use kitsune_proxy::bitswap::codec::{read_frame, write_frame};
 use kitsune_proxy::bitswap::{MAX_FRAME_BYTES, Message, Version, WantEntry, WantKind};
-use kitsune_proxy::net::inbound;
+use kitsune_proxy::net::bitswap;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     identify: identify::Behaviour,
-    bitswap: inbound::Behaviour,
+    bitswap: bitswap::Behaviour,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -65,7 +65,7 @@ impl BitswapClient {
                     "ipfs/0.1.0".into(),
                     key.public(),
                 )),
-                bitswap: inbound::Behaviour::default(),
+                bitswap: bitswap::Behaviour::default(),
                 stream: libp2p_stream::Behaviour::new(),
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))

@@ -187,13 +187,13 @@ mod garbage {
     use futures::{AsyncWriteExt, StreamExt};
     use kitsune_proxy::bitswap::Version;
     use kitsune_proxy::bitswap::codec::read_frame;
-    use kitsune_proxy::net::inbound;
+    use kitsune_proxy::net::bitswap;
     use libp2p::Multiaddr;
     use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 
     #[derive(NetworkBehaviour)]
     struct Behaviour {
-        bitswap: inbound::Behaviour,
+        bitswap: bitswap::Behaviour,
         stream: libp2p_stream::Behaviour,
     }
 
@@ -218,7 +218,7 @@ mod garbage {
 
         pub async fn start() -> Self {
             let mut swarm = kitsune_e2e::tcp_swarm(|_| Behaviour {
-                bitswap: inbound::Behaviour::default(),
+                bitswap: bitswap::Behaviour::default(),
                 stream: libp2p_stream::Behaviour::new(),
             });
             swarm

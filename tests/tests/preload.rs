@@ -196,7 +196,7 @@ async fn golden_512_kib_added_on_a_is_cat_on_b() {
 }
 
 // 10 MiB to an ipfs-core client over mplex: js-libp2p resets an mplex stream holding
-// over 4 MiB unread, so the proxy spreads its writes over streams (net/streams.rs).
+// over 4 MiB unread, so the proxy spreads its writes over streams (net/bitswap/writer.rs).
 #[tokio::test]
 async fn golden_10_mib_added_on_a_is_cat_on_b() {
     golden(Content::File(10 * MIB, 12)).await;

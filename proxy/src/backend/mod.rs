@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use kitsune_common::backoff::Backoff;
 use libp2p::{Multiaddr, PeerId};
 
-use crate::metrics::BackendState;
 pub use resolve::{ResolveError, Resolved};
 pub use spec::BackendSpec;
 
@@ -29,6 +28,15 @@ pub enum Action {
     Down(PeerId),
     /// Close the connection (a backend removed from the set).
     Disconnect(PeerId),
+}
+
+/// Where a backend is in its life, as [`Backends::state_counts`] counts it.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum BackendState {
+    Resolving,
+    Connecting,
+    Connected,
+    Backoff,
 }
 
 /// How the pool retries and how long a dial may take.

@@ -28,8 +28,8 @@ use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved
 use crate::bitswap::Message;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::net::inbound::InboundStream;
-use crate::net::streams::{Inbound, QueueError, Undelivered};
+use crate::net::bitswap::InboundStream;
+use crate::net::bitswap::{Inbound, QueueError, Undelivered};
 use crate::net::swarm::BehaviourEvent;
 use crate::preload::front::socket_addr_of;
 use crate::preload::refs::{Opened, PreloadCmd};

@@ -13,7 +13,7 @@ use super::{Engine, Handle, Side};
 use crate::backend::Backends;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::net::streams::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
+use crate::net::bitswap::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
 use crate::net::swarm::Behaviour;
 use crate::preload::Reverse;
 use crate::preload::front::Splices;

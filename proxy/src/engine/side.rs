@@ -7,8 +7,8 @@ use libp2p::{PeerId, Swarm};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::net::outbound::Control;
-use crate::net::streams::{FrameBounds, Inbound, Readers, Undelivered, Writer};
+use crate::net::bitswap::Control;
+use crate::net::bitswap::{FrameBounds, Inbound, Readers, Undelivered, Writer};
 use crate::net::swarm::Behaviour;
 
 pub struct Side {
@@ -29,7 +29,7 @@ impl Side {
         stream_budget: usize,
         metrics: &Metrics,
     ) -> Self {
-        let control = swarm.behaviour().outbound.control();
+        let control = swarm.behaviour().bitswap.control();
         let (tx, inbound) = mpsc::channel(1024);
         Self {
             swarm,

@@ -1,6 +1,7 @@
 //! Caps inbound connections (pending and established) per remote IP address, which
 //! libp2p's connection-limits behaviour does not do. Outbound (backend) connections
-//! are never counted, so backends cannot be crowded out.
+//! are never counted, so backends cannot be crowded out. A connection relayed by
+//! something in front of the host counts against the client behind it ([`RealClient`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -16,7 +17,13 @@ use libp2p::swarm::{
 };
 use libp2p::{Multiaddr, PeerId};
 
-use crate::preload::front::{Splices, socket_addr_of};
+/// Who is really behind a connection's remote address, when something in front of the
+/// host relays connections for others (preload mode splices its port's WebSockets in
+/// from loopback). Preload implements it; this module knows no more of it.
+pub trait RealClient: Send + 'static {
+    /// The client's IP behind `remote`, or `None` when `remote` is the client itself.
+    fn ip_behind(&self, remote: &Multiaddr) -> Option<IpAddr>;
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{ip} already has {limit} connections")]
@@ -27,7 +34,7 @@ pub struct TooManyFromIp {
 
 pub struct Behaviour {
     limit: u32,
-    splices: Option<Splices>,
+    real_client: Option<Box<dyn RealClient>>,
     per_ip: HashMap<IpAddr, u32>,
     by_conn: HashMap<ConnectionId, IpAddr>,
 }
@@ -36,15 +43,15 @@ impl Behaviour {
     pub fn new(limit: u32) -> Self {
         Self {
             limit,
-            splices: None,
+            real_client: None,
             per_ip: HashMap::new(),
             by_conn: HashMap::new(),
         }
     }
 
-    /// Connections spliced from the preload port count against their client's address.
-    pub fn with_splices(mut self, splices: Option<Splices>) -> Self {
-        self.splices = splices;
+    /// Relayed connections count against the client `real_client` finds behind them.
+    pub fn with_real_client(mut self, real_client: Option<Box<dyn RealClient>>) -> Self {
+        self.real_client = real_client;
         self
     }
 
@@ -78,12 +85,8 @@ impl NetworkBehaviour for Behaviour {
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        let spliced = self
-            .splices
-            .as_ref()
-            .zip(socket_addr_of(remote))
-            .and_then(|(s, seen)| s.client_of(&seen));
-        let Some(ip) = spliced.map(|a| a.ip()).or_else(|| ip_of(remote)) else {
+        let relayed = self.real_client.as_ref().and_then(|r| r.ip_behind(remote));
+        let Some(ip) = relayed.or_else(|| ip_of(remote)) else {
             return Ok(());
         };
         let n = self.per_ip.entry(ip).or_default();
@@ -176,6 +179,52 @@ mod tests {
         b.release(ids[0]);
         assert!(
             b.handle_pending_inbound_connection(ids[2], &local, &a)
+                .is_ok()
+        );
+    }
+
+    /// Answers for one relay address, as preload's splices do for its loopback side.
+    struct Relay {
+        seen: Multiaddr,
+        client: IpAddr,
+    }
+
+    impl RealClient for Relay {
+        fn ip_behind(&self, remote: &Multiaddr) -> Option<IpAddr> {
+            (*remote == self.seen).then_some(self.client)
+        }
+    }
+
+    #[test]
+    fn a_relayed_connection_counts_against_the_client_behind_it() {
+        let client: IpAddr = "2001:db8::1".parse().unwrap();
+        let seen: Multiaddr = "/ip4/127.0.0.1/tcp/40000/ws".parse().unwrap();
+        let mut b = Behaviour::new(1).with_real_client(Some(Box::new(Relay {
+            seen: seen.clone(),
+            client,
+        })));
+        let local: Multiaddr = "/ip4/127.0.0.1/tcp/1/ws".parse().unwrap();
+        let direct: Multiaddr = "/ip6/2001:db8::1/tcp/5".parse().unwrap();
+        let other_local: Multiaddr = "/ip4/127.0.0.1/tcp/40001/ws".parse().unwrap();
+        let id = || ConnectionId::new_unchecked(rand::random());
+        let relayed = id();
+        assert!(
+            b.handle_pending_inbound_connection(relayed, &local, &seen)
+                .is_ok()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &direct)
+                .is_err(),
+            "the relayed connection took the client's one place"
+        );
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &other_local)
+                .is_ok(),
+            "not counted against the relay's own address"
+        );
+        b.release(relayed);
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &direct)
                 .is_ok()
         );
     }

@@ -1,7 +1,5 @@
-//! The libp2p side: the host and bitswap stream I/O.
+//! The libp2p side: the hosts, a per-IP connection cap, and bitswap on them.
 
-pub mod inbound;
+pub mod bitswap;
 pub mod ip_limit;
-pub mod outbound;
-pub mod streams;
 pub mod swarm;

@@ -14,9 +14,9 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
 
-use super::{inbound, ip_limit, outbound};
+use super::bitswap;
+use super::ip_limit::{self, RealClient};
 use crate::config::Limits;
-use crate::preload::front::Splices;
 
 /// Identify's agent string.
 pub const AGENT: &str = concat!("kitsune/", env!("CARGO_PKG_VERSION"));
@@ -27,11 +27,9 @@ pub struct Behaviour {
     pub ip_limit: ip_limit::Behaviour,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
-    /// Inbound bitswap streams.
-    pub bitswap: inbound::Behaviour,
-    /// Outbound bitswap streams. Last: it tracks only connections every other
+    /// Bitswap streams both ways. Last: it tracks only connections every other
     /// behaviour accepted.
-    pub outbound: outbound::Behaviour,
+    pub bitswap: bitswap::Behaviour,
 }
 
 fn mplex() -> libp2p_mplex::Config {
@@ -44,12 +42,12 @@ fn mplex() -> libp2p_mplex::Config {
     c
 }
 
-/// Builds the host. `splices` (preload mode) maps connections spliced from the preload
-/// port back to their clients, so the per-IP limit counts the real address.
+/// Builds the host. `real_client` (preload mode) finds the client behind a connection
+/// relayed from the preload port, so the per-IP limit counts the real address.
 pub async fn build(
     key: Keypair,
     limits: &Limits,
-    splices: Option<Splices>,
+    real_client: Option<Box<dyn RealClient>>,
     registry: &mut Registry,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let conn_limits = connection_limits::ConnectionLimits::default()
@@ -73,7 +71,8 @@ pub async fn build(
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
-            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip).with_splices(splices),
+            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip)
+                .with_real_client(real_client),
             // Only external addresses are announced (the engine adds the public
             // listeners): preload mode's loopback WebSocket listener must not leak.
             identify: identify::Behaviour::new(
@@ -82,8 +81,7 @@ pub async fn build(
                     .with_hide_listen_addrs(true),
             ),
             ping: ping::Behaviour::default(),
-            bitswap: inbound::Behaviour::default(),
-            outbound: outbound::Behaviour::default(),
+            bitswap: bitswap::Behaviour::default(),
         })?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(limits.idle_timeout)
@@ -117,8 +115,7 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
                     .with_agent_version(AGENT.into()),
             ),
             ping: ping::Behaviour::default(),
-            bitswap: inbound::Behaviour::default(),
-            outbound: outbound::Behaviour::default(),
+            bitswap: bitswap::Behaviour::default(),
         })?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(limits.idle_timeout)

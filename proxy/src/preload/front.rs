@@ -65,6 +65,15 @@ impl Splices {
     }
 }
 
+/// For the per-IP connection cap: a spliced connection is its client's.
+impl crate::net::ip_limit::RealClient for Splices {
+    fn ip_behind(&self, remote: &libp2p::Multiaddr) -> Option<IpAddr> {
+        socket_addr_of(remote)
+            .and_then(|seen| self.client_of(&seen))
+            .map(|client| client.ip())
+    }
+}
+
 struct SpliceGuard {
     splices: Splices,
     seen: SocketAddr,

@@ -152,7 +152,7 @@ fn root_of(arg: &str) -> Option<Cid> {
     let s = arg.strip_prefix("/ipfs/").unwrap_or(arg);
     let first = s.split('/').next()?;
     let cid: Cid = first.parse().ok()?;
-    (cid.to_bytes().len() <= crate::bitswap::message::MAX_CID_BYTES).then_some(cid)
+    (cid.to_bytes().len() <= crate::bitswap::MAX_CID_BYTES).then_some(cid)
 }
 
 fn kubo_error(status: StatusCode, msg: &str) -> Response {

@@ -4,7 +4,7 @@ use cid::Cid;
 use libp2p::PeerId;
 use xxhash_rust::xxh3::Xxh3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Rendezvous (highest-random-weight) hashing of the CID over the backends: the
     /// same CID goes to the same backend from every replica, so repeated content is

@@ -1,77 +1,47 @@
-//! Opening bitswap streams to connected peers, newest version offered first.
+//! The bitswap behaviour of a host: streams peers open come out as [`InboundStream`]
+//! events, and [`Control`]s open streams to connected peers, newest version first.
 //!
-//! In place of libp2p-stream's `Control`, whose shared state keeps one channel for
-//! every connection it ever saw (only the connection's ID is forgotten on close): a
-//! public proxy sees a stream of short connections, and each left about 200 bytes
-//! behind. Here the state is the open connections only. Nothing is ever dialed: a
-//! client that has gone is unreachable, and backends are dialed by the engine.
+//! A custom behaviour rather than libp2p-stream. Its `accept` hands streams over a
+//! zero-capacity channel and silently drops one that arrives while the previous one is
+//! being handed over; kubo opens a new stream for every reply message, so bursts are
+//! the norm. Here every negotiated stream reaches the engine, which applies its own
+//! per-peer bound. Its `Control` keeps one channel for every connection it ever saw
+//! (only the connection's ID is forgotten on close): a public proxy sees a stream of
+//! short connections, and each left about 200 bytes behind. Here the state is the open
+//! connections only. Nothing is ever dialed: a client that has gone is unreachable, and
+//! backends are dialed by the engine.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::core::{Endpoint, transport::PortUse};
-use libp2p::swarm::handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedOutbound};
 use libp2p::swarm::{
-    ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
-    FromSwarm, NetworkBehaviour, NotifyHandler, StreamUpgradeError, SubstreamProtocol, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm,
+    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
-use libp2p::{Multiaddr, PeerId, Stream};
-use tokio::sync::{mpsc, oneshot};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use tokio::sync::mpsc;
 
-use super::inbound::Upgrade;
-use crate::bitswap::Version;
+use super::control::{Control, OpenError, Request};
+use super::handler::Handler;
 
 /// Open requests waiting for the swarm; writers wait when it is full.
 const REQUEST_QUEUE: usize = 1024;
-/// Negotiation of one stream.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    #[error("not connected")]
-    NotConnected,
-    #[error("the peer speaks no bitswap version")]
-    Unsupported,
-    #[error("stream negotiation timed out")]
-    Timeout,
-    #[error("stream negotiation failed: {0}")]
-    Io(std::io::Error),
-    #[error("the connection closed while the stream was opening")]
-    Closed,
-}
-
-type Reply = oneshot::Sender<Result<(Stream, Version), OpenError>>;
-
-struct Request {
-    peer: PeerId,
-    reply: Reply,
-}
-
-/// Opens streams through the behaviour; cheap to clone.
-#[derive(Clone)]
-pub struct Control {
-    tx: mpsc::Sender<Request>,
-}
-
-impl Control {
-    /// A bitswap stream to `peer` on one of its open connections.
-    pub async fn open(&self, peer: PeerId) -> Result<(Stream, Version), OpenError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { peer, reply })
-            .await
-            .map_err(|_| OpenError::Closed)?;
-        rx.await.unwrap_or(Err(OpenError::Closed))
-    }
+/// A bitswap stream a peer opened to us.
+#[derive(Debug)]
+pub struct InboundStream {
+    pub peer: PeerId,
+    pub stream: Stream,
+    pub protocol: StreamProtocol,
 }
 
 pub struct Behaviour {
+    /// Streams peers opened, not yet taken by the swarm's owner.
+    inbound: VecDeque<InboundStream>,
     tx: mpsc::Sender<Request>,
     requests: mpsc::Receiver<Request>,
+    /// Each peer's open connections, oldest first.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
 }
 
@@ -79,6 +49,7 @@ impl Default for Behaviour {
     fn default() -> Self {
         let (tx, requests) = mpsc::channel(REQUEST_QUEUE);
         Self {
+            inbound: VecDeque::new(),
             tx,
             requests,
             connections: HashMap::new(),
@@ -100,7 +71,7 @@ impl Behaviour {
 
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
-    type ToSwarm = Infallible;
+    type ToSwarm = InboundStream;
 
     fn handle_established_inbound_connection(
         &mut self,
@@ -144,14 +115,24 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_connection_handler_event(
         &mut self,
-        _: PeerId,
+        peer: PeerId,
         _: ConnectionId,
-        event: THandlerOutEvent<Self>,
+        (stream, protocol): THandlerOutEvent<Self>,
     ) {
-        match event {}
+        self.inbound.push_back(InboundStream {
+            peer,
+            stream,
+            protocol,
+        });
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Infallible, THandlerInEvent<Self>>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<InboundStream, THandlerInEvent<Self>>> {
+        if let Some(e) = self.inbound.pop_front() {
+            return Poll::Ready(ToSwarm::GenerateEvent(e));
+        }
         while let Poll::Ready(Some(Request { peer, reply })) = self.requests.poll_recv(cx) {
             // The newest connection: an older one may be on its way out.
             match self.connections.get(&peer).and_then(|ids| ids.last()) {
@@ -171,63 +152,6 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// One connection's side: each request becomes an outbound stream negotiation.
-#[derive(Default)]
-pub struct Handler {
-    requests: VecDeque<Reply>,
-}
-
-impl ConnectionHandler for Handler {
-    type FromBehaviour = Reply;
-    type ToBehaviour = Infallible;
-    type InboundProtocol = DeniedUpgrade;
-    type OutboundProtocol = Upgrade;
-    type InboundOpenInfo = ();
-    type OutboundOpenInfo = Reply;
-
-    fn listen_protocol(&self) -> SubstreamProtocol<DeniedUpgrade, ()> {
-        SubstreamProtocol::new(DeniedUpgrade, ())
-    }
-
-    fn poll(
-        &mut self,
-        _: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Upgrade, Reply, Infallible>> {
-        match self.requests.pop_front() {
-            Some(reply) => Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(Upgrade, reply).with_timeout(OPEN_TIMEOUT),
-            }),
-            None => Poll::Pending,
-        }
-    }
-
-    fn on_behaviour_event(&mut self, reply: Reply) {
-        self.requests.push_back(reply);
-    }
-
-    fn on_connection_event(&mut self, event: ConnectionEvent<DeniedUpgrade, Upgrade, (), Reply>) {
-        match event {
-            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol: (stream, protocol),
-                info: reply,
-            }) => {
-                let version =
-                    Version::from_protocol(&protocol).expect("negotiated from Version::ALL");
-                let _ = reply.send(Ok((stream, version)));
-            }
-            ConnectionEvent::DialUpgradeError(DialUpgradeError { info: reply, error }) => {
-                let _ = reply.send(Err(match error {
-                    StreamUpgradeError::NegotiationFailed => OpenError::Unsupported,
-                    StreamUpgradeError::Timeout => OpenError::Timeout,
-                    StreamUpgradeError::Io(e) => OpenError::Io(e),
-                    StreamUpgradeError::Apply(never) => match never {},
-                }));
-            }
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::future::Future;
@@ -238,6 +162,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
+    use crate::bitswap::Version;
     use crate::config::Limits;
     use crate::net::swarm::{self, Behaviour as Host};
 
@@ -296,7 +221,7 @@ mod tests {
         });
 
         let mut client = host().await;
-        let control = client.behaviour().outbound.control();
+        let control = client.behaviour().bitswap.control();
         let not_connected = drive(&mut client, control.open(server_id)).await;
         assert!(matches!(not_connected, Err(OpenError::NotConnected)));
 
@@ -312,11 +237,11 @@ mod tests {
                 "the newest version is offered first"
             );
             drop(stream);
-            assert_eq!(client.behaviour().outbound.connections.len(), 1);
+            assert_eq!(client.behaviour().bitswap.connections.len(), 1);
             client.disconnect_peer_id(server_id).unwrap();
             until_connected(&mut client, server_id, false).await;
             assert!(
-                client.behaviour().outbound.connections.is_empty(),
+                client.behaviour().bitswap.connections.is_empty(),
                 "round {round}: a closed connection is forgotten"
             );
         }
