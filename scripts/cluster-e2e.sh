@@ -7,6 +7,9 @@
 #
 #   scripts/cluster-e2e.sh            # builds the debug binaries first if needed
 #   KITSUNE_CLUSTER_QUICK=1 scripts/cluster-e2e.sh   # skip the optional steps (scale, restart, rollout, preload)
+#   KITSUNE_CLUSTER_SCALE_UP=1 scripts/cluster-e2e.sh   # add kubo 2 -> 3 during fetches: opt-in, it
+#       currently finds a stall (fetches through both proxies wait 120 s for one block each;
+#       the proxies count undeliverable messages and no want in flight)
 #
 # Needs root (the cluster), the harness (tests/harness/install.sh) and a debug build
 # (cargo build --workspace --bins; $KITSUNE_BIN_DIR to use other binaries).
@@ -17,6 +20,17 @@ SHARED=${KITSUNE_SHARED_DIR:-$ROOT/../shared}
 CLUSTER=$SHARED/k8s/cluster.sh
 log() { printf '[cluster-e2e] %s\n' "$*" >&2; }
 [ -x "$CLUSTER" ] || { log "missing $CLUSTER"; exit 1; }
+
+# The cluster's state (containerd's image store, etcd, logs), the image archives and the
+# test's files go to memory when there is room: about 1.5 GB, none of it worth keeping, and
+# a full disk then cannot fail the run.
+if [ -z "${KITSUNE_K8S_DIR:-}" ] && [ -d /dev/shm ] &&
+   [ "$(df -Pk /dev/shm | awk 'NR==2 {print $4}')" -gt 3000000 ]; then
+  export KITSUNE_K8S_DIR=/dev/shm/kitsune-k8s
+  export KITSUNE_IMAGES_DIR=${KITSUNE_IMAGES_DIR:-/dev/shm/kitsune-images}
+  export KITSUNE_CLUSTER_WORK=${KITSUNE_CLUSTER_WORK:-/dev/shm/kitsune-cluster-e2e}
+fi
+log "cluster state in ${KITSUNE_K8S_DIR:-/tmp/kitsune-k8s}"
 
 t0=$(date +%s)
 down() {
