@@ -6,6 +6,10 @@
 # ghcr.io/kitsune-proxy/kitsune-proxy:<its version> unless told otherwise (--proxy-image,
 # the chart's proxyImage, or spec.proxy.image).
 # Not built in this project's CI (no container engine there); see docs/container-image.md.
+# CI runs the same images on its local cluster: scripts/images.sh writes them as OCI
+# archives from the test build's binaries, with this file's paths, ENTRYPOINT/CMD, USER,
+# ports and the distroless base's files (glibc and the libraries ldd lists, /etc/passwd,
+# CA bundle). Change one, change the other.
 
 ARG RUST_VERSION=1.95
 

@@ -1,11 +1,17 @@
-//! Opt-in suite against a real cluster: runs only when `KUBECONFIG` is set.
+//! Suite against a real cluster: runs only when `KUBECONFIG` is set (scripts/cluster-e2e.sh
+//! runs it on the local cluster of ../shared/k8s; any other cluster works too).
 //!
-//! It needs no kubelet (pods never run): it applies `crds/`, creates a namespace with an
-//! identity Secret, backend Pods and an EndpointSlice of its own, runs the operator binary
-//! as a local process, and asserts the Deployment, Service, status and conditions; then a
-//! `kitsune-proxy` run here watches the operator's channel with a real ServiceAccount
-//! token, and an EndpointSlice change must reach its pool; last, a missing-Secret case. Everything lives in a fresh namespace that is
-//! deleted at the end. See operator/README.md.
+//! It needs no running pods: it applies `crds/`, creates a namespace with an identity
+//! Secret, backend Pods that are never scheduled (a node selector no node matches) and an
+//! EndpointSlice of its own, runs the operator binary as a local process, and asserts the
+//! Deployment, Service, status and conditions; then a `kitsune-proxy` run here watches the
+//! operator's channel with a real ServiceAccount token, and an EndpointSlice change must
+//! reach its pool; last, a missing-Secret case. The backend addresses are ones no pod holds
+//! in the local cluster's pod network (see [`fake_backend_ips`]): the proxy run here dials
+//! what it is given, and the API server refuses loopback addresses in EndpointSlices. The
+//! proxy Deployments never pull
+//! (`imagePullPolicy: Never`). Everything lives in a fresh namespace that is deleted at
+//! the end. See operator/README.md.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -52,6 +58,22 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+}
+
+/// The addresses of the three fake backends: `KITSUNE_TEST_BACKEND_IPS` (comma-separated),
+/// else three addresses of the ../shared/k8s cluster's pod network (10.77.0.0/24, a bridge on
+/// this host) past its IPAM range (.10-.250), so no pod ever holds them. Loopback would be the natural choice, but an
+/// EndpointSlice may not hold one (the API server answers 422), and the proxy run here
+/// dials whatever it is given, so on another cluster set unused addresses of its pod
+/// network.
+fn fake_backend_ips() -> Vec<String> {
+    let ips: Vec<String> = std::env::var("KITSUNE_TEST_BACKEND_IPS")
+        .unwrap_or_else(|_| "10.77.0.251,10.77.0.252,10.77.0.253".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert_eq!(ips.len(), 3, "KITSUNE_TEST_BACKEND_IPS: three addresses");
+    ips
 }
 
 fn free_addr() -> std::net::SocketAddr {
@@ -146,6 +168,9 @@ async fn operator_against_a_real_cluster() {
         eprintln!("skipped: KUBECONFIG unset");
         return;
     }
+    // kube's rustls needs a process-wide crypto provider; the operator's main installs
+    // the same one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default()
         .await
         .expect("a client from KUBECONFIG");
@@ -228,6 +253,11 @@ async fn operator_against_a_real_cluster() {
                     ..Default::default()
                 },
                 spec: Some(PodSpec {
+                    // Never scheduled, so never pulled or run: only their names matter.
+                    node_selector: Some(BTreeMap::from([(
+                        "kitsune.dev/no-such-node".into(),
+                        "true".into(),
+                    )])),
                     containers: vec![Container {
                         name: "kubo".into(),
                         image: Some("ipfs/kubo:v0.22.0".into()),
@@ -242,6 +272,7 @@ async fn operator_against_a_real_cluster() {
         .unwrap();
     }
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let ips = fake_backend_ips();
     slices
         .patch(
             "kubo-manual",
@@ -249,9 +280,9 @@ async fn operator_against_a_real_cluster() {
             &Patch::Apply(slice(
                 &ns,
                 &[
-                    ("10.200.0.1", "kubo-0", true, false),
-                    ("10.200.0.2", "kubo-1", true, false),
-                    ("10.200.0.3", "kubo-2", false, false),
+                    (ips[0].as_str(), "kubo-0", true, false),
+                    (ips[1].as_str(), "kubo-1", true, false),
+                    (ips[2].as_str(), "kubo-2", false, false),
                 ],
             )),
         )
@@ -268,7 +299,7 @@ async fn operator_against_a_real_cluster() {
             "spec": {
                 "identity": {"secretRef": {"name": secret}},
                 "backends": {"serviceName": "kubo", "rpcPort": "rpc"},
-                "proxy": {"replicas": 1}
+                "proxy": {"replicas": 1, "imagePullPolicy": "Never"}
             }
         }))
         .unwrap();
@@ -358,7 +389,8 @@ async fn operator_against_a_real_cluster() {
         condition(&kp, "BackendsAvailable"),
         Some(("True".into(), "BackendsReady".into()))
     );
-    // No kubelet: no proxy pod ever becomes ready.
+    // No proxy pod ever becomes ready: without a kubelet none runs; with one, the image is
+    // never pulled, and an imported one cannot reach `kitsune-operator.test.svc`.
     assert_eq!(
         condition(&kp, "Ready"),
         Some(("False".into(), "NoReadyReplicas".into()))
@@ -422,8 +454,8 @@ async fn operator_against_a_real_cluster() {
             &Patch::Apply(slice(
                 &ns,
                 &[
-                    ("10.200.0.1", "kubo-0", true, false),
-                    ("10.200.0.2", "kubo-1", true, true),
+                    (ips[0].as_str(), "kubo-0", true, false),
+                    (ips[1].as_str(), "kubo-1", true, true),
                 ],
             )),
         )

