@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use kitsune_e2e::bitswap_client::BitswapClient;
-use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, scratch_dir, write_random_file};
+use kitsune_e2e::{KuboNode, Proxy, ProxyOptions, scratch_dir, write_random_file};
 
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(90);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kitsune_e2e::bitswap_client::BitswapClient;
 use kitsune_e2e::{
-    KuboNode, KuboOptions, Proxy, ProxyOptions, binary, free_port, run_proxy_to_exit, scratch_dir,
+    KuboNode, Proxy, ProxyOptions, binary, free_port, run_proxy_to_exit, scratch_dir,
     write_random_file,
 };
 
