@@ -43,11 +43,9 @@ pub fn want(cid: Cid, kind: WantKind, send_dont_have: bool) -> WantEntry {
 
 pub fn cancel(cid: Cid) -> WantEntry {
     WantEntry {
-        cid,
-        priority: 0,
         cancel: true,
-        kind: WantKind::Block,
-        send_dont_have: false,
+        priority: 0,
+        ..want(cid, WantKind::Block, false)
     }
 }
 

@@ -76,6 +76,17 @@ pub struct KuboNode {
 }
 
 impl KuboNode {
+    /// A kubo node holding `files` and nothing else set, for tests that need a backend
+    /// with content; panics if it does not start.
+    pub async fn with_files(files: &[std::path::PathBuf]) -> Self {
+        Self::start(KuboOptions {
+            add: files.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("kubo starts")
+    }
+
     /// Start a node on fresh ports in a fresh temp dir and wait until its RPC API serves.
     /// Retries on fresh ports (up to 3 attempts) when a port turns out to be taken.
     pub async fn start(opts: KuboOptions) -> Result<Self> {

@@ -7,19 +7,10 @@
 use std::time::Duration;
 
 use kitsune_e2e::bitswap_client::BitswapClient;
-use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, scratch_dir, write_random_file};
+use kitsune_e2e::{KuboNode, Proxy, ProxyOptions, scratch_dir, write_random_file};
 
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(90);
-
-async fn kubo_with(files: &[std::path::PathBuf]) -> KuboNode {
-    KuboNode::start(KuboOptions {
-        add: files.to_vec(),
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts")
-}
 
 async fn proxy_for(backends: Vec<String>, key: Option<std::path::PathBuf>, args: &[&str]) -> Proxy {
     let n = backends.len();
@@ -48,7 +39,7 @@ async fn backends_killed_again_and_again_lose_no_fetch_and_send_no_block_twice()
     let file = write_random_file(dir.path(), "f.bin", 16 * MIB, 41).unwrap();
     let mut ks = Vec::new();
     for _ in 0..3 {
-        ks.push(kubo_with(std::slice::from_ref(&file)).await);
+        ks.push(KuboNode::with_files(std::slice::from_ref(&file)).await);
     }
     let proxy = proxy_for(
         ks.iter().map(|k| k.api_multiaddr.clone()).collect(),
@@ -92,8 +83,8 @@ async fn backends_killed_again_and_again_lose_no_fetch_and_send_no_block_twice()
 async fn a_hung_backend_loses_its_wants_to_the_others() {
     let dir = scratch_dir("hung").unwrap();
     let file = write_random_file(dir.path(), "f.bin", 4 * MIB, 42).unwrap();
-    let k1 = kubo_with(std::slice::from_ref(&file)).await;
-    let mut k2 = kubo_with(&[file]).await;
+    let k1 = KuboNode::with_files(std::slice::from_ref(&file)).await;
+    let mut k2 = KuboNode::with_files(&[file]).await;
     let proxy = proxy_for(
         vec![k1.api_multiaddr.clone(), k2.api_multiaddr.clone()],
         None,
@@ -121,7 +112,7 @@ async fn a_hung_backend_loses_its_wants_to_the_others() {
 async fn a_backend_answering_garbage_is_cut_off_and_wants_move() {
     let dir = scratch_dir("garbage").unwrap();
     let file = write_random_file(dir.path(), "f.bin", 2 * MIB, 43).unwrap();
-    let good = kubo_with(&[file]).await;
+    let good = KuboNode::with_files(&[file]).await;
     let bad = garbage::Backend::start().await;
     let proxy = proxy_for(
         vec![good.api_multiaddr.clone(), bad.rpc_multiaddr.clone()],
@@ -153,7 +144,7 @@ async fn a_backend_answering_garbage_is_cut_off_and_wants_move() {
 async fn a_restarted_proxy_serves_its_reconnecting_clients() {
     let dir = scratch_dir("restart").unwrap();
     let file = write_random_file(dir.path(), "f.bin", 8 * MIB, 44).unwrap();
-    let k = kubo_with(&[file]).await;
+    let k = KuboNode::with_files(&[file]).await;
     let key = dir.path().join("key");
     let mut first = proxy_for(vec![k.api_multiaddr.clone()], Some(key.clone()), &[]).await;
     let cids = k.dag_cids(&k.added["f.bin"]).await.unwrap();

@@ -8,20 +8,11 @@ use std::time::{Duration, Instant};
 
 use kitsune_e2e::bitswap_client::BitswapClient;
 use kitsune_e2e::{
-    KuboNode, KuboOptions, Proxy, ProxyOptions, binary, free_port, run_proxy_to_exit, scratch_dir,
+    KuboNode, Proxy, ProxyOptions, binary, free_port, run_proxy_to_exit, scratch_dir,
     write_random_file,
 };
 
 const T: Duration = Duration::from_secs(90);
-
-async fn kubo_with(files: &[std::path::PathBuf]) -> KuboNode {
-    KuboNode::start(KuboOptions {
-        add: files.to_vec(),
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts")
-}
 
 /// Fetches every block of `root` from kubo's DAG through `addr` with a bitswap client.
 async fn fetch_through(addr: &str, k: &KuboNode, root: &str) -> usize {
@@ -55,7 +46,7 @@ async fn a_dns_backend_is_dialled_over_either_family() {
     // dialled as `/dns6`, which never reached it.
     let dir = scratch_dir("dns").unwrap();
     let file = write_random_file(dir.path(), "d.bin", 300_000, 31).unwrap();
-    let k = kubo_with(&[file]).await;
+    let k = KuboNode::with_files(&[file]).await;
     let by_name = k
         .api_multiaddr
         .replace("/ip4/127.0.0.1/", "/dns/localhost/");
@@ -75,7 +66,7 @@ async fn a_dns_backend_is_dialled_over_either_family() {
 async fn a_closed_stdout_does_not_stop_the_proxy() {
     let dir = scratch_dir("stdout").unwrap();
     let file = write_random_file(dir.path(), "s.bin", 300_000, 32).unwrap();
-    let k = kubo_with(&[file]).await;
+    let k = KuboNode::with_files(&[file]).await;
     // A key made here: the peer ID is known without reading the proxy's stdout.
     let (key, bytes) = kitsune_common::key::generate_ed25519();
     let key_path = dir.path().join("key");
@@ -137,7 +128,7 @@ async fn without_system_ca_certificates_preload_mode_starts_and_serves() {
     let dir = scratch_dir("noca").unwrap();
     // Three chunks: a root and three leaves for `refs -r` to list.
     let file = write_random_file(dir.path(), "p.bin", 600_000, 33).unwrap();
-    let k = kubo_with(&[file]).await;
+    let k = KuboNode::with_files(&[file]).await;
     let port = free_port();
     let proxy = Proxy::start(ProxyOptions {
         backends: vec![k.api_multiaddr.clone()],

@@ -24,6 +24,15 @@ struct World {
     now: Instant,
 }
 
+impl World {
+    /// A refs call for `root` from `from`, sent to the world's backend.
+    fn open(&mut self, root: Cid, from: &str) {
+        self.r
+            .open(&[root], ip(from), self.backend, None, self.now)
+            .unwrap();
+    }
+}
+
 fn world() -> World {
     let mut r = Reverse::new(Limits::default());
     let (uploader, bystander) = (PeerId::random(), PeerId::random());
@@ -75,8 +84,7 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
     let mut w = world();
     let (l1, l2) = (raw_block(1), raw_block(2));
     let root = cbor_block(&[l1.cid, l2.cid]);
-    w.r.open(&[root.cid], ip("198.51.100.1"), w.backend, None, w.now)
-        .unwrap();
+    w.open(root.cid, "198.51.100.1");
 
     // The backend's want for a leaf before the root arrives: not (yet) in the DAG.
     w.r.backend_wants(w.backend, false, &[want(l1.cid, WantKind::Block)]);
@@ -126,8 +134,7 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
 fn only_the_backend_the_refs_went_to_may_fetch() {
     let mut w = world();
     let root = raw_block(1);
-    w.r.open(&[root.cid], ip("198.51.100.1"), w.backend, None, w.now)
-        .unwrap();
+    w.open(root.cid, "198.51.100.1");
     let other_backend = PeerId::random();
     w.r.backend_wants(other_backend, false, &[want(root.cid, WantKind::Block)]);
     let out = w.r.take_outbox();
@@ -139,8 +146,7 @@ fn only_the_backend_the_refs_went_to_may_fetch() {
 fn a_client_that_connects_later_gets_the_outstanding_wants() {
     let mut w = world();
     let root = raw_block(1);
-    w.r.open(&[root.cid], ip("192.0.2.50"), w.backend, None, w.now)
-        .unwrap();
+    w.open(root.cid, "192.0.2.50");
     w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
     assert!(w.r.take_outbox().to_clients.is_empty(), "nobody there yet");
     let late = PeerId::random();
@@ -192,8 +198,7 @@ fn dont_have_from_every_target_goes_back_and_cancels_go_out() {
 
     // A backend CANCEL goes to the clients.
     let c = raw_block(3);
-    w.r.open(&[c.cid], ip("198.51.100.1"), w.backend, None, w.now)
-        .unwrap();
+    w.open(c.cid, "198.51.100.1");
     w.r.backend_wants(w.backend, false, &[want(c.cid, WantKind::Block)]);
     w.r.take_outbox();
     w.r.backend_wants(w.backend, false, &[cancel(c.cid)]);
@@ -242,8 +247,7 @@ fn a_leaving_uploader_and_a_lost_backend_clean_up() {
     let c1 = conn();
     let lone = PeerId::random();
     w.r.client_connected(lone, c1, ip("192.0.2.9"));
-    w.r.open(&[a.cid], ip("192.0.2.9"), w.backend, None, w.now)
-        .unwrap();
+    w.open(a.cid, "192.0.2.9");
     w.r.backend_wants(w.backend, false, &[want(a.cid, WantKind::Block)]);
     w.r.take_outbox();
     w.r.client_disconnected(lone, c1);
