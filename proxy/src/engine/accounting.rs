@@ -21,7 +21,7 @@ const DOWN: DirectionLabels = DirectionLabels {
 /// The labelled series the core counts into exist from the start, at zero, so that
 /// dashboards and alerts see them before the first event.
 pub fn zeroes(m: &Metrics) {
-    for reason in ["too_many_wants", "preload_undecodable_block"] {
+    for reason in ["too_many_wants", "preload_undecodable_block", "undelivered_want"] {
         let _ = m.rejected.get_or_create(&ReasonLabels { reason });
     }
     for reason in ["have", "dont_have"] {
@@ -70,6 +70,7 @@ pub fn effects(m: &Metrics, fx: &Effects) {
         reverse("forwarded", c.reverse_forwarded);
         reverse("refused", c.reverse_refused);
         reason("preload_undecodable_block", c.undecodable_blocks);
+        reason("undelivered_want", c.undelivered_wants);
     }
     for rtt in &fx.outbox.rtts {
         m.downstream_block_rtt_ms

@@ -83,13 +83,7 @@ impl Engine {
                     self.perform(actions);
                 }
                 Some(cmd) = next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
-                Some(u) = self.undelivered_rx.recv() => {
-                    if self.clients.contains(&u.peer) {
-                        tracing::debug!(peer = %u.peer, blocks = u.cids.len(), "re-wanting undelivered blocks");
-                        let fx = self.core.undelivered(u.peer, u.cids, Instant::now());
-                        self.carry_out(fx);
-                    }
-                }
+                Some(u) = self.undelivered_rx.recv() => self.on_undelivered(u),
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::SetBackends(specs) => {
                         let actions = self.backends.set(specs);
@@ -125,6 +119,21 @@ impl Engine {
         accounting::from_backend(&self.metrics, peer, &msg);
         let fx = self.core.backend_message(peer, &msg, Instant::now());
         self.carry_out(fx);
+    }
+
+    /// A writer gave up on a peer's stream: a client's blocks are wanted again for it,
+    /// a backend's wants move on to the next backend.
+    fn on_undelivered(&mut self, u: Undelivered) {
+        let now = Instant::now();
+        if self.clients.contains(&u.peer) && !u.cids.is_empty() {
+            tracing::debug!(peer = %u.peer, blocks = u.cids.len(), "re-wanting undelivered blocks");
+            let fx = self.core.undelivered(u.peer, u.cids, now);
+            self.carry_out(fx);
+        } else if self.connected_backends.contains(&u.peer) && !u.wants.is_empty() {
+            tracing::debug!(peer = %u.peer, wants = u.wants.len(), "wants the backend never got move on");
+            let fx = self.core.backend_undelivered(u.peer, u.wants, now);
+            self.carry_out(fx);
+        }
     }
 
     fn on_preload(&mut self, cmd: PreloadCmd) {

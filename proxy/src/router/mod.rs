@@ -78,6 +78,8 @@ pub struct Stats {
     pub timeouts: u64,
     /// Wants sent again to a busy backend that had not answered them in time.
     pub refreshes: u64,
+    /// Wants a backend's stream failed to carry, moved on to the next backend.
+    pub undelivered_wants: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -539,6 +541,20 @@ impl Router {
                     self.out.block_to_client(client, block.clone());
                 }
                 WantKind::Have => self.tell_client(client, block.cid, PresenceKind::Have),
+            }
+        }
+    }
+
+    /// Wants never delivered to `backend`: each still pending there moves on, as
+    /// after a DONT_HAVE (counted as an undelivered failover).
+    pub fn backend_undelivered(&mut self, backend: PeerId, cids: &[Cid], now: Instant) {
+        for cid in cids {
+            let pending_there = self.wants.get(cid).is_some_and(
+                |w| matches!(w.state, State::Sent { backend: b, .. } if b == backend),
+            );
+            if pending_there {
+                self.stats.undelivered_wants += 1;
+                self.presence(backend, *cid, PresenceKind::DontHave, now);
             }
         }
     }

@@ -247,6 +247,36 @@ fn stale_dont_have_from_a_backend_already_left_is_ignored() {
 }
 
 #[test]
+fn a_want_the_backends_stream_never_carried_moves_on_at_once() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let mut r = router(&bs, t);
+    let c = PeerId::random();
+    let (b, other) = (block(6), block(7));
+    let order = order_for(&b, &bs);
+    r.client_message(c, &wants(vec![want(&b, WantKind::Block, true)]), t);
+    r.take_outbox();
+
+    // Not pending at the other backend: nothing happens.
+    r.backend_undelivered(order[1], &[b.cid, other.cid], t);
+    assert!(r.take_outbox().is_empty());
+    assert_eq!(r.stats().undelivered_wants, 0);
+
+    r.backend_undelivered(order[0], &[b.cid], t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &order[1]),
+        vec![(b.cid, false, WantKind::Block)],
+        "asked of the next backend without waiting for a timeout"
+    );
+    assert!(out.to_clients.is_empty(), "no DONT_HAVE: another backend is left");
+    assert_eq!((r.stats().undelivered_wants, r.stats().failovers), (1, 1));
+
+    r.backend_message(order[1], &blocks(std::slice::from_ref(&b)), t);
+    assert_eq!(r.take_outbox().to_clients[&c].blocks, vec![b]);
+}
+
+#[test]
 fn cancel_goes_to_the_backend_only_when_no_client_wants_the_cid() {
     let t = Instant::now();
     let bs = backends(1);

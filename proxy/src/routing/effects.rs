@@ -21,6 +21,8 @@ pub struct Counts {
     pub failovers: u64,
     pub timeouts: u64,
     pub refreshes: u64,
+    /// Wants a backend's stream failed to carry (moved on).
+    pub undelivered_wants: u64,
     /// Wants refused because their client holds too many.
     pub refused_wants: u64,
     pub haves_delivered: u64,
@@ -38,6 +40,7 @@ impl Counts {
             failovers: s.failovers,
             timeouts: s.timeouts,
             refreshes: s.refreshes,
+            undelivered_wants: s.undelivered_wants,
             refused_wants: s.refused_wants,
             haves_delivered: s.haves_delivered,
             dont_haves_delivered: s.dont_haves_delivered,
@@ -58,6 +61,7 @@ impl Counts {
             failovers: d(self.failovers, earlier.failovers),
             timeouts: d(self.timeouts, earlier.timeouts),
             refreshes: d(self.refreshes, earlier.refreshes),
+            undelivered_wants: d(self.undelivered_wants, earlier.undelivered_wants),
             refused_wants: d(self.refused_wants, earlier.refused_wants),
             haves_delivered: d(self.haves_delivered, earlier.haves_delivered),
             dont_haves_delivered: d(self.dont_haves_delivered, earlier.dont_haves_delivered),

@@ -129,6 +129,14 @@ impl Core {
         effects
     }
 
+    /// Wants the backend's writer could not deliver: the backend never saw them, so
+    /// they move on as if it had said DONT_HAVE (a backend that takes no stream is no
+    /// place to wait; one that recovers is tried again when the others say no).
+    pub fn backend_undelivered(&mut self, backend: PeerId, cids: Vec<Cid>, now: Instant) -> Effects {
+        self.router.backend_undelivered(backend, &cids, now);
+        self.effects()
+    }
+
     /// A backend is gone: its forward wants move on, its reverse wants end.
     pub fn backend_down(&mut self, backend: PeerId, now: Instant) -> Effects {
         self.router.backend_down(backend, now);

@@ -12,6 +12,8 @@ use crate::{KuboNode, KuboOptions, Proxy, helia_fetch, random_bytes, scratch_dir
 
 pub struct Config {
     pub size_mib: usize,
+    /// MiB the crypto and hashing floor is timed over.
+    pub floor_mib: usize,
     pub runs: usize,
     pub small_blocks: usize,
     pub window: usize,
@@ -45,6 +47,17 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         ),
     );
 
+    // The floor, in the same run as the proxy's CPU figures it is compared with.
+    let floor = super::floor::measure(cfg.floor_mib);
+    s.line(format!(
+        "floor {:.2} CPU-s/GiB (one core: ChaCha20-Poly1305 decrypt + encrypt {:.2}, SHA-256 \
+         {:.2}); with TLS 1.3 on both legs (AES-128-GCM) {:.2}",
+        floor.noise(),
+        floor.chacha_both_ways,
+        floor.sha256,
+        floor.tls()
+    ));
+
     // Native client (the project's codec over rust-libp2p): the fastest client there is.
     let timeout = Duration::from_secs(300);
     let pids = [
@@ -53,7 +66,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         std::process::id(),
     ];
     let native = native_runs(&kubo, &proxy, &cids, cfg, pids).await?;
-    native.report(&mut s, cfg.window, "");
+    native.report(&mut s, cfg.window, "", floor.noise());
 
     // The same with the proxy on a CPU of its own (kubo and the client share the other),
     // as when it runs on its own node: what the proxy costs when it does not compete
@@ -71,6 +84,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
             &mut s,
             cfg.window,
             ", pinned: kubo and client on CPU 0, the proxy alone on CPU 1",
+            floor.noise(),
         );
     }
 
@@ -135,7 +149,7 @@ struct Native {
 }
 
 impl Native {
-    fn report(&self, s: &mut Section, window: usize, how: &str) {
+    fn report(&self, s: &mut Section, window: usize, how: &str, floor: f64) {
         let (d, p) = (self.direct, self.proxied);
         s.line(format!(
             "rust-libp2p bitswap client, window {window}{how}: direct {d:.1} MiB/s, through \
@@ -153,6 +167,11 @@ impl Native {
                 num_cpus()
             ));
         }
+        let proxy = self.cpu[1][1] / self.moved[1];
+        s.line(format!(
+            "proxy CPU per GiB{how}: {proxy:.2} = **{:.2} x the floor** (goal <= 1.5)",
+            proxy / floor
+        ));
     }
 }
 

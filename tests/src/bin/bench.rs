@@ -64,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
     if wants("throughput") {
         let cfg = bench::throughput::Config {
             size_mib: if q { 8 } else { a.size_mib },
+            floor_mib: if q { 32 } else { 512 },
             runs: if q { 2 } else { a.runs },
             small_blocks: if q { 50 } else { a.latency_blocks },
             window: 256,

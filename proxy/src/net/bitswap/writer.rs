@@ -21,12 +21,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Messages merged into one write.
 const MAX_BATCH: usize = 64;
 
-/// Blocks a writer could not deliver, handed back so the engine can fetch them again
-/// for a client that still wants them (the router cleared those wants on sending).
+/// What a writer could not deliver, handed back to the engine: blocks for a client
+/// that still wants them (the router cleared those wants on sending), and wants for a
+/// backend that never saw them (the router believes they are pending there, and would
+/// otherwise wait for its timeout, again and again while the backend answers others).
 #[derive(Debug)]
 pub struct Undelivered {
     pub peer: PeerId,
+    /// Blocks not delivered.
     pub cids: Vec<cid::Cid>,
+    /// Wants (not cancels) not delivered.
+    pub wants: Vec<cid::Cid>,
 }
 
 /// The sending side of one peer's writer task.
@@ -147,14 +152,20 @@ impl WriteTask {
             let units = split(msg, TARGET_FRAME_BYTES);
             if let Err(first_unsent) = self.deliver(&units).await {
                 self.metrics.reject("undeliverable_message");
-                let cids: Vec<_> = units[first_unsent..]
+                let unsent = &units[first_unsent..];
+                let cids: Vec<_> = unsent
                     .iter()
                     .flat_map(|u| u.blocks.iter().map(|b| b.cid))
                     .collect();
-                if !cids.is_empty() {
+                let wants: Vec<_> = unsent
+                    .iter()
+                    .flat_map(|u| u.wants.iter().filter(|w| !w.cancel).map(|w| w.cid))
+                    .collect();
+                if !cids.is_empty() || !wants.is_empty() {
                     let back = Undelivered {
                         peer: self.peer,
                         cids,
+                        wants,
                     };
                     // Bounded: if the engine is that far behind, the peer's own
                     // rebroadcast is the remaining recovery.
