@@ -21,7 +21,11 @@ const DOWN: DirectionLabels = DirectionLabels {
 /// The labelled series the core counts into exist from the start, at zero, so that
 /// dashboards and alerts see them before the first event.
 pub fn zeroes(m: &Metrics) {
-    for reason in ["too_many_wants", "preload_undecodable_block", "undelivered_want"] {
+    for reason in [
+        "too_many_wants",
+        "preload_undecodable_block",
+        "undelivered_want",
+    ] {
         let _ = m.rejected.get_or_create(&ReasonLabels { reason });
     }
     for reason in ["have", "dont_have"] {

@@ -549,9 +549,10 @@ impl Router {
     /// after a DONT_HAVE (counted as an undelivered failover).
     pub fn backend_undelivered(&mut self, backend: PeerId, cids: &[Cid], now: Instant) {
         for cid in cids {
-            let pending_there = self.wants.get(cid).is_some_and(
-                |w| matches!(w.state, State::Sent { backend: b, .. } if b == backend),
-            );
+            let pending_there = self
+                .wants
+                .get(cid)
+                .is_some_and(|w| matches!(w.state, State::Sent { backend: b, .. } if b == backend));
             if pending_there {
                 self.stats.undelivered_wants += 1;
                 self.presence(backend, *cid, PresenceKind::DontHave, now);

@@ -269,7 +269,10 @@ fn a_want_the_backends_stream_never_carried_moves_on_at_once() {
         vec![(b.cid, false, WantKind::Block)],
         "asked of the next backend without waiting for a timeout"
     );
-    assert!(out.to_clients.is_empty(), "no DONT_HAVE: another backend is left");
+    assert!(
+        out.to_clients.is_empty(),
+        "no DONT_HAVE: another backend is left"
+    );
     assert_eq!((r.stats().undelivered_wants, r.stats().failovers), (1, 1));
 
     r.backend_message(order[1], &blocks(std::slice::from_ref(&b)), t);

@@ -132,7 +132,12 @@ impl Core {
     /// Wants the backend's writer could not deliver: the backend never saw them, so
     /// they move on as if it had said DONT_HAVE (a backend that takes no stream is no
     /// place to wait; one that recovers is tried again when the others say no).
-    pub fn backend_undelivered(&mut self, backend: PeerId, cids: Vec<Cid>, now: Instant) -> Effects {
+    pub fn backend_undelivered(
+        &mut self,
+        backend: PeerId,
+        cids: Vec<Cid>,
+        now: Instant,
+    ) -> Effects {
         self.router.backend_undelivered(backend, &cids, now);
         self.effects()
     }
