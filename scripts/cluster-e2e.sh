@@ -12,7 +12,7 @@
 #       the proxies count undeliverable messages and no want in flight)
 #
 # Needs root (the cluster), the harness (tests/harness/install.sh) and a debug build
-# (cargo build --workspace --bins; $KITSUNE_BIN_DIR to use other binaries).
+# (cargo build --workspace --all-targets; $KITSUNE_BIN_DIR to use other binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,9 +47,9 @@ trap 'exit 143' TERM
 
 tests/harness/install.sh
 if [ -z "${KITSUNE_BIN_DIR:-}" ]; then
-  nice cargo build --workspace --bins
-  # The suite's test binary (operator/tests/cluster.rs), built before the clock runs.
-  [ "${KITSUNE_CLUSTER_DEMO:-}" = 1 ] || nice cargo test -p kitsune-operator --test cluster --no-run
+  # All targets, as scripts/test.sh builds them (the same features: nothing rebuilt), the
+  # suite's test binary (operator/tests/cluster.rs) among them, before the clock runs.
+  nice cargo build --workspace --all-targets
 fi
 
 t_up=$(date +%s)
@@ -65,7 +65,8 @@ scripts/images.sh
 
 if [ -z "${KITSUNE_BIN_DIR:-}" ] && [ "${KITSUNE_CLUSTER_DEMO:-}" != 1 ]; then
   t_suite=$(date +%s)
-  cargo test -p kitsune-operator --test cluster -- --test-threads 1 --nocapture
+  # --workspace, not -p: the same features as the build above, so nothing is rebuilt.
+  cargo test --workspace --test cluster -- --test-threads 1 --nocapture
   log "operator/tests/cluster.rs in $(($(date +%s) - t_suite)) s"
 fi
 log "cluster part (up to here) $(($(date +%s) - t_up)) s"
