@@ -140,6 +140,9 @@ impl Context {
     }
 }
 
+/// The longest wait before an identity Secret that was missing or bad is read again.
+pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
+
 /// The retry delay after `failures` consecutive failures: 5 s, 10 s, 20 s … capped at 5 min.
 pub fn backoff(failures: u32) -> Duration {
     RETRY.delay(failures.saturating_sub(1), 1.0)
@@ -175,7 +178,13 @@ pub async fn reconcile(kp: Arc<KitsuneProxy>, ctx: Arc<Context>) -> Result<Actio
 pub fn error_policy(kp: Arc<KitsuneProxy>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(error.reason());
     let n = ctx.note_failure(&key_of(&kp));
-    let delay = backoff(n);
+    let mut delay = backoff(n);
+    if matches!(error, Error::Identity(_)) {
+        // The user fixes these by writing the Secret, and no Secret change wakes the
+        // operator (it never lists Secrets: RBAC cannot grant a watch without their
+        // data). So it looks again often instead of backing off for minutes.
+        delay = delay.min(SECRET_RECHECK);
+    }
     warn!(
         namespace = kp.namespace().unwrap_or_default(),
         name = kp.name_any(),

@@ -272,7 +272,9 @@ async fn missing_secret_is_a_false_condition_an_event_and_backoff() {
     finish(mock).await;
     assert_eq!(err.reason(), "SecretNotFound");
 
-    // Bounded exponential backoff, counted by reason: no busy loop.
+    // Bounded backoff, counted by reason: no busy loop. A missing Secret is read again
+    // at most SECRET_RECHECK later however long it stays missing (no Secret change
+    // wakes the operator); other failures back off to BACKOFF_MAX.
     assert_eq!(
         error_policy(kp.clone(), &err, ctx.clone()),
         Action::requeue(Duration::from_secs(5))
@@ -286,7 +288,13 @@ async fn missing_secret_is_a_false_condition_an_event_and_backoff() {
     }
     assert_eq!(
         error_policy(kp.clone(), &err, ctx.clone()),
-        Action::requeue(BACKOFF_MAX)
+        Action::requeue(SECRET_RECHECK)
+    );
+    let other = Error::MissingObjectKey("test");
+    assert_eq!(
+        error_policy(kp.clone(), &other, ctx.clone()),
+        Action::requeue(BACKOFF_MAX),
+        "the failure count is the proxy's, whatever the reason"
     );
     let failures = ctx
         .metrics
