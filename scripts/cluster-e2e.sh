@@ -7,9 +7,6 @@
 #
 #   scripts/cluster-e2e.sh            # builds the debug binaries first if needed
 #   KITSUNE_CLUSTER_QUICK=1 scripts/cluster-e2e.sh   # skip the optional steps (scale, restart, rollout, preload)
-#   KITSUNE_CLUSTER_SCALE_UP=1 scripts/cluster-e2e.sh   # add kubo 2 -> 3 during fetches: opt-in, it
-#       currently finds a stall (fetches through both proxies wait 120 s for one block each;
-#       the proxies count undeliverable messages and no want in flight)
 #
 # Needs root (the cluster), the harness (tests/harness/install.sh) and a debug build
 # (cargo build --workspace --all-targets; $KITSUNE_BIN_DIR to use other binaries).

@@ -28,7 +28,6 @@ OPERATOR_HTTP = f"{HOST}:18080"
 SMALL, LARGE = 4 << 20, 64 << 20
 QUICK = os.environ.get("KITSUNE_CLUSTER_QUICK") == "1"  # skip the optional steps
 # Scale-up during fetches: opt-in until the stall it finds is fixed (see scripts/cluster-e2e.sh).
-SCALE_UP = os.environ.get("KITSUNE_CLUSTER_SCALE_UP") == "1"
 # The Kubernetes demo (scripts/demo.sh --kubernetes): install, kubo, proxy, fetches, a scale-down.
 DEMO = os.environ.get("KITSUNE_CLUSTER_DEMO") == "1"
 
@@ -626,8 +625,7 @@ def main():
             print(kubectl("-n", NS, "get", "kp,statefulset,deployment,pods", "-o", "wide"), end="")
         elif not QUICK:
             step_preload(peer_id)
-            if SCALE_UP:
-                step_scale_up(peer_id, large)
+            step_scale_up(peer_id, large)
             step_scale_down(peer_id, large)
             step_operator_restart(op, peer_id)
             step_rollout(peer_id)
