@@ -4,4 +4,6 @@ pub mod clock;
 pub mod key;
 pub mod logging;
 pub mod shutdown;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod watch;

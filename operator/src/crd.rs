@@ -145,6 +145,16 @@ pub struct BackendsSpec {
 /// The proxy Deployment.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.tls) || (has(self.preload) && self.preload.enabled) || (has(self.listeners) && has(self.listeners.httpPort))",
+        "message": "tls needs the shared port: preload.enabled or listeners.httpPort"
+    },
+    {
+        "rule": "!has(self.listeners) || !has(self.listeners.httpPort) || !has(self.preload) || !self.preload.enabled || self.listeners.httpPort == self.preload.port",
+        "message": "with preload enabled the shared port is preload.port: listeners.httpPort must be the same number or unset"
+    }
+]))]
 pub struct ProxySpec {
     /// How many proxy pods run. They all present the same peer ID.
     #[serde(default = "default_replicas")]
@@ -170,6 +180,30 @@ pub struct ProxySpec {
     #[serde(default = "default_metrics_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub metrics_port: i32,
+    /// TLS on the shared HTTP + WebSocket port (`preload.port`, or `listeners.httpPort`):
+    /// it then serves `wss` and `https` (HTTP/2 and HTTP/1.1) beside plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ProxyTlsSpec>,
+    /// Multiaddrs the proxy announces instead of its pod addresses (identify, and so the
+    /// DHT and clients), e.g. `/dns4/ipfs.example.com/tcp/443/tls/ws`. Empty: the pod's
+    /// listen addresses, as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 2, max = 512), regex(pattern = "^/"))
+    )]
+    pub announce: Vec<String>,
+}
+
+/// The certificate of the shared port.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTlsSpec {
+    /// A `kubernetes.io/tls` Secret in this namespace (keys `tls.crt`, the full chain,
+    /// and `tls.key`), as cert-manager writes it. Mounted read-only; a renewed
+    /// certificate is picked up without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// The libp2p transports the proxy listens on, each on its own port.
@@ -177,8 +211,8 @@ pub struct ProxySpec {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "has(self.tcpPort) || has(self.wsPort) || has(self.quicPort)",
-        "message": "set at least one of tcpPort, wsPort or quicPort"
+        "rule": "has(self.tcpPort) || has(self.wsPort) || has(self.quicPort) || has(self.httpPort)",
+        "message": "set at least one of tcpPort, wsPort, quicPort or httpPort"
     },
     {
         "rule": "!has(self.tcpPort) || !has(self.wsPort) || self.tcpPort != self.wsPort",
@@ -198,6 +232,12 @@ pub struct ListenersSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub quic_port: Option<i32>,
+    /// The shared port without preload: HTTP and libp2p WebSocket on one TCP port
+    /// (`--http-port`). With preload enabled the shared port is `preload.port`; set
+    /// this only to the same number then. Omit to disable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub http_port: Option<i32>,
 }
 
 /// The HTTP preload endpoint.
@@ -314,6 +354,8 @@ impl Default for ProxySpec {
             listeners: ListenersSpec::default(),
             preload: PreloadSpec::default(),
             metrics_port: default_metrics_port(),
+            tls: None,
+            announce: Vec::new(),
         }
     }
 }
@@ -324,6 +366,7 @@ impl Default for ListenersSpec {
             tcp_port: Some(4001),
             ws_port: Some(8081),
             quic_port: Some(4001),
+            http_port: None,
         }
     }
 }

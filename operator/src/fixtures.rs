@@ -53,6 +53,21 @@ pub fn kp() -> KitsuneProxy {
     kp
 }
 
+/// [`kp`] serving the public face: the shared port 8443 without preload, TLS from the
+/// cert-manager Secret `ipfs-example-com`, and announced public addresses.
+pub fn kp_public() -> KitsuneProxy {
+    let mut kp = kp();
+    kp.spec.proxy.listeners.http_port = Some(8443);
+    kp.spec.proxy.tls = Some(crate::crd::ProxyTlsSpec {
+        secret_name: "ipfs-example-com".into(),
+    });
+    kp.spec.proxy.announce = vec![
+        "/dns4/ipfs.example.com/tcp/443/tls/ws".into(),
+        "/dns4/ipfs.example.com/tcp/443/tls/http".into(),
+    ];
+    kp
+}
+
 /// A KitsuneProxy selecting the EndpointSlices of `service` (swarm port by name).
 pub fn proxy_for_service(ns: &str, name: &str, service: &str) -> KitsuneProxy {
     let mut kp = kp();

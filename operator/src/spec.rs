@@ -328,12 +328,14 @@ fn is_label_value(s: &str) -> bool {
 fn check_ports(spec: &KitsuneProxySpec) -> Result<(), SpecError> {
     let p = &spec.proxy;
     let l = &p.listeners;
-    if l.tcp_port.is_none() && l.ws_port.is_none() && l.quic_port.is_none() {
+    if l.tcp_port.is_none() && l.ws_port.is_none() && l.quic_port.is_none() && l.http_port.is_none()
+    {
         return Err(SpecError::new(
             "ConflictingSpec",
-            "proxy.listeners needs at least one of tcpPort, wsPort or quicPort",
+            "proxy.listeners needs at least one of tcpPort, wsPort, quicPort or httpPort",
         ));
     }
+    check_shared_port(p)?;
     if p.replicas < 0 {
         return Err(SpecError::new(
             "ConflictingSpec",
@@ -350,6 +352,8 @@ fn check_ports(spec: &KitsuneProxySpec) -> Result<(), SpecError> {
     }
     if p.preload.enabled {
         tcp.push(("proxy.preload.port", p.preload.port));
+    } else if let Some(n) = l.http_port {
+        tcp.push(("proxy.listeners.httpPort", n));
     }
     let mut all = tcp.clone();
     if let Some(n) = l.quic_port {
@@ -368,6 +372,50 @@ fn check_ports(spec: &KitsuneProxySpec) -> Result<(), SpecError> {
                 format!("{a} and {b} are both TCP port {pa}"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// The shared port is one port, TLS needs it, and announced addresses look like
+/// multiaddrs (the proxy parses them fully, and would fail to start on a bad one).
+fn check_shared_port(p: &crate::crd::ProxySpec) -> Result<(), SpecError> {
+    let http = p.listeners.http_port;
+    if let Some(h) = http
+        && p.preload.enabled
+        && h != p.preload.port
+    {
+        return Err(SpecError::new(
+            "ConflictingSpec",
+            format!(
+                "proxy.listeners.httpPort {h} and proxy.preload.port {} differ: with preload \
+                 enabled the shared port is preload.port",
+                p.preload.port
+            ),
+        ));
+    }
+    if let Some(tls) = &p.tls {
+        if !p.preload.enabled && http.is_none() {
+            return Err(SpecError::new(
+                "ConflictingSpec",
+                "proxy.tls needs the shared port: preload.enabled or listeners.httpPort",
+            ));
+        }
+        if tls.secret_name.is_empty() {
+            return Err(SpecError::new(
+                "ConflictingSpec",
+                "proxy.tls.secretName is empty",
+            ));
+        }
+    }
+    if let Some(a) = p
+        .announce
+        .iter()
+        .find(|a| !a.starts_with('/') || a.len() < 2 || a.chars().any(char::is_whitespace))
+    {
+        return Err(SpecError::new(
+            "InvalidAnnounce",
+            format!("proxy.announce {a:?} is not a multiaddr (e.g. /dns4/host/tcp/443/tls/ws)"),
+        ));
     }
     Ok(())
 }
@@ -520,5 +568,47 @@ mod tests {
         let s = spec();
         assert_eq!(s.proxy.listeners.quic_port, s.proxy.listeners.tcp_port);
         assert!(validate(&s).is_ok());
+    }
+
+    #[test]
+    fn the_shared_port_tls_and_announce_are_checked() {
+        use crate::crd::ProxyTlsSpec;
+        let tls = || {
+            Some(ProxyTlsSpec {
+                secret_name: "ipfs-example-com".into(),
+            })
+        };
+        let mut s = spec();
+        s.proxy.tls = tls();
+        let e = validate(&s).unwrap_err();
+        assert!(e.message.contains("shared port"), "TLS without a port: {e}");
+        s.proxy.listeners.http_port = Some(8443);
+        assert!(validate(&s).is_ok());
+        s.proxy.listeners.http_port = Some(9090);
+        assert!(validate(&s).unwrap_err().message.contains("metricsPort"));
+
+        let mut s = spec();
+        s.proxy.tls = tls();
+        s.proxy.preload.enabled = true;
+        assert!(validate(&s).is_ok(), "preload's port carries TLS too");
+        s.proxy.listeners.http_port = Some(s.proxy.preload.port);
+        assert!(validate(&s).is_ok(), "the same port twice is one port");
+        s.proxy.listeners.http_port = Some(8443);
+        assert!(validate(&s).unwrap_err().message.contains("differ"));
+
+        let mut s = spec();
+        s.proxy.listeners = crate::crd::ListenersSpec {
+            tcp_port: None,
+            ws_port: None,
+            quic_port: None,
+            http_port: Some(443),
+        };
+        assert!(validate(&s).is_ok(), "the shared port alone is a listener");
+
+        let mut s = spec();
+        s.proxy.announce = vec!["/dns4/ipfs.example.com/tcp/443/tls/ws".into()];
+        assert!(validate(&s).is_ok());
+        s.proxy.announce.push("ipfs.example.com:443".into());
+        assert_eq!(validate(&s).unwrap_err().reason, "InvalidAnnounce");
     }
 }

@@ -114,12 +114,40 @@ pub struct Cli {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub shared: SharedPortArgs,
+
+    /// A multiaddr to announce instead of the listen addresses (repeatable): what
+    /// identify tells peers and what the start-up lines print, e.g. the Service's
+    /// public `/dns4/ipfs.example.com/tcp/443/tls/ws`. Without it, the listen
+    /// addresses are announced.
+    #[arg(long = "announce", env = "KITSUNE_ANNOUNCE", value_delimiter = ',')]
+    pub announce: Vec<Multiaddr>,
+}
+
+/// The shared port without preload, and TLS on it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SharedPortArgs {
+    /// Serve the shared port (HTTP, and the libp2p WebSocket listener, on one TCP port)
+    /// without turning preload on. `-p` serves the same port with preload; given both,
+    /// they must be the same number.
+    #[arg(long = "http-port", env = "KITSUNE_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// PEM certificate chain (leaf first) for TLS on the shared port: it then serves
+    /// `wss`/`https` (ALPN h2, http/1.1) beside plaintext, told apart by the first byte.
+    /// Re-read when the file changes.
+    #[arg(long, env = "KITSUNE_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file. Re-read when the file changes.
+    #[arg(long, env = "KITSUNE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Preload mode's address, trust and bounds.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PreloadArgs {
-    /// The address the preload port binds (`::` for dual-stack).
+    /// The address the shared port (-p or --http-port) binds (`::` for dual-stack).
     #[arg(
         long = "preload-bind",
         env = "KITSUNE_PRELOAD_BIND",
@@ -247,6 +275,35 @@ fn at_least_a_read_chunk(s: &str) -> Result<usize, String> {
 }
 
 impl Cli {
+    /// The shared port, from `-p` or `--http-port`: one port, so two different numbers
+    /// are an error, as is TLS with no port to serve it on.
+    pub fn shared_port(&self) -> anyhow::Result<Option<u16>> {
+        let port = match (self.preload_port, self.shared.http_port) {
+            (Some(p), Some(h)) if p != h => anyhow::bail!(
+                "-p/--preload-port {p} and --http-port {h} differ: they name one shared port \
+                 (HTTP and WebSocket); give one of them, or the same number to both"
+            ),
+            (p, h) => p.or(h),
+        };
+        if port.is_none() && self.shared.tls_cert_file.is_some() {
+            anyhow::bail!(
+                "--tls-cert-file is for the shared port: give --http-port (or -p) as well"
+            );
+        }
+        Ok(port)
+    }
+
+    /// The shared port's certificate files, when TLS is on.
+    pub fn tls_files(&self) -> Option<kitsune_common::tls::TlsFiles> {
+        match (&self.shared.tls_cert_file, &self.shared.tls_key_file) {
+            (Some(cert), Some(key)) => Some(kitsune_common::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// WebSocket listen addresses with `/ws` appended where it is missing.
     pub fn ws_listen_addrs(&self) -> Vec<Multiaddr> {
         self.ws_listen
@@ -402,6 +459,61 @@ mod tests {
         assert!(cli.preload.bind.is_ipv6());
         assert_eq!(cli.preload_limits().max_sessions, 256);
         assert!(Cli::try_parse_from(["kitsune-proxy", "--trusted-proxy", "10.0.0.0/40"]).is_err());
+    }
+
+    #[test]
+    fn the_shared_port_comes_from_either_flag_and_is_one_port() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("kitsune-proxy").chain(args.iter().copied()))
+                .unwrap()
+        };
+        assert_eq!(parse(&[]).shared_port().unwrap(), None);
+        assert_eq!(parse(&["-p", "8441"]).shared_port().unwrap(), Some(8441));
+        let http = parse(&["--http-port", "8443"]);
+        assert_eq!(http.shared_port().unwrap(), Some(8443));
+        assert_eq!(
+            http.preload_port, None,
+            "--http-port does not turn preload on"
+        );
+        let both = parse(&["-p", "8443", "--http-port", "8443"]);
+        assert_eq!(both.shared_port().unwrap(), Some(8443));
+        let e = parse(&["-p", "8441", "--http-port", "8443"])
+            .shared_port()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("8441") && e.contains("8443"), "{e}");
+
+        let tls = ["--tls-cert-file", "/c.pem", "--tls-key-file", "/k.pem"];
+        let e = parse(&tls).shared_port().unwrap_err().to_string();
+        assert!(e.contains("--http-port"), "{e}");
+        let cli = parse(&[tls[0], tls[1], tls[2], tls[3], "--http-port", "443"]);
+        assert_eq!(cli.shared_port().unwrap(), Some(443));
+        assert_eq!(cli.tls_files().unwrap().key, PathBuf::from("/k.pem"));
+        assert!(
+            Cli::try_parse_from(["kitsune-proxy", "--http-port", "1", "--tls-cert-file", "/c"])
+                .is_err(),
+            "a certificate needs its key"
+        );
+    }
+
+    #[test]
+    fn announce_is_repeatable_and_checked() {
+        let cli = Cli::try_parse_from([
+            "kitsune-proxy",
+            "--announce",
+            "/dns4/ipfs.example.com/tcp/443/tls/ws",
+            "--announce",
+            "/ip4/203.0.113.7/tcp/4001,/ip4/203.0.113.7/udp/4001/quic-v1",
+        ])
+        .unwrap();
+        assert_eq!(cli.announce.len(), 3);
+        assert!(Cli::try_parse_from(["kitsune-proxy", "--announce", "example.com:443"]).is_err());
+        assert!(
+            Cli::try_parse_from(["kitsune-proxy"])
+                .unwrap()
+                .announce
+                .is_empty()
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `router` (the want tables and balancing) and `preload`'s reverse path; `backend` the
 //! pure backend lifecycle; `net` the libp2p hosts and stream I/O; `engine` the event
 //! loop that feeds the cores events and carries out their effects; `sources` where the
-//! backend set comes from; `http` the admin server; `config` the flags.
+//! backend set comes from; `front` the shared HTTP + WebSocket port; `http` the admin
+//! server; `config` the flags.
 
 pub mod allocator;
 pub mod announce;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod engine;
 #[cfg(test)]
 mod fixtures;
+pub mod front;
 pub mod http;
 pub mod http_client;
 pub mod identity;
@@ -69,7 +71,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         || Arc::new(std::sync::atomic::AtomicBool::new(true)),
         |w| w.synced.clone(),
     );
-    let splices = cli.preload_port.map(|_| preload::front::Splices::default());
+    let shared_port = cli.shared_port()?;
+    // A bad certificate or key is a start-up error, naming the file (never its contents).
+    let tls = cli
+        .tls_files()
+        .map(front::tls::server_config)
+        .transpose()
+        .context("the shared port's TLS certificate")?;
+    let splices = shared_port.map(|_| front::Splices::default());
     let mut swarm = net::swarm::build(
         key,
         &cli.limits,
@@ -82,9 +91,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .listen_on(addr.clone())
             .with_context(|| format!("listening on {addr}"))?;
     }
-    let (preload_parts, front) = match (cli.preload_port, splices) {
+    // Announced addresses replace the listen addresses in identify and on stdout.
+    for addr in &cli.announce {
+        swarm.add_external_address(addr.clone());
+        announce::line(format_args!("Listening on {addr}/p2p/{peer_id}"));
+    }
+    let (preload_parts, refs_app) = match cli.preload_port {
+        Some(_) => {
+            let (parts, app) = preload_setup(&cli, &metrics)?;
+            (Some(parts), Some(app))
+        }
+        None => (None, None),
+    };
+    // The shared port's HTTP app, from the features that are on; 404 for the rest.
+    let mut app = axum::Router::new();
+    if let Some(refs) = refs_app {
+        app = app.merge(refs);
+    }
+    let app = app.fallback(front::not_found);
+    let (front_parts, front) = match (shared_port, splices) {
         (Some(port), Some(splices)) => {
-            let (parts, front) = preload_setup(&cli, port, splices, &mut swarm, &metrics).await?;
+            let (parts, front) = front_setup(&cli, port, splices, app, tls, &mut swarm).await?;
             (Some(parts), Some(front))
         }
         _ => (None, None),
@@ -108,6 +135,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             client_frames,
             max_client_buffer: cli.limits.max_client_buffer_bytes,
             preload: preload_parts,
+            front: front_parts,
+            announced: !cli.announce.is_empty(),
         },
         &mut registry,
     )?;
@@ -149,8 +178,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some((listener, front)) = front {
         let s = shutdown.clone();
         tasks.spawn(async move {
-            let r = s.run_until_cancelled(preload::front::serve(listener, front));
-            r.await.unwrap_or(Ok(())).context("preload port")
+            let r = s.run_until_cancelled(front::serve(listener, front));
+            r.await.unwrap_or(Ok(())).context("shared port")
         });
     }
     // The first task to end (on the signal, or failing) stops the others.
@@ -166,39 +195,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
-/// Preload mode: the loopback WebSocket listener the preload port splices to, the
-/// preload port itself, and the engine's side of both.
-async fn preload_setup(
+/// The shared port: the loopback WebSocket listener it splices to, the port itself,
+/// and the engine's side of both.
+async fn front_setup(
     cli: &Cli,
     port: u16,
-    splices: preload::front::Splices,
+    splices: front::Splices,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     swarm: &mut libp2p::Swarm<net::swarm::Behaviour>,
-    metrics: &metrics::Metrics,
-) -> anyhow::Result<(
-    engine::PreloadParts,
-    (tokio::net::TcpListener, preload::front::Front),
-)> {
+) -> anyhow::Result<(engine::FrontParts, (tokio::net::TcpListener, front::Front))> {
     let internal_ws = swarm
         .listen_on("/ip4/127.0.0.1/tcp/0/ws".parse().expect("valid"))
-        .context("listening on loopback for the preload port's WebSocket")?;
+        .context("listening on loopback for the shared port's WebSocket")?;
     let bind = std::net::SocketAddr::new(cli.preload.bind, port);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
-        .with_context(|| format!("binding the preload port {bind}"))?;
+        .with_context(|| format!("binding the shared port {bind}"))?;
     let local = listener.local_addr()?;
-    let ip = match local.ip() {
-        std::net::IpAddr::V4(v4) => format!("/ip4/{v4}"),
-        std::net::IpAddr::V6(v6) => format!("/ip6/{v6}"),
-    };
-    announce::line(format_args!(
-        "Listening on {ip}/tcp/{}/ws/p2p/{}",
-        local.port(),
-        swarm.local_peer_id()
-    ));
-    tracing::info!(%local, "preload mode: /api/v0/refs and the WebSocket listener share this port");
-    let (commands_tx, commands) = tokio::sync::mpsc::unbounded_channel();
+    if cli.announce.is_empty() {
+        let ip = match local.ip() {
+            std::net::IpAddr::V4(v4) => format!("/ip4/{v4}"),
+            std::net::IpAddr::V6(v6) => format!("/ip6/{v6}"),
+        };
+        // With TLS the plaintext forms still work on the port; the TLS ones are shown
+        // because browsers need them.
+        let tls_part = if tls.is_some() { "/tls" } else { "" };
+        let base = format!("{ip}/tcp/{}{tls_part}", local.port());
+        announce::line(format_args!(
+            "Listening on {base}/ws/p2p/{}",
+            swarm.local_peer_id()
+        ));
+        announce::line(format_args!("Serving HTTP on {base}/http"));
+    }
+    tracing::info!(%local, tls = tls.is_some(), "HTTP and the WebSocket listener share this port");
     let (internal_ws_addr, ws_target) = tokio::sync::watch::channel(None);
-    let trusted = Arc::new(cli.preload.trusted_proxies.clone());
+    let front = front::Front {
+        app,
+        ws_target,
+        splices: splices.clone(),
+        trusted: Arc::new(cli.preload.trusted_proxies.clone()),
+        max_connections: (cli.limits.max_connections + cli.limits.max_pending_connections) as usize,
+        max_per_ip: cli.limits.max_connections_per_ip,
+        tls,
+    };
+    let parts = engine::FrontParts {
+        splices,
+        internal_ws,
+        internal_ws_addr,
+    };
+    Ok((parts, (listener, front)))
+}
+
+/// Preload mode: the refs routes and the engine's side of them.
+fn preload_setup(
+    cli: &Cli,
+    metrics: &metrics::Metrics,
+) -> anyhow::Result<(engine::PreloadParts, axum::Router)> {
+    let (commands_tx, commands) = tokio::sync::mpsc::unbounded_channel();
     let app = preload::refs::router(preload::refs::RefsState {
         engine: commands_tx,
         http: http_client::plain()
@@ -206,23 +260,13 @@ async fn preload_setup(
             .build()
             .context("building the preload HTTP client")?,
         permits: Arc::new(tokio::sync::Semaphore::new(cli.preload.max_concurrent)),
-        trusted: trusted.clone(),
+        trusted: Arc::new(cli.preload.trusted_proxies.clone()),
         timeout: cli.preload.timeout,
         metrics: metrics.clone(),
     });
-    let front = preload::front::Front {
-        app,
-        ws_target,
-        splices: splices.clone(),
-        trusted,
-        max_connections: (cli.limits.max_connections + cli.limits.max_pending_connections) as usize,
-    };
     let parts = engine::PreloadParts {
         reverse: preload::Reverse::new(cli.preload_limits()),
         commands,
-        splices,
-        internal_ws,
-        internal_ws_addr,
     };
-    Ok((parts, (listener, front)))
+    Ok((parts, app))
 }

@@ -26,6 +26,8 @@ pub struct HeliaOptions {
     pub timeout: Duration,
     /// Stream muxers to offer, in preference order (`"yamux"`, `"mplex"`).
     pub muxers: Vec<String>,
+    /// A PEM CA bundle Node trusts besides its own (`NODE_EXTRA_CA_CERTS`), for `wss`.
+    pub extra_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for HeliaOptions {
@@ -34,6 +36,7 @@ impl Default for HeliaOptions {
             mode: FetchMode::Cat,
             timeout: Duration::from_secs(60),
             muxers: vec!["yamux".into(), "mplex".into()],
+            extra_ca: None,
         }
     }
 }
@@ -119,6 +122,9 @@ pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<Fe
         .arg(format!("{:.3}", opts.timeout.as_secs_f64()))
         .arg("--muxers")
         .arg(opts.muxers.join(","));
+    if let Some(ca) = &opts.extra_ca {
+        cmd.env("NODE_EXTRA_CA_CERTS", ca);
+    }
     let t0 = Instant::now();
     let mut proc = ChildProcess::spawn("helia", cmd, dir.path())?;
     // Node start-up (module loading) takes ~2 s, far more on a busy 2-core machine

@@ -23,6 +23,7 @@ mod helia;
 mod jsipfs;
 mod kubo;
 pub mod operator;
+pub mod pki;
 mod ports;
 pub mod preload;
 mod process;

@@ -128,6 +128,7 @@ async fn helia_fetches_1mib_from_kubo_over_tcp_and_ws() {
             mode: FetchMode::Blocks,
             muxers: vec!["mplex".into()],
             timeout: T,
+            ..Default::default()
         },
     )
     .await

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::fixtures::ApiServerVerifier;
-use crate::fixtures::{kp as base_kp, ready_slice};
+use crate::fixtures::{kp as base_kp, kp_public, ready_slice};
 
 const NS: &str = "ipfs";
 const NAME: &str = "preload";
@@ -517,4 +517,66 @@ async fn nothing_is_written_before_the_index_synced() {
     assert_eq!(action, Action::await_change());
     finish(mock).await;
     drop(synced_tx);
+}
+
+#[tokio::test]
+async fn the_public_face_mounts_its_certificate_and_announces_its_addresses() {
+    let (ctx, mut api, index) = Context::test();
+    let kp = kp_public();
+    seed_backends(&index, &kp, 1);
+    let (_, raw) = kitsune_common::key::generate_ed25519();
+    let secret = secret_json("preload-key", "key", &raw);
+    let mock = tokio::spawn(async move {
+        api.get_secret(NS, "preload-key", Some(secret)).await;
+        let d = api
+            .apply_children(NS, NAME, json!({"replicas": 2, "readyReplicas": 2}))
+            .await;
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let after = |flag: &str| -> Vec<&str> {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1])
+                .collect()
+        };
+        assert_eq!(after("--http-port"), ["8443"]);
+        assert!(after("--preload-port").is_empty(), "preload stays off");
+        assert_eq!(after("--tls-cert-file"), ["/var/run/kitsune/tls/tls.crt"]);
+        assert_eq!(after("--tls-key-file"), ["/var/run/kitsune/tls/tls.key"]);
+        assert_eq!(
+            after("--announce"),
+            [
+                "/dns4/ipfs.example.com/tcp/443/tls/ws",
+                "/dns4/ipfs.example.com/tcp/443/tls/http"
+            ]
+        );
+        let tls = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .expect("a tls volume");
+        assert_eq!(tls["secret"]["secretName"], "ipfs-example-com");
+        assert_eq!(tls["secret"]["defaultMode"], 0o440);
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "tls")
+            .expect("a tls mount");
+        assert_eq!(mount["mountPath"], "/var/run/kitsune/tls");
+        assert_eq!(mount["readOnly"], true);
+        let st = api.status(NS, NAME).await;
+        assert_eq!(conds(&st)["Ready"], pair("True", "Ready"));
+        events(&mut api, 3).await;
+        api.silence().await;
+    });
+    reconcile(Arc::new(kp), ctx).await.unwrap();
+    finish(mock).await;
 }

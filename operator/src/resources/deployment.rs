@@ -23,6 +23,8 @@ use crate::crd::KitsuneProxy;
 pub const IDENTITY_DIR: &str = "/var/run/kitsune/identity";
 /// The key's file name inside [`IDENTITY_DIR`].
 pub const IDENTITY_FILE: &str = "key";
+/// Where the shared port's `kubernetes.io/tls` Secret is mounted, read-only.
+pub const TLS_DIR: &str = "/var/run/kitsune/tls";
 /// Where the projected watch-channel token is mounted.
 pub const TOKEN_DIR: &str = "/var/run/secrets/kitsune/watch";
 /// The token's file name inside [`TOKEN_DIR`].
@@ -66,6 +68,21 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
     if p.preload.enabled {
         args.extend(["--preload-port".into(), p.preload.port.to_string()]);
         ports.push(container_port("preload", "TCP", p.preload.port));
+    } else if let Some(port) = l.http_port {
+        // The same shared port as preload's, without preload.
+        args.extend(["--http-port".into(), port.to_string()]);
+        ports.push(container_port("http", "TCP", port));
+    }
+    if p.tls.is_some() {
+        args.extend([
+            "--tls-cert-file".into(),
+            format!("{TLS_DIR}/tls.crt"),
+            "--tls-key-file".into(),
+            format!("{TLS_DIR}/tls.key"),
+        ]);
+    }
+    for addr in &p.announce {
+        args.extend(["--announce".into(), addr.clone()]);
     }
     args.extend([
         "--metrics-addr".into(),
@@ -125,29 +142,11 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
             seccomp_profile: Some(runtime_default()),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "identity".into(),
-                mount_path: IDENTITY_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "watch-token".into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(volume_mounts(p.tls.is_some())),
         ..Default::default()
     };
 
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "identity".into(),
             secret: Some(SecretVolumeSource {
@@ -191,6 +190,26 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
             ..Default::default()
         },
     ];
+    if let Some(tls) = &p.tls {
+        // Only the two files the proxy reads; the kubelet updates them in place when
+        // cert-manager renews the Secret, and the proxy re-reads them.
+        let item = |key: &str| KeyToPath {
+            key: key.into(),
+            path: key.into(),
+            ..Default::default()
+        };
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                items: Some(vec![item("tls.crt"), item("tls.key")]),
+                default_mode: Some(0o440),
+                optional: Some(false),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
 
     Deployment {
         metadata: owned_meta(kp, names::workload(&name)),
@@ -238,6 +257,30 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
         },
         ..Default::default()
     }
+}
+
+/// The identity, the watch token, a scratch /tmp, and the TLS Secret when set: all
+/// read-only but /tmp.
+fn volume_mounts(tls: bool) -> Vec<VolumeMount> {
+    let read_only = |name: &str, path: &str| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let mut mounts = vec![
+        read_only("identity", IDENTITY_DIR),
+        read_only("watch-token", TOKEN_DIR),
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    if tls {
+        mounts.push(read_only("tls", TLS_DIR));
+    }
+    mounts
 }
 
 fn container_port(name: &str, protocol: &str, port: i32) -> ContainerPort {
@@ -441,5 +484,70 @@ mod tests {
             .map(|p| p.name.clone().unwrap())
             .collect();
         assert_eq!(names, ["libp2p-tcp", "preload", "metrics"]);
+    }
+
+    #[test]
+    fn the_shared_port_carries_tls_from_its_secret_and_the_announced_addresses() {
+        let kp = crate::fixtures::kp_public();
+        let d = deployment(&kp, &id(), &BuildConfig::default());
+        let pod = d.spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        let args = c.args.as_ref().unwrap();
+        assert_eq!(arg_after(args, "--http-port"), ["8443"]);
+        assert_eq!(
+            arg_after(args, "--tls-cert-file"),
+            [format!("{TLS_DIR}/tls.crt")]
+        );
+        assert_eq!(
+            arg_after(args, "--tls-key-file"),
+            [format!("{TLS_DIR}/tls.key")]
+        );
+        assert_eq!(arg_after(args, "--announce").len(), 2);
+        assert!(
+            c.ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p.name.as_deref() == Some("http") && p.container_port == 8443)
+        );
+        let vol = pod.volumes.as_ref().unwrap();
+        let sec = vol.iter().find(|v| v.name == "tls").unwrap();
+        let sec = sec.secret.as_ref().unwrap();
+        assert_eq!(sec.secret_name.as_deref(), Some("ipfs-example-com"));
+        let keys: Vec<_> = sec
+            .items
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert_eq!(keys, [("tls.crt", "tls.crt"), ("tls.key", "tls.key")]);
+        let m = c.volume_mounts.as_ref().unwrap();
+        let m = m.iter().find(|m| m.name == "tls").unwrap();
+        assert_eq!((m.mount_path.as_str(), m.read_only), (TLS_DIR, Some(true)));
+
+        // With preload on, its port is the shared port: no second flag, TLS still on.
+        let mut kp = kp;
+        kp.spec.proxy.listeners.http_port = None;
+        kp.spec.proxy.preload.enabled = true;
+        let d = deployment(&kp, &id(), &BuildConfig::default());
+        let args = d.spec.template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert_eq!(arg_after(&args, "--preload-port"), ["8080"]);
+        assert!(arg_after(&args, "--http-port").is_empty());
+        assert_eq!(arg_after(&args, "--tls-cert-file").len(), 1);
+    }
+
+    #[test]
+    fn no_tls_no_announce_means_no_mount_and_no_flags() {
+        let d = deployment(&kp(), &id(), &BuildConfig::default());
+        let pod = d.spec.template.spec.unwrap();
+        let args = pod.containers[0].args.as_ref().unwrap();
+        for flag in ["--tls-cert-file", "--announce", "--http-port"] {
+            assert!(arg_after(args, flag).is_empty(), "{flag}");
+        }
+        assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "tls"));
     }
 }

@@ -15,7 +15,7 @@ fn port(name: &str, protocol: &str, port: i32) -> ServicePort {
     }
 }
 
-/// The Service exposing the proxy's libp2p listeners (and preload, when enabled), with
+/// The Service exposing the proxy's libp2p listeners (and the shared port, when on), with
 /// the type, annotations, session affinity and traffic policy from `spec.service`.
 pub fn service(kp: &KitsuneProxy) -> Service {
     let l = &kp.spec.proxy.listeners;
@@ -31,6 +31,8 @@ pub fn service(kp: &KitsuneProxy) -> Service {
     }
     if kp.spec.proxy.preload.enabled {
         ports.push(port("preload", "TCP", kp.spec.proxy.preload.port));
+    } else if let Some(p) = l.http_port {
+        ports.push(port("http", "TCP", p));
     }
     let s = &kp.spec.service;
     let mut meta = owned_meta(kp, names::workload(&kp.name_any()));
@@ -129,6 +131,17 @@ mod tests {
             svc.metadata.annotations.unwrap()["lb.example/internal"],
             "true"
         );
+    }
+
+    #[test]
+    fn the_shared_port_without_preload_is_exposed_as_http() {
+        let svc = service(&crate::fixtures::kp_public());
+        assert!(summary(&svc).contains(&("http".into(), "TCP".into(), 8443)));
+        let mut kp = crate::fixtures::kp_public();
+        kp.spec.proxy.preload.enabled = true;
+        kp.spec.proxy.listeners.http_port = None;
+        let names: Vec<_> = summary(&service(&kp)).into_iter().map(|p| p.0).collect();
+        assert!(names.contains(&"preload".to_string()) && !names.contains(&"http".to_string()));
     }
 
     #[test]

@@ -26,17 +26,17 @@ use tokio::sync::mpsc;
 
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
 use crate::bitswap::Message;
+use crate::front::socket_addr_of;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::net::bitswap::InboundStream;
 use crate::net::bitswap::{Inbound, QueueError, Undelivered};
 use crate::net::swarm::BehaviourEvent;
-use crate::preload::front::socket_addr_of;
 use crate::preload::refs::{Opened, PreloadCmd};
 use crate::routing::{Core, Effects};
 pub use handle::{Command, Handle};
 use parts::Preload;
-pub use parts::{Parts, PreloadParts};
+pub use parts::{FrontParts, Parts, PreloadParts};
 use side::Side;
 use summary::Summary;
 
@@ -62,6 +62,9 @@ pub struct Engine {
     health: Arc<Health>,
     max_client_buffer: usize,
     preload: Option<Preload>,
+    front: Option<FrontParts>,
+    /// `--announce` set the external addresses; listen addresses stay private.
+    announced: bool,
 }
 
 impl Engine {
@@ -163,14 +166,14 @@ impl Engine {
     }
 
     /// The client's address behind a listener-side connection: for a connection
-    /// spliced from the preload port, the client the splice came from.
+    /// spliced from the shared port, the client the splice came from.
     fn client_addr(&self, endpoint: &ConnectedPoint) -> Option<SocketAddr> {
         let ConnectedPoint::Listener { send_back_addr, .. } = endpoint else {
             return None;
         };
         let seen = socket_addr_of(send_back_addr)?;
         Some(
-            self.preload
+            self.front
                 .as_ref()
                 .and_then(|p| p.splices.client_of(&seen))
                 .unwrap_or(seen),
@@ -184,14 +187,19 @@ impl Engine {
                 address,
                 listener_id,
             } if self
-                .preload
+                .front
                 .as_ref()
                 .is_some_and(|p| p.internal_ws == listener_id) =>
             {
-                // Internal: reached through the preload port, never announced.
-                if let (Some(p), Some(addr)) = (&self.preload, socket_addr_of(&address)) {
+                // Internal: reached through the shared port, never announced.
+                if let (Some(p), Some(addr)) = (&self.front, socket_addr_of(&address)) {
                     p.internal_ws_addr.send_replace(Some(addr));
                 }
+            }
+            SwarmEvent::NewListenAddr { address, .. } if self.announced => {
+                // The start-up lines show the announced addresses instead.
+                tracing::info!(%address, "listening (not announced: --announce is set)");
+                self.health.listening.store(true, Ordering::Relaxed);
             }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let id = *self.clients_side.swarm.local_peer_id();
@@ -199,7 +207,7 @@ impl Engine {
                 self.health.listening.store(true, Ordering::Relaxed);
                 self.clients_side.swarm.add_external_address(address);
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
+            SwarmEvent::ExpiredListenAddr { address, .. } if !self.announced => {
                 self.clients_side.swarm.remove_external_address(&address);
             }
             SwarmEvent::ConnectionEstablished {

@@ -11,12 +11,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Engine, Handle, Side};
 use crate::backend::Backends;
+use crate::front::Splices;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::net::bitswap::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
 use crate::net::swarm::Behaviour;
 use crate::preload::Reverse;
-use crate::preload::front::Splices;
 use crate::preload::refs::PreloadCmd;
 use crate::router::Router;
 use crate::routing::Core;
@@ -25,20 +25,21 @@ use crate::routing::Core;
 pub struct PreloadParts {
     pub reverse: Reverse,
     pub commands: mpsc::UnboundedReceiver<PreloadCmd>,
+}
+
+/// The shared port's part of the engine (with or without preload).
+pub struct FrontParts {
     /// Who the spliced WebSocket connections really are.
     pub splices: Splices,
-    /// The loopback WebSocket listener the preload port splices to.
+    /// The loopback WebSocket listener the shared port splices to.
     pub internal_ws: ListenerId,
-    /// Where that listener ended up, for the preload port.
+    /// Where that listener ended up, for the shared port.
     pub internal_ws_addr: watch::Sender<Option<SocketAddr>>,
 }
 
 /// The plumbing of preload mode (its routing is in the core).
 pub(super) struct Preload {
     pub(super) commands: mpsc::UnboundedReceiver<PreloadCmd>,
-    pub(super) splices: Splices,
-    pub(super) internal_ws: ListenerId,
-    pub(super) internal_ws_addr: watch::Sender<Option<SocketAddr>>,
 }
 
 pub struct Parts {
@@ -54,6 +55,10 @@ pub struct Parts {
     pub client_frames: FrameBounds,
     pub max_client_buffer: usize,
     pub preload: Option<PreloadParts>,
+    pub front: Option<FrontParts>,
+    /// External addresses were set from `--announce`: listen addresses are not
+    /// announced (identify reports external addresses only).
+    pub announced: bool,
 }
 
 impl Engine {
@@ -80,9 +85,6 @@ impl Engine {
                 Some(p.reverse),
                 Some(Preload {
                     commands: p.commands,
-                    splices: p.splices,
-                    internal_ws: p.internal_ws,
-                    internal_ws_addr: p.internal_ws_addr,
                 }),
             ),
             None => (None, None),
@@ -108,6 +110,8 @@ impl Engine {
             health: parts.health,
             max_client_buffer: parts.max_client_buffer,
             preload,
+            front: parts.front,
+            announced: parts.announced,
         };
         Ok((engine, handle))
     }

@@ -17,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::client_ip::{Cidr, client_ip};
-use super::front::PeerAddr;
 use super::sessions::SessionId;
+use crate::front::PeerAddr;
 use crate::metrics::Metrics;
 
 /// At most this many `arg`s in one call.
@@ -61,11 +61,10 @@ pub struct RefsState {
     pub metrics: Metrics,
 }
 
-/// The preload HTTP app: `/api/v0/refs`, and 404 for every other path.
+/// The preload routes: `/api/v0/refs`. The shared port answers 404 for other paths.
 pub fn router(state: RefsState) -> axum::Router {
     axum::Router::new()
         .route("/api/v0/refs", axum::routing::any(refs))
-        .fallback(|| async { kubo_error(StatusCode::NOT_FOUND, "404 page not found") })
         .with_state(state)
 }
 

@@ -1,16 +1,28 @@
-//! The preload port: `/api/v0/refs` and the libp2p WebSocket listener on one TCP port.
+//! The shared port: HTTP and the libp2p WebSocket listener on one TCP port, plain or
+//! TLS (`-p/--preload-port` or `--http-port`).
 //!
-//! Each connection's first request head is read. A WebSocket upgrade is spliced, bytes
-//! untouched, to the libp2p WebSocket listener on a loopback port; anything else is
-//! HTTP, served by axum. One port for both is what lets several replicas share one
-//! peer ID behind a Kubernetes Service with `sessionAffinity: ClientIP`: the browser's
-//! WebSocket and its refs call reach the same pod. The production preload nodes shared
-//! port 443 the same way.
+//! How a connection is told apart:
+//! 1. Its first byte: `0x16` (a TLS handshake record) is TLS when a certificate is
+//!    configured; anything else is plaintext. After TLS termination the rest is the same.
+//! 2. With ALPN `h2`, it is HTTP/2 at once. Otherwise the first request head is read
+//!    (bounded in size and time): a WebSocket upgrade is spliced, bytes untouched, to
+//!    the libp2p WebSocket listener on a loopback port; anything else, HTTP/2 with prior
+//!    knowledge (h2c) included, is HTTP, served by hyper's HTTP/1.1 + HTTP/2 server
+//!    with the axum app assembled in `lib.rs`.
+//!
+//! One port for both is what lets several replicas share one peer ID behind a
+//! Kubernetes Service with `sessionAffinity: ClientIP`: the browser's WebSocket and its
+//! HTTP calls reach the same pod. The production preload nodes shared port 443 the
+//! same way.
 //!
 //! The splice also tells the engine who a spliced libp2p connection really is: libp2p
 //! sees `127.0.0.1:<ephemeral port>`, and [`Splices`] maps that port back to the
 //! client's address (resolved through `X-Forwarded-For` from trusted proxies, exactly
-//! as for the refs call), so both sides of a preload are matched alike.
+//! as for HTTP), so both are matched alike.
+
+pub mod head;
+pub mod per_ip;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -20,21 +32,23 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Buf, Bytes};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
-use super::client_ip::{Cidr, client_ip};
+use crate::preload::client_ip::{Cidr, client_ip};
+use head::{HEAD_TIMEOUT, MAX_HEAD};
+use per_ip::PerIp;
 
-/// The longest request head accepted (kubo's Go server allows 1 MiB; browsers send ~1 KiB).
-const MAX_HEAD: usize = 16 * 1024;
-/// Time to send the request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 streams open at once on one connection (hyper's default is 200).
+const MAX_H2_STREAMS: u32 = 100;
+/// An HTTP/2 connection that answers no ping in this long is closed.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// The TCP peer of an HTTP request on the preload port (before `X-Forwarded-For`).
+/// The TCP peer of an HTTP request on the shared port (before `X-Forwarded-For`).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -92,7 +106,7 @@ impl Drop for SpliceGuard {
 /// What the front needs.
 #[derive(Clone)]
 pub struct Front {
-    /// The refs endpoint (and 404 for everything else).
+    /// The HTTP app: the routes of the features that are on, 404 for the rest.
     pub app: axum::Router,
     /// The libp2p WebSocket listener to splice upgrades to, once it is listening.
     pub ws_target: watch::Receiver<Option<SocketAddr>>,
@@ -100,44 +114,100 @@ pub struct Front {
     pub trusted: Arc<Vec<Cidr>>,
     /// Connections open at once on the port; past it, new ones are closed at once.
     pub max_connections: usize,
+    /// Connections open at once from one client address (trusted proxies exempt).
+    pub max_per_ip: u32,
+    /// TLS, when a certificate is configured: the port then serves TLS and plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The 404 of every path no feature serves.
+pub async fn not_found() -> (axum::http::StatusCode, &'static str) {
+    (axum::http::StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
 /// Accepts on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, front: Front) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(front.max_connections));
+    let per_ip = PerIp::new(front.max_per_ip);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and the like: back off briefly rather than spin.
-                tracing::warn!(error = %e, "preload port: accept failed");
+                tracing::warn!(error = %e, "shared port: accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "preload port: too many connections; closing one");
+            tracing::debug!(%peer, "shared port: too many connections; closing one");
             continue;
+        };
+        // A trusted proxy carries many clients: its connections are not capped per
+        // address (the clients behind it are, on the libp2p side, by X-Forwarded-For).
+        let ip_slot = if front.trusted.iter().any(|c| c.contains(peer.ip())) {
+            None
+        } else {
+            match per_ip.try_acquire(peer.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    tracing::debug!(%peer, "shared port: too many connections from one address");
+                    continue;
+                }
+            }
         };
         let front = front.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, ip_slot);
             if let Err(e) = connection(stream, peer, front).await {
-                tracing::debug!(%peer, error = %e, "preload port connection ended");
+                tracing::debug!(%peer, error = %e, "shared port connection ended");
             }
         });
     }
 }
 
-async fn connection(mut stream: TcpStream, peer: SocketAddr, front: Front) -> io::Result<()> {
+async fn connection(stream: TcpStream, peer: SocketAddr, front: Front) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) => return Ok(()),
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HEAD_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(0)) | Err(_) => return Ok(()), // closed, or idle: drop it
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+    }
+    let Some(config) = front
+        .tls
+        .clone()
+        .filter(|_| first[0] == tls::HANDSHAKE_RECORD)
+    else {
+        return plaintext(stream, peer, front).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "shared port: TLS handshake failed");
+            return Ok(());
+        }
+        Err(_) => return Ok(()), // slow handshake: drop it
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(tls::H2) {
+        // HTTP/2 has no WebSocket upgrade (RFC 8441 is not offered): HTTP at once.
+        return http(stream, peer, front).await;
+    }
+    plaintext(stream, peer, front).await
+}
+
+/// After TLS, if any: the first request head decides between splice and HTTP.
+async fn plaintext<S>(mut stream: S, peer: SocketAddr, front: Front) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (head, parsed) = match tokio::time::timeout(HEAD_TIMEOUT, head::read(&mut stream)).await {
+        Ok(Ok(head::Read::Head(bytes, parsed))) => (bytes, parsed),
+        Ok(Ok(head::Read::Gone)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()), // slow or idle: drop it
     };
-    let parsed = Head::parse(&head);
     if parsed.websocket {
         let client = SocketAddr::new(
             client_ip(
@@ -149,31 +219,47 @@ async fn connection(mut stream: TcpStream, peer: SocketAddr, front: Front) -> io
         );
         splice(stream, head, client, front).await
     } else {
-        let io = TokioIo::new(Prefixed {
+        let io = Prefixed {
             prefix: head,
             inner: stream,
-        });
-        let app = front.app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            app.clone().oneshot(req)
-        });
-        hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .keep_alive(true)
-            .serve_connection(io, service)
-            .await
-            .map_err(io::Error::other)
+        };
+        http(io, peer, front).await
     }
 }
 
-async fn splice(
-    mut stream: TcpStream,
-    head: Bytes,
-    client: SocketAddr,
-    front: Front,
-) -> io::Result<()> {
+/// Serves HTTP/1.1, or HTTP/2 (told by its preface), with the front's app.
+async fn http<S>(io: S, peer: SocketAddr, front: Front) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = front.app.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_header_list_size(MAX_HEAD as u32)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    builder
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(io::Error::other)
+}
+
+async fn splice<S>(mut stream: S, head: Bytes, client: SocketAddr, front: Front) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut target = front.ws_target.clone();
     let addr = match tokio::time::timeout(HEAD_TIMEOUT, target.wait_for(Option::is_some)).await {
         Ok(Ok(a)) => a.expect("waited for Some"),
@@ -195,74 +281,13 @@ async fn splice(
     Ok(())
 }
 
-/// Reads until the end of the request head; `None` if the peer closed first.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<Bytes>> {
-    let mut buf = BytesMut::with_capacity(2048);
-    loop {
-        if buf.len() >= MAX_HEAD {
-            stream
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
-                .await?;
-            return Ok(None);
-        }
-        let start = buf.len().saturating_sub(3);
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(None);
-        }
-        if buf[start..].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(Some(buf.freeze()));
-        }
-    }
-}
-
-/// The parts of a request head the front decides on.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Head {
-    pub websocket: bool,
-    pub forwarded_for: Vec<String>,
-}
-
-impl Head {
-    /// Parses leniently: whatever is not a clean WebSocket upgrade goes to the HTTP
-    /// server, which gives malformed requests their proper error.
-    pub fn parse(head: &[u8]) -> Self {
-        let text = String::from_utf8_lossy(head);
-        let mut lines = text.split("\r\n");
-        let is_get = lines.next().is_some_and(|l| l.starts_with("GET "));
-        let (mut upgrade_ws, mut connection_upgrade) = (false, false);
-        let mut forwarded_for = Vec::new();
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let (name, value) = (name.trim(), value.trim());
-            let has = |token: &str| {
-                value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            };
-            if name.eq_ignore_ascii_case("upgrade") {
-                upgrade_ws |= has("websocket");
-            } else if name.eq_ignore_ascii_case("connection") {
-                connection_upgrade |= has("upgrade");
-            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-                forwarded_for.push(value.to_owned());
-            }
-        }
-        Self {
-            websocket: is_get && upgrade_ws && connection_upgrade,
-            forwarded_for,
-        }
-    }
-}
-
 /// A stream that yields `prefix` before the rest of `inner`.
-struct Prefixed {
+struct Prefixed<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -278,7 +303,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -314,19 +339,6 @@ pub fn socket_addr_of(addr: &libp2p::Multiaddr) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn websocket_upgrades_are_told_from_http() {
-        let ws = b"GET /p2p HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: a\r\nX-Forwarded-For: 1.2.3.4\r\nx-forwarded-for: 5.6.7.8\r\n\r\n";
-        let h = Head::parse(ws);
-        assert!(h.websocket);
-        assert_eq!(h.forwarded_for, vec!["1.2.3.4", "5.6.7.8"]);
-        let post = b"POST /api/v0/refs?arg=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
-        assert!(!Head::parse(post).websocket, "only GET upgrades");
-        let plain = b"GET /api/v0/refs HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert!(!Head::parse(plain).websocket);
-        assert!(!Head::parse(b"\xff\xfe garbage\r\n\r\n").websocket);
-    }
 
     #[test]
     fn splices_map_and_forget() {
