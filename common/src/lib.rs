@@ -4,4 +4,5 @@ pub mod clock;
 pub mod key;
 pub mod logging;
 pub mod shutdown;
+pub mod throttle;
 pub mod watch;

@@ -54,6 +54,8 @@ pub struct Parts {
     pub client_frames: FrameBounds,
     pub max_client_buffer: usize,
     pub preload: Option<PreloadParts>,
+    /// `--block-cache-bytes` (0: no cache).
+    pub block_cache_bytes: u64,
 }
 
 impl Engine {
@@ -91,7 +93,8 @@ impl Engine {
         let engine = Self {
             clients_side,
             backends_side,
-            core: Core::new(parts.router, reverse),
+            core: Core::new(parts.router, reverse)
+                .with_cache(crate::cache::BlockCache::new(parts.block_cache_bytes)),
             backends: Backends::default(),
             clients: HashSet::new(),
             connected_backends: HashSet::new(),
@@ -108,6 +111,8 @@ impl Engine {
             health: parts.health,
             max_client_buffer: parts.max_client_buffer,
             preload,
+            listeners: HashSet::new(),
+            drain: None,
         };
         Ok((engine, handle))
     }

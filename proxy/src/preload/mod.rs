@@ -8,6 +8,7 @@
 pub mod client_ip;
 pub mod dag;
 pub mod front;
+pub mod quota;
 pub mod refs;
 pub mod reverse;
 pub mod sessions;
