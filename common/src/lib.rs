@@ -4,6 +4,7 @@ pub mod clock;
 pub mod key;
 pub mod logging;
 pub mod shutdown;
+pub mod throttle;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod watch;

@@ -1,5 +1,5 @@
 //! Watch-channel message parsing on the proxy side: the operator's NDJSON byte stream,
-//! cut into chunks wherever the network cut it, through `LineBuffer` (the line bound),
+//! cut into chunks wherever the network cut it, through `line_codec` (the line bound),
 //! `parse_line` (the `WatchEvent` contract) and `to_specs` (the backend addresses).
 //!
 //! The first input byte picks the chunk size, the rest is the stream. Checked besides
@@ -10,30 +10,39 @@
 
 #![no_main]
 
+use bytes::BytesMut;
 use kitsune_common::watch::{MAX_LINE_BYTES, WatchEvent};
-use kitsune_proxy::sources::watch::{LineBuffer, parse_line, to_specs};
+use kitsune_proxy::sources::watch::{line_codec, parse_line, to_specs};
 use libfuzzer_sys::fuzz_target;
+use tokio_util::codec::Decoder;
+
+/// The complete lines of `stream` fed `chunk` bytes at a time; `None` on a framing
+/// error (a line over the bound, or not UTF-8).
+fn lines(stream: &[u8], chunk: usize) -> Option<Vec<String>> {
+    let mut codec = line_codec();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for part in stream.chunks(chunk) {
+        buf.extend_from_slice(part);
+        while let Some(line) = codec.decode(&mut buf).ok()? {
+            out.push(line);
+        }
+    }
+    Some(out)
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, stream)) = data.split_first() else {
         return;
     };
-    let chunk = usize::from(cut).max(1);
-    let mut chunked = LineBuffer::default();
-    let mut lines = Vec::new();
-    for part in stream.chunks(chunk) {
-        match chunked.push(part) {
-            Ok(l) => lines.extend(l),
-            Err(_) => return,
-        }
-    }
-    let whole = LineBuffer::default()
-        .push(stream)
-        .expect("chunked was fine");
-    assert_eq!(lines, whole, "chunking does not change the lines");
-    for line in &lines {
-        assert!(line.len() <= MAX_LINE_BYTES && !line.contains(&b'\n'));
-        let Ok(event) = parse_line(line) else {
+    let Some(chunked) = lines(stream, usize::from(cut).max(1)) else {
+        return;
+    };
+    let whole = lines(stream, stream.len().max(1)).expect("chunked was fine");
+    assert_eq!(chunked, whole, "chunking does not change the lines");
+    for line in &chunked {
+        assert!(line.len() <= MAX_LINE_BYTES && !line.contains('\n'));
+        let Ok(event) = parse_line(line.as_bytes()) else {
             continue;
         };
         let text = serde_json::to_string(&event).expect("an event serialises");

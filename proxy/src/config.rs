@@ -124,6 +124,22 @@ pub struct Cli {
     /// addresses are announced.
     #[arg(long = "announce", env = "KITSUNE_ANNOUNCE", value_delimiter = ',')]
     pub announce: Vec<Multiaddr>,
+
+    /// After SIGTERM, how long connections already open are served on while their
+    /// wants finish (new ones are refused and /readyz fails at once). A little under
+    /// Kubernetes' default 30 s grace period, which the operator sets to this plus 5 s.
+    #[arg(long, env = "KITSUNE_DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "25s")]
+    pub drain_timeout: Duration,
+
+    /// Bytes of verified blocks kept in memory to answer repeated wants without a
+    /// backend (each block counts its data plus 256 bytes); 0 turns the cache off.
+    #[arg(long, env = "KITSUNE_BLOCK_CACHE_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub block_cache_bytes: u64,
+
+    /// Backends one --backends-url snapshot may name; a bigger snapshot is refused
+    /// (with one warning) and the last set kept.
+    #[arg(long, env = "KITSUNE_MAX_BACKENDS", default_value_t = crate::sources::watch::MAX_BACKENDS)]
+    pub max_backends: usize,
 }
 
 /// The shared port without preload, and TLS on it.
@@ -190,6 +206,37 @@ pub struct PreloadArgs {
     /// How long a preload's reverse wants stay allowed after its refs call ends.
     #[arg(long = "preload-linger", env = "KITSUNE_PRELOAD_LINGER", value_parser = humantime::parse_duration, default_value = "30s")]
     pub linger: Duration,
+    /// Refs calls in flight from one address key (see --ipv4-prefix-len); more are
+    /// answered 429. A share of --preload-max-concurrent.
+    #[arg(
+        long = "preload-max-concurrent-per-address",
+        env = "KITSUNE_PRELOAD_MAX_CONCURRENT_PER_ADDRESS",
+        default_value_t = 8
+    )]
+    pub max_concurrent_per_address: usize,
+    /// Preloads (in flight or lingering) one address key may hold open; more are
+    /// answered 429. A share of the 4 × --preload-max-concurrent preloads.
+    #[arg(
+        long = "preload-max-sessions-per-address",
+        env = "KITSUNE_PRELOAD_MAX_SESSIONS_PER_ADDRESS",
+        default_value_t = 32
+    )]
+    pub max_sessions_per_address: usize,
+    /// Block bytes one preload may pass from its uploader to the backend; past it the
+    /// backend's further wants for that DAG are refused.
+    #[arg(
+        long = "preload-max-bytes-per-session",
+        env = "KITSUNE_PRELOAD_MAX_BYTES_PER_SESSION",
+        default_value_t = 1 << 30
+    )]
+    pub max_bytes_per_session: u64,
+    /// The same for all the open preloads of one address key together.
+    #[arg(
+        long = "preload-max-bytes-per-address",
+        env = "KITSUNE_PRELOAD_MAX_BYTES_PER_ADDRESS",
+        default_value_t = 4 << 30
+    )]
+    pub max_bytes_per_address: u64,
 }
 
 /// `--balance`: the command line's names for the router's [`Policy`].
@@ -255,6 +302,29 @@ pub struct Limits {
     /// Idle connections (no open streams) are closed after this long.
     #[arg(long, env = "KITSUNE_IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub idle_timeout: Duration,
+    /// The IPv4 prefix length one address key covers (per-address limits count per
+    /// key): 32, each address.
+    #[arg(long, env = "KITSUNE_IPV4_PREFIX_LEN", default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub ipv4_prefix_len: u8,
+    /// The IPv6 prefix length one address key covers: 64, one site (a host's privacy
+    /// addresses rotate within its /64).
+    #[arg(long, env = "KITSUNE_IPV6_PREFIX_LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ipv6_prefix_len: u8,
+    /// Wants the clients of one address key (see --ipv4-prefix-len) may hold together;
+    /// more are answered DONT_HAVE. A quarter of --max-queued-wants: one address,
+    /// whatever its number of peer IDs, cannot fill the queue.
+    #[arg(long, env = "KITSUNE_MAX_WANTS_PER_ADDRESS", default_value_t = 65_536)]
+    pub max_wants_per_address: usize,
+}
+
+impl Limits {
+    /// How per-address limits key an address.
+    pub fn address_key(&self) -> crate::net::ip_limit::AddressKey {
+        crate::net::ip_limit::AddressKey {
+            v4_prefix: self.ipv4_prefix_len,
+            v6_prefix: self.ipv6_prefix_len,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -332,6 +402,9 @@ impl Cli {
             max_total_blocks: p.max_total_blocks,
             linger: p.linger,
             max_lifetime: p.timeout + p.linger,
+            max_sessions_per_address: p.max_sessions_per_address,
+            max_bytes_per_session: p.max_bytes_per_session,
+            max_bytes_per_address: p.max_bytes_per_address,
         }
     }
 
@@ -342,6 +415,8 @@ impl Cli {
             max_inflight_per_backend: self.limits.max_inflight_per_backend,
             max_queued_wants: self.limits.max_queued_wants,
             want_timeout: self.limits.want_timeout,
+            max_wants_per_address: self.limits.max_wants_per_address,
+            address_key: self.limits.address_key(),
         }
     }
 }

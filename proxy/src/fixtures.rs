@@ -81,3 +81,14 @@ pub fn peer(n: u8) -> PeerId {
         .public()
         .to_peer_id()
 }
+
+/// A raw block of `len` bytes, distinct for each `seed`.
+pub fn block(seed: u64, len: usize) -> Block {
+    let mut data = vec![0u8; len.max(8)];
+    data[..8].copy_from_slice(&seed.to_le_bytes());
+    let data = Bytes::from(data);
+    Block {
+        cid: Cid::new_v1(dag::RAW, Code::Sha2_256.digest(&data)),
+        data,
+    }
+}

@@ -16,6 +16,8 @@ pub struct Health {
     pub listening: AtomicBool,
     pub backend_connected: AtomicBool,
     pub synced: Arc<AtomicBool>,
+    /// Set on SIGTERM: the load balancer should send new clients elsewhere.
+    pub draining: AtomicBool,
 }
 
 impl Health {
@@ -24,6 +26,7 @@ impl Health {
             listening: AtomicBool::new(false),
             backend_connected: AtomicBool::new(false),
             synced,
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -33,7 +36,9 @@ impl Health {
 
     /// Ready, or the first reason not to be.
     pub fn check(&self) -> Result<(), &'static str> {
-        if !self.listening.load(Ordering::Relaxed) {
+        if self.draining.load(Ordering::Relaxed) {
+            Err("draining")
+        } else if !self.listening.load(Ordering::Relaxed) {
             Err("not listening yet")
         } else if !self.synced.load(Ordering::Relaxed) {
             Err("no backend set from the operator yet")
@@ -65,5 +70,7 @@ mod tests {
         assert_eq!(h.check(), Err("no backend connected"));
         h.backend_connected.store(true, Ordering::Relaxed);
         assert!(h.ready());
+        h.draining.store(true, Ordering::Relaxed);
+        assert_eq!(h.check(), Err("draining"));
     }
 }

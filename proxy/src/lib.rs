@@ -11,6 +11,7 @@ pub mod allocator;
 pub mod announce;
 pub mod backend;
 pub mod bitswap;
+pub mod cache;
 pub mod config;
 pub mod engine;
 #[cfg(test)]
@@ -137,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             preload: preload_parts,
             front: front_parts,
             announced: !cli.announce.is_empty(),
+            block_cache_bytes: cli.block_cache_bytes,
         },
         &mut registry,
     )?;
@@ -146,49 +148,60 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if !specs.is_empty() {
         handle.set_backends(specs).await?;
     }
+    // `shutdown` (the signal) starts the drain; `stop` ends everything once the
+    // engine has drained.
+    let stop = CancellationToken::new();
     if let Some(path) = cli.backends_file.clone() {
         let every = std::time::Duration::from_secs(1);
         let watch = sources::file::watch(path, handle.clone(), every);
-        tokio::spawn(shutdown.clone().run_until_cancelled_owned(watch));
+        tokio::spawn(stop.clone().run_until_cancelled_owned(watch));
     }
     if let (Some(url), Some(status)) = (cli.backends_url.clone(), watch_status) {
         let mut cfg = sources::watch::WatchConfig::new(url, cli.backends_token_file.clone());
         cfg.ca_file = cli.backends_ca_file.clone();
         cfg.ca_pem = cli.backends_ca_pem.clone();
+        cfg.max_backends = cli.max_backends;
         // A bad CA bundle is a start-up error, not a proxy that never becomes ready.
         let http = sources::watch::http_client(&cfg).context("the --backends-url client")?;
         let watch = sources::watch::run_with(http, cfg, handle.clone(), status);
-        tokio::spawn(shutdown.clone().run_until_cancelled_owned(watch));
+        tokio::spawn(stop.clone().run_until_cancelled_owned(watch));
     }
 
     let admin = http::router(Arc::new(registry), health);
     let listener = kitsune_common::admin::bind(cli.metrics_addr).await?;
     let mut tasks = tokio::task::JoinSet::new();
-    let s = shutdown.clone();
+    // The admin server answers through the drain (`/readyz` failing).
+    let s = stop.clone();
     tasks.spawn(async move {
         kitsune_common::admin::serve(listener, admin, s)
             .await
             .context("admin server")
     });
-    let s = shutdown.clone();
+    let (s, drain_timeout) = (stop.clone(), cli.drain_timeout);
+    let signal = shutdown.clone();
     tasks.spawn(async move {
-        s.run_until_cancelled(engine.run()).await;
+        s.run_until_cancelled(engine.run(signal, drain_timeout))
+            .await;
+        s.cancel();
         Ok(())
     });
     if let Some((listener, front)) = front {
+        // The preload port stops accepting at the signal; connections it already
+        // spliced are the engine's and drain with it.
         let s = shutdown.clone();
         tasks.spawn(async move {
             let r = s.run_until_cancelled(front::serve(listener, front));
             r.await.unwrap_or(Ok(())).context("shared port")
         });
     }
-    // The first task to end (on the signal, or failing) stops the others.
+    // A task that fails stops the others at once.
     let mut result = Ok(());
     while let Some(r) = tasks.join_next().await {
-        shutdown.cancel();
         let r = r.context("a task panicked").and_then(|r| r);
         if let (Ok(()), Err(e)) = (&result, r) {
             result = Err(e);
+            shutdown.cancel();
+            stop.cancel();
         }
     }
     tracing::info!("stopped");
@@ -237,6 +250,7 @@ async fn front_setup(
         trusted: Arc::new(cli.preload.trusted_proxies.clone()),
         max_connections: (cli.limits.max_connections + cli.limits.max_pending_connections) as usize,
         max_per_ip: cli.limits.max_connections_per_ip,
+        address_key: cli.limits.address_key(),
         tls,
     };
     let parts = engine::FrontParts {
@@ -260,6 +274,7 @@ fn preload_setup(
             .build()
             .context("building the preload HTTP client")?,
         permits: Arc::new(tokio::sync::Semaphore::new(cli.preload.max_concurrent)),
+        per_address: preload::quota::KeyedQuota::new(cli.preload.max_concurrent_per_address),
         trusted: Arc::new(cli.preload.trusted_proxies.clone()),
         timeout: cli.preload.timeout,
         metrics: metrics.clone(),

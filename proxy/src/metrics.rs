@@ -91,6 +91,12 @@ pub struct Metrics {
     pub preload_dag_blocks: Histogram,
     pub preload_sessions: Gauge,
     pub preload_blocks_tracked: Gauge,
+    /// The block cache (`--block-cache-bytes`).
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_evictions: Counter,
+    pub cache_bytes: Gauge,
+    pub cache_blocks: Gauge,
 }
 
 impl Metrics {
@@ -122,6 +128,11 @@ impl Metrics {
             ]),
             preload_sessions: Gauge::default(),
             preload_blocks_tracked: Gauge::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Gauge::default(),
+            cache_blocks: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("kitsune");
         r.register(
@@ -211,7 +222,7 @@ impl Metrics {
         );
         r.register(
             "preload_refs_requests",
-            "Preload /api/v0/refs calls by outcome (ok, bad_request, too_many_requests, no_backend, backend_error, backend_timeout, client_gone, error)",
+            "Preload /api/v0/refs calls by outcome (ok, bad_request, too_many_requests, too_many_per_address, no_backend, backend_error, backend_timeout, client_gone, error)",
             m.refs_requests.clone(),
         );
         r.register(
@@ -233,6 +244,31 @@ impl Metrics {
             "preload_blocks_tracked",
             "CIDs held by all open preloads",
             m.preload_blocks_tracked.clone(),
+        );
+        r.register(
+            "block_cache_hits",
+            "Client wants answered from the block cache, without asking a backend",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "block_cache_misses",
+            "Client wants the block cache did not hold",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "block_cache_evictions",
+            "Blocks evicted from the block cache to keep its byte bound",
+            m.cache_evictions.clone(),
+        );
+        r.register(
+            "block_cache_bytes",
+            "Bytes the block cache holds (block data plus per-entry overhead)",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "block_cache_blocks",
+            "Blocks the block cache holds",
+            m.cache_blocks.clone(),
         );
         m
     }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use kitsune_e2e::bitswap_client::BitswapClient;
 use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions};
 
 /// Generous: a stop is expected in well under a second.
@@ -50,4 +51,95 @@ async fn ctrl_c_stops_a_proxy_whose_backend_is_down_with_exit_code_0() {
     .await
     .expect("proxy starts");
     stop_with(&mut proxy, libc::SIGINT).await;
+}
+
+/// A rollout's SIGTERM while a client is mid-transfer: the proxy stops taking
+/// connections and fails `/readyz` at once, finishes the transfer it has, then exits 0.
+#[tokio::test]
+async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
+    const MIB: usize = 1 << 20;
+    let dir = kitsune_e2e::scratch_dir("drain").unwrap();
+    let file = kitsune_e2e::write_random_file(dir.path(), "big.bin", 64 * MIB, 20).unwrap();
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let mut proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
+
+    let addr: libp2p::Multiaddr = proxy.tcp_addr.parse().unwrap();
+    let wanted = cids.clone();
+    let fetch = tokio::spawn(async move {
+        let mut c = BitswapClient::connect(&addr).await.unwrap();
+        // A small window keeps the transfer going well past the signal.
+        c.fetch(&wanted, 4, T).await
+    });
+    kitsune_e2e::wait_for("blocks flowing", T, Duration::from_millis(5), || async {
+        Ok(proxy
+            .metric("kitsune_bitswap_blocks_forwarded_total{direction=\"Upstream\"}")
+            .await?
+            .unwrap_or(0.0)
+            >= 10.0)
+    })
+    .await
+    .unwrap();
+    proxy.proc.signal(libc::SIGTERM).unwrap();
+
+    let readyz = format!("{}/readyz", proxy.metrics_url);
+    kitsune_e2e::wait_for("/readyz to fail", T, Duration::from_millis(10), || async {
+        let r = reqwest::get(&readyz).await?;
+        Ok(r.status().as_u16() == 503 && r.text().await?.contains("draining"))
+    })
+    .await
+    .unwrap();
+    let port: u16 = proxy
+        .tcp_addr
+        .split('/')
+        .nth(4)
+        .and_then(|p| p.parse().ok())
+        .expect("/ip4/127.0.0.1/tcp/P/p2p/ID");
+    kitsune_e2e::wait_for(
+        "the listener to close",
+        T,
+        Duration::from_millis(10),
+        || async {
+            Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        proxy.proc.is_running(),
+        "still serving the transfer in flight\n{}",
+        proxy.proc.log_tail(30)
+    );
+
+    // Every block of the DAG, each verified against its CID on arrival: the file.
+    let (blocks, stats) = fetch.await.unwrap().expect("the fetch completes");
+    assert_eq!(stats.blocks, cids.len());
+    assert_eq!(
+        blocks.iter().map(|b| b.cid).collect::<Vec<_>>(),
+        cids,
+        "every block arrived"
+    );
+    assert!(stats.bytes > 64 * MIB);
+    let status = proxy
+        .proc
+        .wait_timeout(STOP)
+        .await
+        .unwrap_or_else(|| panic!("no exit after the drain\n{}", proxy.proc.log_tail(30)));
+    assert_eq!(status.code(), Some(0), "{}", proxy.proc.log_tail(30));
+    let err = proxy.proc.stderr();
+    assert!(err.contains("draining"), "{err}");
+    assert!(err.contains("drained"), "{err}");
 }

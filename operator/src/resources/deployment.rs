@@ -33,6 +33,11 @@ pub const TOKEN_FILE: &str = "token";
 const RUN_AS: i64 = 65532;
 /// How long a projected token lives; the kubelet refreshes it at 80%.
 const TOKEN_SECONDS: i64 = 3600;
+/// The proxy's `--drain-timeout` after SIGTERM: transfers in flight finish within it.
+pub const DRAIN_SECONDS: i64 = 25;
+/// The pod's grace period beyond the drain: closing connections and exiting, before
+/// the kubelet's SIGKILL.
+pub const DRAIN_MARGIN_SECONDS: i64 = 5;
 
 /// The Deployment of `kitsune-proxy` pods.
 ///
@@ -99,6 +104,7 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
         format!("{TOKEN_DIR}/{TOKEN_FILE}"),
     ]);
     ports.push(container_port("metrics", "TCP", p.metrics_port));
+    args.extend(["--drain-timeout".into(), format!("{DRAIN_SECONDS}s")]);
 
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -239,7 +245,7 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
                     service_account_name: Some(names::service_account(&name)),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(DRAIN_SECONDS + DRAIN_MARGIN_SECONDS),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(RUN_AS),
@@ -338,6 +344,15 @@ mod tests {
             arg_after(c.args.as_ref().unwrap(), "--backends-url"),
             ["https://kitsune-operator.ops.svc:8443/v1/backends/ipfs/preload"]
         );
+    }
+
+    #[test]
+    fn the_grace_period_covers_the_proxys_drain() {
+        let d = deployment(&kp(), &id(), &BuildConfig::default());
+        let pod = d.spec.template.spec.unwrap();
+        let args = pod.containers[0].args.as_ref().unwrap();
+        assert_eq!(arg_after(args, "--drain-timeout"), ["25s"]);
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
     }
 
     #[test]

@@ -25,13 +25,14 @@ pub fn zeroes(m: &Metrics) {
         "too_many_wants",
         "preload_undecodable_block",
         "undelivered_want",
+        "too_many_wants_per_address",
     ] {
         let _ = m.rejected.get_or_create(&ReasonLabels { reason });
     }
     for reason in ["have", "dont_have"] {
         let _ = m.presences_sent.get_or_create(&ReasonLabels { reason });
     }
-    for outcome in ["forwarded", "refused"] {
+    for outcome in ["forwarded", "refused", "no_uploader"] {
         let _ = m.reverse_wants.get_or_create(&OutcomeLabels { outcome });
     }
 }
@@ -73,8 +74,13 @@ pub fn effects(m: &Metrics, fx: &Effects) {
         presence("dont_have", c.dont_haves_delivered);
         reverse("forwarded", c.reverse_forwarded);
         reverse("refused", c.reverse_refused);
+        reverse("no_uploader", c.reverse_no_uploader);
         reason("preload_undecodable_block", c.undecodable_blocks);
         reason("undelivered_want", c.undelivered_wants);
+        reason("too_many_wants_per_address", c.refused_address_wants);
+        add(&m.cache_hits, c.cache_hits);
+        add(&m.cache_misses, c.cache_misses);
+        add(&m.cache_evictions, c.cache_evictions);
     }
     for rtt in &fx.outbox.rtts {
         m.downstream_block_rtt_ms
@@ -136,6 +142,10 @@ pub fn gauges(m: &Metrics, core: &Core, backends: &Backends) {
         let sessions = r.sessions();
         m.preload_sessions.set(sessions.len() as i64);
         m.preload_blocks_tracked.set(sessions.total_blocks() as i64);
+    }
+    if let Some(c) = core.cache() {
+        m.cache_bytes.set(c.bytes() as i64);
+        m.cache_blocks.set(c.entries() as i64);
     }
 }
 

@@ -6,6 +6,7 @@
 //! the effects.
 
 mod accounting;
+mod drain;
 mod handle;
 mod parts;
 mod side;
@@ -20,9 +21,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::PeerId;
 use libp2p::core::ConnectedPoint;
+use libp2p::core::transport::ListenerId;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
 use crate::bitswap::Message;
@@ -65,14 +68,21 @@ pub struct Engine {
     front: Option<FrontParts>,
     /// `--announce` set the external addresses; listen addresses stay private.
     announced: bool,
+    /// Every client-side listener, closed when the drain starts.
+    listeners: HashSet<ListenerId>,
+    /// Set once the drain has started.
+    drain: Option<drain::Drain>,
 }
 
 impl Engine {
-    pub async fn run(mut self) {
+    /// Runs until `drain` is cancelled and the drain has ended (see [`drain`]): at
+    /// most `drain_timeout` after the signal.
+    pub async fn run(mut self, drain: CancellationToken, drain_timeout: Duration) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = drain.cancelled(), if self.drain.is_none() => self.start_drain(drain_timeout),
                 event = self.clients_side.swarm.select_next_some() => self.on_client_event(event),
                 event = self.backends_side.swarm.select_next_some() => self.on_backend_event(event),
                 Some(Inbound { peer, msg, .. }) = self.clients_side.inbound.recv() => {
@@ -100,9 +110,38 @@ impl Engine {
                     let actions = self.backends.tick(now);
                     self.perform(actions);
                     accounting::gauges(&self.metrics, &self.core, &self.backends);
+                    if let Some(ended) = self.drain_ended(now) {
+                        tracing::info!(why = ended.as_str(), "drained; closing connections");
+                        return;
+                    }
                 }
             }
         }
+    }
+
+    /// Stops accepting: `/readyz` fails and every listener closes (a new connection
+    /// is refused); connections already open are served on.
+    fn start_drain(&mut self, timeout: Duration) {
+        tracing::info!(
+            ?timeout,
+            "draining: no new connections; finishing the wants in flight"
+        );
+        self.health.draining.store(true, Ordering::Relaxed);
+        for id in self.listeners.drain() {
+            self.clients_side.swarm.remove_listener(id);
+        }
+        self.drain = Some(drain::Drain::start(Instant::now(), timeout));
+    }
+
+    fn drain_ended(&mut self, now: Instant) -> Option<drain::Ended> {
+        let drain = self.drain.as_mut()?;
+        let idle = self.core.router().wants_in_flight() == 0
+            && self
+                .clients_side
+                .writers
+                .values()
+                .all(|w| w.queued_bytes.load(Ordering::Relaxed) == 0);
+        drain.check(!self.clients.is_empty(), idle, now)
     }
 
     fn on_client_message(&mut self, peer: PeerId, msg: Message) {
@@ -182,6 +221,9 @@ impl Engine {
 
     fn on_client_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         libp2p::metrics::Recorder::record(&self.libp2p_metrics, &event);
+        if let SwarmEvent::NewListenAddr { listener_id, .. } = &event {
+            self.listeners.insert(*listener_id);
+        }
         match event {
             SwarmEvent::NewListenAddr {
                 address,

@@ -59,6 +59,8 @@ pub struct Parts {
     /// External addresses were set from `--announce`: listen addresses are not
     /// announced (identify reports external addresses only).
     pub announced: bool,
+    /// `--block-cache-bytes` (0: no cache).
+    pub block_cache_bytes: u64,
 }
 
 impl Engine {
@@ -93,7 +95,8 @@ impl Engine {
         let engine = Self {
             clients_side,
             backends_side,
-            core: Core::new(parts.router, reverse),
+            core: Core::new(parts.router, reverse)
+                .with_cache(crate::cache::BlockCache::new(parts.block_cache_bytes)),
             backends: Backends::default(),
             clients: HashSet::new(),
             connected_backends: HashSet::new(),
@@ -112,6 +115,8 @@ impl Engine {
             preload,
             front: parts.front,
             announced: parts.announced,
+            listeners: HashSet::new(),
+            drain: None,
         };
         Ok((engine, handle))
     }

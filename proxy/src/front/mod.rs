@@ -116,6 +116,8 @@ pub struct Front {
     pub max_connections: usize,
     /// Connections open at once from one client address (trusted proxies exempt).
     pub max_per_ip: u32,
+    /// How client addresses are grouped for `max_per_ip`.
+    pub address_key: crate::net::ip_limit::AddressKey,
     /// TLS, when a certificate is configured: the port then serves TLS and plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -128,7 +130,7 @@ pub async fn not_found() -> (axum::http::StatusCode, &'static str) {
 /// Accepts on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, front: Front) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(front.max_connections));
-    let per_ip = PerIp::new(front.max_per_ip);
+    let per_ip = PerIp::new(front.max_per_ip, front.address_key);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,

@@ -4,30 +4,31 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// The address a connection counts against. By IP for now; kept in one place so the
-/// keying can follow the libp2p side's (`net::ip_limit`).
-pub fn key(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
+use ipnet::IpNet;
+
+use crate::net::ip_limit::AddressKey;
 
 /// Open connections per client key; a connection holds a [`Slot`] while it lives.
 #[derive(Debug, Clone)]
 pub struct PerIp {
     limit: u32,
-    open: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    /// The same keying as the libp2p listeners' (an IPv6 client counts as its /64).
+    keying: AddressKey,
+    open: Arc<Mutex<HashMap<IpNet, u32>>>,
 }
 
 impl PerIp {
-    pub fn new(limit: u32) -> Self {
+    pub fn new(limit: u32, keying: AddressKey) -> Self {
         Self {
             limit,
+            keying,
             open: Arc::default(),
         }
     }
 
     /// A slot for one more connection from `ip`, or `None` when it has `limit` already.
     pub fn try_acquire(&self, ip: IpAddr) -> Option<Slot> {
-        let key = key(ip);
+        let key = self.keying.of(ip);
         let mut open = self.open.lock().expect("not poisoned");
         let n = open.entry(key).or_insert(0);
         if *n >= self.limit {
@@ -49,8 +50,8 @@ impl PerIp {
 /// One counted connection; released on drop.
 #[derive(Debug)]
 pub struct Slot {
-    open: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    key: IpAddr,
+    open: Arc<Mutex<HashMap<IpNet, u32>>>,
+    key: IpNet,
 }
 
 impl Drop for Slot {
@@ -72,7 +73,7 @@ mod tests {
 
     #[test]
     fn each_address_gets_its_limit_and_slots_come_back() {
-        let p = PerIp::new(2);
+        let p = PerIp::new(2, AddressKey::default());
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         let s1 = p.try_acquire(a).unwrap();
@@ -85,6 +86,11 @@ mod tests {
         let s4 = p
             .try_acquire(a)
             .expect("a closed connection frees its slot");
+        // Another address in the same IPv6 /64 is the same client.
+        assert!(p.try_acquire("2001:db8::2".parse().unwrap()).is_some());
+        let _s5 = p.try_acquire("2001:db8::3".parse().unwrap());
+        assert!(p.try_acquire("2001:db8::4".parse().unwrap()).is_none());
+        drop(_s5);
         drop((s4, s2, s3));
         assert_eq!(p.tracked(), 0, "nothing is kept for gone clients");
     }

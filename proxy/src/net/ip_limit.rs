@@ -1,4 +1,5 @@
-//! Caps inbound connections (pending and established) per remote IP address, which
+//! Caps inbound connections (pending and established) per remote address key (an
+//! IPv4 address, an IPv6 /64; both prefix lengths configurable: [`AddressKey`]), which
 //! libp2p's connection-limits behaviour does not do. Outbound (backend) connections
 //! are never counted, so backends cannot be crowded out. A connection relayed by
 //! something in front of the host counts against the client behind it ([`RealClient`]).
@@ -8,6 +9,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
 use libp2p::multiaddr::Protocol;
@@ -25,28 +27,76 @@ pub trait RealClient: Send + 'static {
     fn ip_behind(&self, remote: &Multiaddr) -> Option<IpAddr>;
 }
 
+/// How far an address is widened into the key its limits count under: one IPv6 host
+/// is given a whole /64 (and its privacy addresses rotate within it), so counting
+/// single IPv6 addresses would bound it only by the global limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressKey {
+    pub v4_prefix: u8,
+    pub v6_prefix: u8,
+}
+
+impl Default for AddressKey {
+    fn default() -> Self {
+        Self {
+            v4_prefix: 32,
+            v6_prefix: 64,
+        }
+    }
+}
+
+impl AddressKey {
+    /// The block `ip` counts under (an IPv4-mapped IPv6 address is IPv4).
+    pub fn of(&self, ip: IpAddr) -> IpNet {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) => IpNet::V4(
+                Ipv4Net::new(v4, self.v4_prefix.min(32))
+                    .expect("at most 32")
+                    .trunc(),
+            ),
+            IpAddr::V6(v6) => IpNet::V6(
+                Ipv6Net::new(v6, self.v6_prefix.min(128))
+                    .expect("at most 128")
+                    .trunc(),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("{ip} already has {limit} connections")]
+#[error("{key} already has {limit} connections")]
 pub struct TooManyFromIp {
-    ip: IpAddr,
+    key: IpNet,
     limit: u32,
 }
 
 pub struct Behaviour {
     limit: u32,
+    keying: AddressKey,
     real_client: Option<Box<dyn RealClient>>,
-    per_ip: HashMap<IpAddr, u32>,
-    by_conn: HashMap<ConnectionId, IpAddr>,
+    per_ip: HashMap<IpNet, u32>,
+    by_conn: HashMap<ConnectionId, IpNet>,
 }
 
 impl Behaviour {
     pub fn new(limit: u32) -> Self {
         Self {
             limit,
+            keying: AddressKey::default(),
             real_client: None,
             per_ip: HashMap::new(),
             by_conn: HashMap::new(),
         }
+    }
+
+    /// Counts connections under `keying`'s blocks instead of the defaults.
+    pub fn with_keying(mut self, keying: AddressKey) -> Self {
+        self.keying = keying;
+        self
     }
 
     /// Relayed connections count against the client `real_client` finds behind them.
@@ -89,15 +139,16 @@ impl NetworkBehaviour for Behaviour {
         let Some(ip) = relayed.or_else(|| ip_of(remote)) else {
             return Ok(());
         };
-        let n = self.per_ip.entry(ip).or_default();
+        let key = self.keying.of(ip);
+        let n = self.per_ip.entry(key).or_default();
         if *n >= self.limit {
             return Err(ConnectionDenied::new(TooManyFromIp {
-                ip,
+                key,
                 limit: self.limit,
             }));
         }
         *n += 1;
-        self.by_conn.insert(id, ip);
+        self.by_conn.insert(id, key);
         Ok(())
     }
 
@@ -180,6 +231,56 @@ mod tests {
         assert!(
             b.handle_pending_inbound_connection(ids[2], &local, &a)
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_counts_as_one_address() {
+        let mut b = Behaviour::new(2);
+        let local: Multiaddr = "/ip6/::/tcp/1".parse().unwrap();
+        let id = || ConnectionId::new_unchecked(rand::random());
+        let from = |a: &str| format!("/ip6/{a}/tcp/5").parse::<Multiaddr>().unwrap();
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &from("2001:db8:1:2::1"))
+                .is_ok()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &from("2001:db8:1:2:ffff::9"))
+                .is_ok()
+        );
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &from("2001:db8:1:2:abcd::1"))
+                .is_err(),
+            "a third address of the same /64"
+        );
+        assert!(
+            b.handle_pending_inbound_connection(id(), &local, &from("2001:db8:1:3::1"))
+                .is_ok(),
+            "the next /64 is another key"
+        );
+    }
+
+    #[test]
+    fn address_keys_follow_the_configured_prefixes() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let d = AddressKey::default();
+        assert_eq!(d.of(ip("192.0.2.7")), net("192.0.2.7/32"));
+        assert_eq!(
+            d.of(ip("::ffff:192.0.2.7")),
+            net("192.0.2.7/32"),
+            "v4-mapped is v4"
+        );
+        assert_eq!(d.of(ip("2001:db8:1:2:3:4:5:6")), net("2001:db8:1:2::/64"));
+        let wide = AddressKey {
+            v4_prefix: 24,
+            v6_prefix: 48,
+        };
+        assert_eq!(wide.of(ip("192.0.2.7")), net("192.0.2.0/24"));
+        assert_eq!(wide.of(ip("2001:db8:1:2::1")), net("2001:db8:1::/48"));
+        assert_eq!(
+            wide.of(ip("2001:db8:1:ffff::1")),
+            wide.of(ip("2001:db8:1:2::1"))
         );
     }
 

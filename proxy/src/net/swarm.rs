@@ -72,6 +72,7 @@ pub async fn build(
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
             ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip)
+                .with_keying(limits.address_key())
                 .with_real_client(real_client),
             // Only external addresses are announced (the engine adds the public
             // listeners): preload mode's loopback WebSocket listener must not leak.

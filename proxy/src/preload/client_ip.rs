@@ -2,15 +2,15 @@
 //! proxy, the right-most `X-Forwarded-For` hop that is not itself trusted. Pure.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
+use ipnet::{IpNet, Ipv4Net};
+
 /// An address block, e.g. `10.0.0.0/8` or `fd00::/8`; a bare address is a /32 or /128.
+/// An IPv4-mapped IPv6 block is its IPv4 block, as addresses are (see [`normalize`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8, fd00::/8)")]
@@ -21,46 +21,32 @@ impl FromStr for Cidr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || CidrError(s.to_owned());
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
-            None => (s, None),
+        let net = match s.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => IpNet::from(s.parse::<IpAddr>().map_err(|_| bad())?),
         };
-        let net = normalize(ip.parse::<IpAddr>().map_err(|_| bad())?);
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return Err(bad());
-        }
-        Ok(Self {
-            net: mask(net, prefix),
-            prefix,
-        })
+        let net = match net {
+            IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                Some(v4) if v6.prefix_len() >= 96 => {
+                    IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).map_err(|_| bad())?)
+                }
+                _ => net,
+            },
+            v4 => v4,
+        };
+        Ok(Self(net.trunc()))
     }
 }
 
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.net, self.prefix)
+        self.0.fmt(f)
     }
 }
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = normalize(ip);
-        ip.is_ipv4() == self.net.is_ipv4() && mask(ip, self.prefix) == self.net
-    }
-}
-
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & m))
-        }
-        IpAddr::V6(v6) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & m))
-        }
+        self.0.contains(&normalize(ip))
     }
 }
 
@@ -81,7 +67,7 @@ pub fn normalize(ip: IpAddr) -> IpAddr {
 /// different addresses of one /64; a /64 is one site, as one IPv4 NAT address is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IpKey {
-    V4(Ipv4Addr),
+    V4(std::net::Ipv4Addr),
     V6Net(u64),
 }
 
@@ -166,7 +152,9 @@ mod tests {
             "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
             "10.0.0.0/8"
         );
-        for bad in ["10.0.0.0/33", "::/129", "nope", "1.2.3.4/x", ""] {
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped.to_string(), "10.0.0.0/8", "a v4-mapped block is v4");
+        for bad in ["10.0.0.0/33", "::/129", "nope", "1.2.3.4/x", "", "1.2.3.4/"] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }

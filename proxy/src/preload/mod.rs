@@ -7,6 +7,7 @@
 
 pub mod client_ip;
 pub mod dag;
+pub mod quota;
 pub mod refs;
 pub mod reverse;
 pub mod sessions;

@@ -47,6 +47,8 @@ pub struct Opened {
 pub enum OpenFail {
     NoBackend,
     TooMany,
+    /// The caller's address key holds its share of the preloads.
+    TooManyForAddress,
 }
 
 #[derive(Clone)]
@@ -55,6 +57,8 @@ pub struct RefsState {
     pub http: reqwest::Client,
     /// Refs calls in flight; past it, 429.
     pub permits: Arc<Semaphore>,
+    /// Refs calls in flight per address key; past it, 429.
+    pub per_address: Arc<super::quota::KeyedQuota>,
     pub trusted: Arc<Vec<Cidr>>,
     /// The whole budget of one call at the backend, body included.
     pub timeout: Duration,
@@ -208,6 +212,10 @@ async fn refs(
             .filter_map(|v| v.to_str().ok()),
         &s.trusted,
     );
+    let Some(address_permit) = s.per_address.try_acquire(super::IpKey::of(client)) else {
+        outcome("too_many_per_address");
+        return too_many();
+    };
     let Ok(permit) = s.permits.clone().try_acquire_owned() else {
         outcome("too_many_requests");
         return too_many();
@@ -229,6 +237,10 @@ async fn refs(
             outcome("too_many_requests");
             return too_many();
         }
+        Ok(Err(OpenFail::TooManyForAddress)) => {
+            outcome("too_many_per_address");
+            return too_many();
+        }
         Ok(Err(OpenFail::NoBackend)) => {
             outcome("no_backend");
             return kubo_error(StatusCode::SERVICE_UNAVAILABLE, "no backend is connected");
@@ -244,6 +256,7 @@ async fn refs(
         metrics: s.metrics.clone(),
         outcome: "client_gone",
         _permit: permit,
+        _address_permit: address_permit,
     };
     tracing::debug!(%client, roots = q.roots.len(), backend = %opened.rpc_url, "preload");
     let deadline = Instant::now() + s.timeout;
@@ -367,6 +380,7 @@ struct Guard {
     metrics: Metrics,
     outcome: &'static str,
     _permit: OwnedSemaphorePermit,
+    _address_permit: super::quota::QuotaPermit,
 }
 
 impl Guard {

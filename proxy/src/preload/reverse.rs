@@ -32,6 +32,9 @@ pub struct Stats {
     pub bytes_to_backends: u64,
     /// Blocks of a preloaded DAG whose codec the proxy cannot read (not followed).
     pub undecodable_blocks: u64,
+    /// Backend wants a preload allows but whose uploader is not connected: answered
+    /// DONT_HAVE at once, so the backend does not wait for its own timeout.
+    pub wants_no_uploader: u64,
 }
 
 #[derive(Debug)]
@@ -226,6 +229,8 @@ impl Reverse {
             for (backend, w) in per_backend {
                 self.stats.blocks_to_backends += 1;
                 self.stats.bytes_to_backends += block.data.len() as u64;
+                self.sessions
+                    .charge(&backend, &block.cid, block.data.len() as u64);
                 self.out.block_to_backend(backend, block.clone());
                 self.cancel_at_clients(block.cid, &w, Some(client));
             }
@@ -317,6 +322,18 @@ impl Reverse {
                 .filter_map(|k| self.by_key.get(k))
                 .flat_map(|m| m.keys().copied())
                 .collect();
+            let held = self
+                .wants
+                .get(&entry.cid)
+                .is_some_and(|m| m.contains_key(&backend));
+            if targets.is_empty() && !held {
+                self.stats.wants_no_uploader += 1;
+                if entry.send_dont_have {
+                    self.out
+                        .presence_to_backend(backend, entry.cid, PresenceKind::DontHave);
+                }
+                continue;
+            }
             let w = self
                 .wants
                 .entry(entry.cid)
@@ -389,12 +406,13 @@ impl Reverse {
         }
     }
 
-    /// Every client the want went to said DONT_HAVE (or left): tell the backend.
+    /// Every client the want went to said DONT_HAVE or left: tell the backend (which
+    /// would otherwise wait for its own timeout).
     fn settle(&mut self, cid: Cid, backend: PeerId) {
         let Some(w) = self.wants.get(&cid).and_then(|m| m.get(&backend)) else {
             return;
         };
-        let all_said_no = !w.dont_have.is_empty() && w.sent_to.is_subset(&w.dont_have);
+        let all_said_no = w.sent_to.is_subset(&w.dont_have);
         if !all_said_no {
             return;
         }

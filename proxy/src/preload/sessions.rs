@@ -25,6 +25,14 @@ pub struct Limits {
     pub linger: Duration,
     /// The most a preload may live, finished or not.
     pub max_lifetime: Duration,
+    /// Preloads one address key may hold open (a share of `max_sessions`, so one
+    /// address cannot lock every other out).
+    pub max_sessions_per_address: usize,
+    /// Block bytes one preload may pass from its uploader to its backend; past it the
+    /// backend's further wants for that DAG are refused.
+    pub max_bytes_per_session: u64,
+    /// The same for all the open preloads of one address key together.
+    pub max_bytes_per_address: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +43,9 @@ impl Default for Limits {
             max_total_blocks: 1_000_000,
             linger: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(600),
+            max_sessions_per_address: 32,
+            max_bytes_per_session: 1 << 30,
+            max_bytes_per_address: 4 << 30,
         }
     }
 }
@@ -46,6 +57,8 @@ pub struct SessionId(pub u64);
 pub enum OpenError {
     #[error("too many preloads open")]
     TooMany,
+    #[error("too many preloads open from this address")]
+    TooManyForAddress,
     #[error("no roots")]
     NoRoots,
 }
@@ -64,6 +77,8 @@ pub struct Session {
     closed: Option<Instant>,
     /// The DAG outgrew a bound and was cut.
     pub truncated: bool,
+    /// Block bytes passed from the uploader to the backend for it.
+    pub bytes: u64,
 }
 
 impl Session {
@@ -87,6 +102,8 @@ pub struct Sessions {
     sessions: BTreeMap<SessionId, Session>,
     next: u64,
     total: usize,
+    /// Bytes passed for the open sessions of each address key.
+    bytes_by_key: HashMap<IpKey, u64>,
 }
 
 impl Sessions {
@@ -126,6 +143,14 @@ impl Sessions {
         if roots.is_empty() {
             return Err(OpenError::NoRoots);
         }
+        let from_here = self
+            .sessions
+            .values()
+            .filter(|s| s.client == client)
+            .count();
+        if from_here >= self.limits.max_sessions_per_address {
+            return Err(OpenError::TooManyForAddress);
+        }
         if self.sessions.len() >= self.limits.max_sessions {
             return Err(OpenError::TooMany);
         }
@@ -139,6 +164,7 @@ impl Sessions {
             opened: now,
             closed: None,
             truncated: false,
+            bytes: 0,
         };
         for root in roots {
             if !self.admit(&mut session, *root, 0) {
@@ -175,6 +201,12 @@ impl Sessions {
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.sessions.remove(&id)?;
         self.total -= s.allowed.len();
+        if let Some(b) = self.bytes_by_key.get_mut(&s.client) {
+            *b = b.saturating_sub(s.bytes);
+            if *b == 0 {
+                self.bytes_by_key.remove(&s.client);
+            }
+        }
         Some(s)
     }
 
@@ -184,11 +216,35 @@ impl Sessions {
             .sessions
             .values()
             .filter(|s| s.backend == *backend && s.allowed.contains_key(cid))
+            .filter(|s| self.within_budget(s))
             .map(|s| s.client)
             .collect();
         keys.sort();
         keys.dedup();
         keys
+    }
+
+    fn within_budget(&self, s: &Session) -> bool {
+        let of_key = self.bytes_by_key.get(&s.client).copied().unwrap_or(0);
+        s.bytes < self.limits.max_bytes_per_session && of_key < self.limits.max_bytes_per_address
+    }
+
+    /// `bytes` of `cid` went from an uploader to `backend`: charged to each session
+    /// that allowed it, and to each of their address keys once.
+    pub fn charge(&mut self, backend: &PeerId, cid: &Cid, bytes: u64) {
+        let mut keys = Vec::new();
+        for s in self.sessions.values_mut() {
+            if s.backend == *backend && s.allowed.contains_key(cid) {
+                s.bytes = s.bytes.saturating_add(bytes);
+                keys.push(s.client);
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            let b = self.bytes_by_key.entry(k).or_default();
+            *b = b.saturating_add(bytes);
+        }
     }
 
     /// Does any session include `cid`?
@@ -341,6 +397,61 @@ mod tests {
         s.remove(second);
         assert_eq!(s.total_blocks(), 0);
         assert_eq!(s.open(&[], A, b, None, now), Err(OpenError::NoRoots));
+    }
+
+    #[test]
+    fn one_address_holds_its_share_of_the_sessions() {
+        let now = Instant::now();
+        let b = PeerId::random();
+        let limits = Limits {
+            max_sessions: 4,
+            max_sessions_per_address: 2,
+            ..Limits::default()
+        };
+        let mut s = Sessions::new(limits);
+        let other = IpKey::V4(Ipv4Addr::new(198, 51, 100, 2));
+        let first = s.open(&[raw(1)], A, b, None, now).unwrap();
+        s.open(&[raw(2)], A, b, None, now).unwrap();
+        assert_eq!(
+            s.open(&[raw(3)], A, b, None, now),
+            Err(OpenError::TooManyForAddress)
+        );
+        assert!(
+            s.open(&[raw(3)], other, b, None, now).is_ok(),
+            "another address gets in"
+        );
+        s.remove(first);
+        assert!(s.open(&[raw(3)], A, b, None, now).is_ok());
+    }
+
+    #[test]
+    fn byte_budgets_per_session_and_per_address_end_the_fetch() {
+        let now = Instant::now();
+        let b = PeerId::random();
+        let limits = Limits {
+            max_bytes_per_session: 100,
+            max_bytes_per_address: 150,
+            ..Limits::default()
+        };
+        let mut s = Sessions::new(limits);
+        let (x, y, z) = (raw(1), raw(2), raw(3));
+        let one = s.open(&[x, y], A, b, None, now).unwrap();
+        assert_eq!(s.clients_for(&b, &y), vec![A]);
+        s.charge(&b, &x, 100);
+        assert!(
+            s.clients_for(&b, &y).is_empty(),
+            "the session's budget is spent"
+        );
+        let two = s.open(&[z], A, b, None, now).unwrap();
+        assert_eq!(s.clients_for(&b, &z), vec![A]);
+        s.charge(&b, &z, 50);
+        assert!(
+            s.clients_for(&b, &z).is_empty(),
+            "the address's budget is spent"
+        );
+        assert_eq!(s.get(two).unwrap().bytes, 50);
+        s.remove(one);
+        assert_eq!(s.clients_for(&b, &z), vec![A], "its bytes went with it");
     }
 
     #[test]

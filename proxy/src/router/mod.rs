@@ -18,6 +18,7 @@
 pub mod balancer;
 mod dispatch;
 mod outbox;
+mod shares;
 #[cfg(test)]
 mod tests;
 
@@ -45,6 +46,10 @@ pub struct Config {
     /// answered anything within this time is busy, not hung: its wants get up to
     /// [`BUSY_GRACE`] times this before they move.
     pub want_timeout: Duration,
+    /// Wants all the clients of one address key may hold together (see `shares`).
+    pub max_wants_per_address: usize,
+    /// What an address key is (an IPv4 address, an IPv6 /64 by default).
+    pub address_key: crate::net::ip_limit::AddressKey,
 }
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
@@ -62,6 +67,8 @@ impl Default for Config {
             max_inflight_per_backend: 1000,
             max_queued_wants: 256 * 1024,
             want_timeout: Duration::from_secs(10),
+            max_wants_per_address: 64 * 1024,
+            address_key: crate::net::ip_limit::AddressKey::default(),
         }
     }
 }
@@ -80,6 +87,8 @@ pub struct Stats {
     pub refreshes: u64,
     /// Wants a backend's stream failed to carry, moved on to the next backend.
     pub undelivered_wants: u64,
+    /// Wants refused because the clients of their address key hold too many.
+    pub refused_address_wants: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,11 +157,13 @@ pub struct Router {
     next_priority: i32,
     out: Outbox,
     stats: Stats,
+    shares: shares::AddressShares,
 }
 
 impl Router {
     pub fn new(cfg: Config) -> Self {
         Self {
+            shares: shares::AddressShares::new(cfg.address_key, cfg.max_wants_per_address),
             cfg,
             clients: HashMap::new(),
             wants: HashMap::new(),
@@ -201,7 +212,18 @@ impl Router {
         self.clients.get(peer).map_or(0, HashMap::len)
     }
 
+    /// Wants the clients of `ip`'s address key hold together.
+    pub fn address_wants(&self, ip: std::net::IpAddr) -> usize {
+        self.shares.held_by(ip)
+    }
+
     // ---------------------------------------------------------------- clients
+
+    /// A client connection from `ip`: the client's wants count against that
+    /// address's share.
+    pub fn client_address(&mut self, client: PeerId, ip: std::net::IpAddr) {
+        self.shares.connected(client, ip);
+    }
 
     /// A client's message: its wantlist (full or incremental). Blocks and presences
     /// from clients are not routed here (preload mode handles reverse traffic).
@@ -267,10 +289,12 @@ impl Router {
     /// where no one else wants them).
     pub fn client_disconnected(&mut self, client: PeerId, now: Instant) {
         if let Some(wants) = self.clients.remove(&client) {
+            self.shares.removed(&client, wants.len());
             for cid in wants.into_keys() {
                 self.drop_wanter(client, cid, now);
             }
         }
+        self.shares.forget(&client);
     }
 
     /// `priority` is the proxy's, used if this want is new to the proxy.
@@ -279,6 +303,13 @@ impl Router {
         let existing = wants.get(&entry.cid).copied();
         if existing.is_none() && wants.len() >= self.cfg.max_wants_per_client {
             self.stats.refused_wants += 1;
+            if entry.send_dont_have {
+                self.tell_client(client, entry.cid, PresenceKind::DontHave);
+            }
+            return;
+        }
+        if existing.is_none() && !self.shares.has_room(&client) {
+            self.stats.refused_address_wants += 1;
             if entry.send_dont_have {
                 self.tell_client(client, entry.cid, PresenceKind::DontHave);
             }
@@ -296,6 +327,9 @@ impl Router {
                 send_dont_have: entry.send_dont_have,
             },
         );
+        if existing.is_none() {
+            self.shares.added(&client);
+        }
 
         match self.wants.get_mut(&entry.cid) {
             None => {
@@ -352,6 +386,7 @@ impl Router {
             .and_then(|w| w.remove(&cid))
             .is_some();
         if removed {
+            self.shares.removed(&client, 1);
             self.drop_wanter(client, cid, now);
         }
         if self.clients.get(&client).is_some_and(HashMap::is_empty) {
@@ -530,7 +565,9 @@ impl Router {
         self.release(block.cid, want.state, cancel, now);
         for (client, kind) in want.wanters {
             if let Some(w) = self.clients.get_mut(&client) {
-                w.remove(&block.cid);
+                if w.remove(&block.cid).is_some() {
+                    self.shares.removed(&client, 1);
+                }
                 if w.is_empty() {
                     self.clients.remove(&client);
                 }

@@ -1168,3 +1168,56 @@ fn a_full_first_choice_sends_wants_on_before_any_queue() {
     assert_eq!(sent_wants(&out, &bs[0]).len(), 1);
     assert_eq!(r.queued_wants(), 1);
 }
+
+#[test]
+fn one_address_with_many_peers_gets_its_share_and_no_more() {
+    let t = Instant::now();
+    let bs = backends(1);
+    let mut r = Router::new(Config {
+        max_wants_per_client: 4,
+        max_wants_per_address: 10,
+        ..Config::default()
+    });
+    r.backend_up(bs[0], t);
+    let flood: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let same_64: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+    // Twenty peers from one /64, each asking for 4 distinct absent blocks.
+    let peers: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
+    for (i, p) in peers.iter().enumerate() {
+        r.client_address(*p, if i % 2 == 0 { flood } else { same_64 });
+        let mine: Vec<WantEntry> = (0..4)
+            .map(|k| want(&block(1000 + (i * 4 + k) as u32), WantKind::Block, true))
+            .collect();
+        r.client_message(*p, &wants(mine), t);
+    }
+    assert_eq!(r.address_wants(flood), 10, "the address's share");
+    assert_eq!(r.stats().refused_address_wants, 70);
+    assert_eq!(
+        r.stats().refused_wants,
+        0,
+        "not the per-client limit's reason"
+    );
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &bs[0]).len(), 10);
+
+    // Another address is served in full.
+    let good = PeerId::random();
+    r.client_address(good, "198.51.100.2".parse().unwrap());
+    let x = block(1);
+    r.client_message(good, &wants(vec![want(&x, WantKind::Block, true)]), t);
+    let out = r.take_outbox();
+    assert_eq!(
+        sent_wants(&out, &bs[0]),
+        vec![(x.cid, false, WantKind::Block)]
+    );
+    assert!(!out.to_clients.contains_key(&good), "no DONT_HAVE");
+
+    // A flooding peer leaving gives its wants back to the address.
+    let held = r.client_wants(&peers[0]);
+    assert!(held > 0);
+    r.client_disconnected(peers[0], t);
+    assert_eq!(r.address_wants(flood), 10 - held);
+    // And a delivered block does too.
+    r.backend_message(bs[0], &blocks(&[x]), t);
+    assert_eq!(r.address_wants("198.51.100.2".parse().unwrap()), 0);
+}

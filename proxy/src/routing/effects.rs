@@ -32,6 +32,15 @@ pub struct Counts {
     pub reverse_refused: u64,
     /// Preload: blocks of a preloaded DAG whose codec the proxy cannot read.
     pub undecodable_blocks: u64,
+    /// The block cache: wants answered from it, wants it did not hold, and blocks
+    /// evicted to keep its byte bound.
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_evictions: u64,
+    /// Wants refused because their address key's clients hold too many.
+    pub refused_address_wants: u64,
+    /// Preload: backend wants whose uploader is not connected.
+    pub reverse_no_uploader: u64,
 }
 
 impl Counts {
@@ -44,6 +53,7 @@ impl Counts {
             refused_wants: s.refused_wants,
             haves_delivered: s.haves_delivered,
             dont_haves_delivered: s.dont_haves_delivered,
+            refused_address_wants: s.refused_address_wants,
             ..Self::default()
         }
     }
@@ -52,6 +62,13 @@ impl Counts {
         self.reverse_forwarded = s.wants_forwarded;
         self.reverse_refused = s.wants_refused;
         self.undecodable_blocks = s.undecodable_blocks;
+        self.reverse_no_uploader = s.wants_no_uploader;
+    }
+
+    pub(super) fn add_cache(&mut self, s: &crate::cache::Stats) {
+        self.cache_hits = s.hits;
+        self.cache_misses = s.misses;
+        self.cache_evictions = s.evictions;
     }
 
     /// The growth from `earlier` to these totals (totals only grow).
@@ -68,6 +85,11 @@ impl Counts {
             reverse_forwarded: d(self.reverse_forwarded, earlier.reverse_forwarded),
             reverse_refused: d(self.reverse_refused, earlier.reverse_refused),
             undecodable_blocks: d(self.undecodable_blocks, earlier.undecodable_blocks),
+            cache_hits: d(self.cache_hits, earlier.cache_hits),
+            cache_misses: d(self.cache_misses, earlier.cache_misses),
+            cache_evictions: d(self.cache_evictions, earlier.cache_evictions),
+            refused_address_wants: d(self.refused_address_wants, earlier.refused_address_wants),
+            reverse_no_uploader: d(self.reverse_no_uploader, earlier.reverse_no_uploader),
         }
     }
 }

@@ -16,11 +16,12 @@ use cid::Cid;
 use libp2p::PeerId;
 use libp2p::swarm::ConnectionId;
 
-use crate::bitswap::{Message, WantEntry, WantKind};
+use crate::bitswap::{Block, Message, PresenceKind, WantEntry, WantKind};
+use crate::cache::BlockCache;
 use crate::preload::Reverse;
 use crate::preload::refs::OpenFail;
 use crate::preload::sessions::SessionId;
-use crate::router::Router;
+use crate::router::{Outbox, Router};
 pub use effects::{Counts, Effects};
 
 pub struct Core {
@@ -28,6 +29,10 @@ pub struct Core {
     reverse: Option<Reverse>,
     /// The totals already handed out as deltas.
     reported: Counts,
+    /// Verified blocks from the backends; `None` when `--block-cache-bytes` is 0.
+    cache: Option<BlockCache>,
+    /// Answers from the cache, sent with the next effects.
+    cached: Outbox,
 }
 
 impl Core {
@@ -36,7 +41,26 @@ impl Core {
             router,
             reverse,
             reported: Counts::default(),
+            cache: None,
+            cached: Outbox::default(),
         }
+    }
+
+    /// With a block cache: clients' wants it holds are answered from it, without
+    /// asking a backend, and the backends' blocks fill it.
+    pub fn with_cache(mut self, cache: Option<BlockCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    pub fn cache(&self) -> Option<&BlockCache> {
+        self.cache.as_ref()
+    }
+
+    /// A block a client wants, from the cache (counted as a hit or a miss); for
+    /// clients other than bitswap ones (the HTTP gateway) as for bitswap's.
+    pub fn cached_block(&mut self, cid: &Cid) -> Option<Block> {
+        self.cache.as_mut()?.get(cid)
     }
 
     pub fn router(&self) -> &Router {
@@ -59,6 +83,9 @@ impl Core {
     ) -> Effects {
         if let (Some(r), Some(ip)) = (&mut self.reverse, ip) {
             r.client_connected(client, conn, ip);
+        }
+        if let Some(ip) = ip {
+            self.router.client_address(client, ip);
         }
         self.effects()
     }
@@ -85,7 +112,10 @@ impl Core {
     /// and presences answer the backends' reverse wants, and a block that does may
     /// also answer other clients waiting for it.
     pub fn client_message(&mut self, client: PeerId, msg: &Message, now: Instant) -> Effects {
-        self.router.client_message(client, msg, now);
+        match self.answer_from_cache(client, msg) {
+            Some(rest) => self.router.client_message(client, &rest, now),
+            None => self.router.client_message(client, msg, now),
+        }
         if let Some(r) = &mut self.reverse
             && (!msg.blocks.is_empty() || !msg.presences.is_empty())
         {
@@ -94,6 +124,38 @@ impl Core {
             }
         }
         self.effects()
+    }
+
+    /// Answers the wants of `msg` the cache holds; returns the message without them,
+    /// or `None` when the cache answered none (then `msg` goes on as it is).
+    fn answer_from_cache(&mut self, client: PeerId, msg: &Message) -> Option<Message> {
+        let cache = self.cache.as_mut()?;
+        let mut answered = vec![false; msg.wants.len()];
+        for (i, w) in msg.wants.iter().enumerate() {
+            if w.cancel {
+                continue;
+            }
+            if let Some(block) = cache.get(&w.cid) {
+                answered[i] = true;
+                match w.kind {
+                    WantKind::Block => self.cached.block_to_client(client, block),
+                    WantKind::Have => {
+                        self.cached
+                            .presence_to_client(client, w.cid, PresenceKind::Have)
+                    }
+                }
+            }
+        }
+        if !answered.contains(&true) {
+            return None;
+        }
+        let mut rest = msg.clone();
+        let mut i = 0;
+        rest.wants.retain(|_| {
+            i += 1;
+            !answered[i - 1]
+        });
+        Some(rest)
     }
 
     /// Blocks the client's writer could not deliver (its stream failed). The router had
@@ -155,6 +217,11 @@ impl Core {
     /// are refused, or in preload mode routed on the reverse path. Its blocks may
     /// teach a preload session the DAG's links, so they are seen first.
     pub fn backend_message(&mut self, backend: PeerId, msg: &Message, now: Instant) -> Effects {
+        if let Some(cache) = &mut self.cache {
+            for block in &msg.blocks {
+                cache.insert(block);
+            }
+        }
         match &mut self.reverse {
             Some(r) => {
                 for block in &msg.blocks {
@@ -187,7 +254,12 @@ impl Core {
         let url = rpc_url(&backend).ok_or(OpenFail::NoBackend)?;
         let id = reverse
             .open(roots, client, backend, max_depth, now)
-            .map_err(|_| OpenFail::TooMany)?;
+            .map_err(|e| match e {
+                crate::preload::sessions::OpenError::TooManyForAddress => {
+                    OpenFail::TooManyForAddress
+                }
+                _ => OpenFail::TooMany,
+            })?;
         Ok((id, url))
     }
 
@@ -205,6 +277,9 @@ impl Core {
     /// sessions.
     pub fn tick(&mut self, now: Instant) -> Effects {
         self.router.tick(now);
+        if let Some(cache) = &self.cache {
+            cache.settle();
+        }
         let mut ended = Vec::new();
         if let Some(r) = &mut self.reverse {
             ended = r.tick(now).iter().map(|s| s.dag_size()).collect();
@@ -217,8 +292,12 @@ impl Core {
     /// What the last event decided: both paths' messages, merged per peer, and the
     /// counters' growth since the last event.
     fn effects(&mut self) -> Effects {
-        let mut outbox = self.router.take_outbox();
+        let mut outbox = std::mem::take(&mut self.cached);
+        outbox.merge(self.router.take_outbox());
         let mut totals = Counts::from_router(&self.router.stats());
+        if let Some(cache) = &self.cache {
+            totals.add_cache(&cache.stats());
+        }
         if let Some(r) = &mut self.reverse {
             outbox.merge(r.take_outbox());
             totals.add_reverse(&r.stats());

@@ -287,3 +287,54 @@ fn ended_preloads_are_reported_with_their_dag_size_on_the_tick() {
         "the root and its links"
     );
 }
+
+#[test]
+fn a_cached_block_is_answered_without_asking_a_backend() {
+    let (now, b) = (Instant::now(), peer(1));
+    let mut c = Core::new(Router::new(Config::default()), None)
+        .with_cache(crate::cache::BlockCache::new(1 << 20));
+    c.backend_up(b, now);
+    let (first, second) = (peer(10), peer(11));
+    let x = raw_block(1);
+    let fx = c.client_message(first, &want_block(&x), now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+    let fx = c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    assert_eq!(blocks_to_client(&fx.outbox, &first), vec![x.clone()]);
+
+    // The same block for another client, with a WANT-HAVE for it and a want for
+    // another block in the same message: only the other block goes to the backend.
+    let y = raw_block(2);
+    let msg = wants(vec![
+        want(x.cid, WantKind::Block, true),
+        want(x.cid, WantKind::Have, true),
+        want(y.cid, WantKind::Block, true),
+    ]);
+    let fx = c.client_message(second, &msg, now);
+    assert_eq!(blocks_to_client(&fx.outbox, &second), vec![x.clone()]);
+    let presences = &fx.outbox.to_clients[&second].presences;
+    assert_eq!(presences.len(), 1);
+    assert_eq!(
+        (presences[0].cid, presences[0].kind),
+        (x.cid, PresenceKind::Have)
+    );
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(y.cid, false)]);
+    assert_eq!(fx.counts.cache_hits, 2);
+    assert_eq!(fx.counts.cache_misses, 1);
+    assert_eq!(
+        c.router().client_wants(&second),
+        1,
+        "only the block not cached"
+    );
+}
+
+#[test]
+fn without_a_cache_every_want_goes_to_a_backend() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    c.client_message(peer(10), &want_block(&x), now);
+    c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    let fx = c.client_message(peer(11), &want_block(&x), now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+    assert!(c.cache().is_none());
+}

@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kitsune_common::backoff::Backoff;
 use kitsune_common::clock::unix_now;
+use kitsune_common::throttle::Throttle;
 use kitsune_common::watch::{self, Snapshot, WatchEvent};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
 
 use crate::backend::BackendSpec;
 use crate::backend::spec::Host;
@@ -43,7 +46,16 @@ pub struct WatchConfig {
     pub max_lifetime: Duration,
     /// Between reconnects: exponential in the consecutive failures, jittered by half.
     pub backoff: Backoff,
+    /// Backends one snapshot may name; a bigger snapshot is refused and the last set
+    /// kept (each backend costs a resolve loop and a connection).
+    pub max_backends: usize,
 }
+
+/// The default of `max_backends`: far more kubo nodes than one proxy fleet fronts.
+pub const MAX_BACKENDS: usize = 1024;
+
+/// At most one warning a minute for what the operator or the network can repeat.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// 200 ms doubling to 30 s, each delay scaled into [0.5, 1.0] of itself.
 pub const RECONNECT: Backoff = Backoff::must(Backoff::new(
@@ -64,6 +76,7 @@ impl WatchConfig {
             idle_timeout: Duration::from_secs(30),
             max_lifetime: Duration::from_secs(30 * 60),
             backoff: RECONNECT,
+            max_backends: MAX_BACKENDS,
         }
     }
 }
@@ -77,6 +90,8 @@ pub struct WatchStatus {
     pub last_message: Gauge,
     pub connected: Gauge,
     pub reconnects: Counter,
+    /// Snapshots refused for naming more than `max_backends` backends.
+    pub refused: Counter,
 }
 
 impl WatchStatus {
@@ -102,6 +117,11 @@ impl WatchStatus {
             "reconnects",
             "Watch streams that ended and were retried",
             s.reconnects.clone(),
+        );
+        r.register(
+            "snapshots_refused",
+            "Backend snapshots refused for naming more backends than --max-backends",
+            s.refused.clone(),
         );
         s
     }
@@ -186,15 +206,20 @@ pub async fn run_with(
     status: WatchStatus,
 ) {
     let mut failures = 0u32;
+    let mut ended = Throttle::new(WARN_EVERY);
+    let mut refused = Throttle::new(WARN_EVERY);
     loop {
         let started = Instant::now();
-        let result = session(&http, &cfg, &engine, &status).await;
+        let result = session(&http, &cfg, &engine, &status, &mut refused).await;
         status.connected.set(0);
         match result {
             Ok(()) => tracing::debug!("watch stream reached its lifetime; reconnecting"),
-            Err(e) => {
-                tracing::warn!(url = %cfg.url, error = %e, "watch stream ended; keeping the last backend set")
-            }
+            Err(e) => match ended.allow(Instant::now()) {
+                Some(held_back) => {
+                    tracing::warn!(url = %cfg.url, error = %e, held_back, "watch stream ended; keeping the last backend set")
+                }
+                None => tracing::debug!(url = %cfg.url, error = %e, "watch stream ended"),
+            },
         }
         if engine.is_closed() {
             return;
@@ -215,6 +240,7 @@ async fn session(
     cfg: &WatchConfig,
     engine: &Handle,
     status: &WatchStatus,
+    refused: &mut Throttle,
 ) -> Result<(), WatchError> {
     let mut req = http.get(&cfg.url).header("accept", watch::CONTENT_TYPE);
     if let Some(path) = &cfg.token_file {
@@ -230,45 +256,61 @@ async fn session(
     }
     status.connected.set(1);
     let deadline = Instant::now() + cfg.max_lifetime;
-    let mut body = resp.bytes_stream();
-    let mut lines = LineBuffer::default();
+    let body = resp
+        .bytes_stream()
+        .map_err(|e| std::io::Error::other(e.without_url()));
+    let mut lines = FramedRead::new(StreamReader::new(body), line_codec());
     let mut version: Option<u64> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(());
         }
-        let chunk = match tokio::time::timeout(cfg.idle_timeout.min(left), body.next()).await {
+        let line = match tokio::time::timeout(cfg.idle_timeout.min(left), lines.next()).await {
             Err(_) if left <= cfg.idle_timeout => return Ok(()),
             Err(_) => return Err(WatchError::Idle(cfg.idle_timeout)),
             Ok(None) => return Err(WatchError::Stream("closed by the operator".into())),
-            Ok(Some(Err(e))) => return Err(WatchError::Stream(e.without_url().to_string())),
-            Ok(Some(Ok(c))) => c,
+            Ok(Some(Err(e))) => return Err(line_error(e)),
+            Ok(Some(Ok(line))) => line,
         };
-        for line in lines.push(&chunk)? {
-            status.last_message.set(unix_now().as_secs() as i64);
-            match parse_line(&line)? {
-                WatchEvent::Heartbeat { .. } => {}
-                WatchEvent::Snapshot(snap) => {
-                    // Within one stream versions only grow; a new stream (say, a
-                    // restarted operator) resets us to whatever it says.
-                    if version.is_some_and(|v| snap.version <= v) {
-                        continue;
-                    }
-                    version = Some(snap.version);
-                    let specs = to_specs(&snap)?;
-                    tracing::info!(
-                        version = snap.version,
-                        backends = specs.len(),
-                        "backend snapshot applied"
-                    );
-                    engine
-                        .set_backends(specs)
-                        .await
-                        .map_err(|e| WatchError::Stream(e.to_string()))?;
-                    status.version.set(snap.version as i64);
-                    status.synced.store(true, Ordering::Relaxed);
+        if line.trim().is_empty() {
+            continue;
+        }
+        status.last_message.set(unix_now().as_secs() as i64);
+        match parse_line(line.as_bytes())? {
+            WatchEvent::Heartbeat { .. } => {}
+            WatchEvent::Snapshot(snap) => {
+                // Within one stream versions only grow; a new stream (say, a
+                // restarted operator) resets us to whatever it says.
+                if version.is_some_and(|v| snap.version <= v) {
+                    continue;
                 }
+                version = Some(snap.version);
+                if snap.backends.len() > cfg.max_backends {
+                    status.refused.inc();
+                    if let Some(held_back) = refused.allow(Instant::now()) {
+                        tracing::warn!(
+                            version = snap.version,
+                            backends = snap.backends.len(),
+                            max = cfg.max_backends,
+                            held_back,
+                            "backend snapshot over --max-backends refused; keeping the last set"
+                        );
+                    }
+                    continue;
+                }
+                let specs = to_specs(&snap)?;
+                tracing::info!(
+                    version = snap.version,
+                    backends = specs.len(),
+                    "backend snapshot applied"
+                );
+                engine
+                    .set_backends(specs)
+                    .await
+                    .map_err(|e| WatchError::Stream(e.to_string()))?;
+                status.version.set(snap.version as i64);
+                status.synced.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -325,32 +367,20 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-/// Splits a byte stream into lines, refusing any line over the contract's bound.
-#[derive(Default)]
-pub struct LineBuffer {
-    partial: Vec<u8>,
+/// The stream's framing: NDJSON lines of at most the contract's bound (the codec
+/// buffers no more than that while looking for a newline).
+pub fn line_codec() -> LinesCodec {
+    LinesCodec::new_with_max_length(watch::MAX_LINE_BYTES)
 }
 
-impl LineBuffer {
-    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, WatchError> {
-        let mut out = Vec::new();
-        let mut rest = chunk;
-        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&rest[..i]);
-            if self.partial.len() > watch::MAX_LINE_BYTES {
-                return Err(WatchError::LineTooLong);
-            }
-            let line = std::mem::take(&mut self.partial);
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                out.push(line);
-            }
-            rest = &rest[i + 1..];
+/// What a framing failure means for the stream.
+pub fn line_error(e: LinesCodecError) -> WatchError {
+    match e {
+        LinesCodecError::MaxLineLengthExceeded => WatchError::LineTooLong,
+        LinesCodecError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            WatchError::Malformed("a line that is not UTF-8".into())
         }
-        self.partial.extend_from_slice(rest);
-        if self.partial.len() > watch::MAX_LINE_BYTES {
-            return Err(WatchError::LineTooLong);
-        }
-        Ok(out)
+        LinesCodecError::Io(e) => WatchError::Stream(e.to_string()),
     }
 }
 
@@ -361,31 +391,81 @@ mod tests {
 
     #[test]
     fn lines_split_across_chunks_and_are_bounded() {
-        let mut b = LineBuffer::default();
-        assert!(b.push(b"{\"type\":\"heart").unwrap().is_empty());
-        let lines = b.push(b"beat\",\"version\":1}\n\n{\"a\":1}\n{").unwrap();
-        assert_eq!(lines.len(), 2);
+        use tokio_util::codec::Decoder;
+        let mut codec = line_codec();
+        let mut buf = bytes::BytesMut::from(&b"{\"type\":\"heart"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"beat\",\"version\":1}\n{\"a\":1}\n{");
+        let first = codec.decode(&mut buf).unwrap().unwrap();
         assert!(matches!(
-            parse_line(&lines[0]).unwrap(),
+            parse_line(first.as_bytes()).unwrap(),
             WatchEvent::Heartbeat { version: 1 }
         ));
-        assert!(parse_line(&lines[1]).is_err());
-        let huge = vec![b'x'; watch::MAX_LINE_BYTES + 1];
-        assert!(matches!(
-            LineBuffer::default().push(&huge),
-            Err(WatchError::LineTooLong)
-        ));
+        let second = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(parse_line(second.as_bytes()).is_err());
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            None,
+            "a partial line waits"
+        );
+        let mut huge = bytes::BytesMut::from(&vec![b'x'; watch::MAX_LINE_BYTES + 1][..]);
+        let e = line_codec().decode(&mut huge).unwrap_err();
+        assert!(matches!(line_error(e), WatchError::LineTooLong));
     }
 
-    #[test]
-    fn snapshots_become_specs_and_bad_addresses_are_refused() {
-        let backend = |address: &str, rpc_port| Backend {
+    fn backend(address: &str, rpc_port: u16) -> Backend {
+        Backend {
             address: address.into(),
             rpc_port,
             swarm_port: Some(4001),
             pod_name: Some("kubo-0".into()),
             zone: None,
-        };
+        }
+    }
+
+    fn snapshot_line(version: u64, n: usize) -> String {
+        let backends = (0..n)
+            .map(|i| backend(&format!("10.0.{}.{}", i / 250, i % 250 + 1), 5001))
+            .collect();
+        let event = WatchEvent::Snapshot(Snapshot { version, backends });
+        serde_json::to_string(&event).unwrap() + "\n"
+    }
+
+    /// A snapshot naming more backends than allowed is refused; the set before it
+    /// stays, and a later snapshot within the bound applies.
+    #[tokio::test]
+    async fn a_snapshot_over_the_backend_cap_is_refused_and_the_last_set_kept() {
+        let body = [
+            snapshot_line(1, 2),
+            snapshot_line(2, 3),
+            snapshot_line(3, 1),
+        ]
+        .concat();
+        let app = axum::Router::new().route("/w", axum::routing::get(move || async move { body }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/w", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut cfg = WatchConfig::new(url, None);
+        cfg.max_backends = 2;
+        let (engine, mut commands) = Handle::channel(16);
+        let status = WatchStatus::default();
+        let http = http_client(&cfg).unwrap();
+        let mut throttle = Throttle::new(WARN_EVERY);
+        let ended = session(&http, &cfg, &engine, &status, &mut throttle).await;
+        assert!(matches!(ended, Err(WatchError::Stream(_))), "{ended:?}");
+        drop(engine);
+        let mut applied = Vec::new();
+        while let Some(crate::engine::Command::SetBackends(specs)) = commands.recv().await {
+            applied.push(specs.len());
+        }
+        assert_eq!(applied, [2, 1], "version 2 (3 backends) was never applied");
+        assert_eq!(status.refused.get(), 1);
+        assert_eq!(status.version.get(), 3);
+    }
+
+    #[test]
+    fn snapshots_become_specs_and_bad_addresses_are_refused() {
         let snap = Snapshot {
             version: 3,
             backends: vec![

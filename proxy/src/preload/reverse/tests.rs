@@ -143,17 +143,45 @@ fn only_the_backend_the_refs_went_to_may_fetch() {
 }
 
 #[test]
-fn a_client_that_connects_later_gets_the_outstanding_wants() {
+fn a_want_whose_uploader_is_not_connected_ends_at_once_with_dont_have() {
     let mut w = world();
     let root = raw_block(1);
     w.open(root.cid, "192.0.2.50");
     w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
-    assert!(w.r.take_outbox().to_clients.is_empty(), "nobody there yet");
+    let out = w.r.take_outbox();
+    assert!(out.to_clients.is_empty(), "nobody there");
+    let p = backend_presences(&out, &w.backend);
+    assert_eq!(p.len(), 1);
+    assert_eq!((p[0].cid, p[0].kind), (root.cid, PresenceKind::DontHave));
+    assert_eq!(w.r.stats().wants_no_uploader, 1);
+    assert_eq!(w.r.stats().wants_forwarded, 0, "not counted as forwarded");
+    assert_eq!(w.r.wants_outstanding(), 0);
+    // Once the uploader is there (an IPv4-mapped IPv6 address is the same client),
+    // the backend's next want reaches it.
     let late = PeerId::random();
-    // An IPv4-mapped IPv6 address is the same client.
     w.r.client_connected(late, conn(), ip("::ffff:192.0.2.50"));
+    assert!(w.r.take_outbox().to_clients.is_empty());
+    w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
     let out = w.r.take_outbox();
     assert_eq!(client_wants(&out, &late), vec![(root.cid, false)]);
+}
+
+#[test]
+fn a_second_uploader_connection_joins_an_outstanding_want() {
+    let mut w = world();
+    let root = raw_block(1);
+    w.open(root.cid, "198.51.100.1");
+    w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
+    assert_eq!(
+        client_wants(&w.r.take_outbox(), &w.uploader),
+        vec![(root.cid, false)]
+    );
+    let second = PeerId::random();
+    w.r.client_connected(second, conn(), ip("198.51.100.1"));
+    assert_eq!(
+        client_wants(&w.r.take_outbox(), &second),
+        vec![(root.cid, false)]
+    );
 }
 
 #[test]
@@ -251,7 +279,13 @@ fn a_leaving_uploader_and_a_lost_backend_clean_up() {
     w.r.backend_wants(w.backend, false, &[want(a.cid, WantKind::Block)]);
     w.r.take_outbox();
     w.r.client_disconnected(lone, c1);
-    // The want stays for a client that may reconnect; the backend then loses it.
+    // No uploader left: the backend is told at once rather than waiting.
+    assert_eq!(w.r.wants_outstanding(), 0);
+    let p = backend_presences(&w.r.take_outbox(), &w.backend);
+    assert_eq!((p[0].cid, p[0].kind), (a.cid, PresenceKind::DontHave));
+    let b = raw_block(2);
+    w.open(b.cid, "198.51.100.1");
+    w.r.backend_wants(w.backend, false, &[want(b.cid, WantKind::Block)]);
     assert_eq!(w.r.wants_outstanding(), 1);
     w.r.backend_down(w.backend);
     assert_eq!(w.r.wants_outstanding(), 0);
