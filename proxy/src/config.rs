@@ -114,6 +114,53 @@ pub struct Cli {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// The trustless HTTP gateway and `/routing/v1` on the shared port, and its bounds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Serve a trustless gateway (`/ipfs/{cid}`, raw blocks and CARs) and
+    /// `/routing/v1/providers` on the preload port (needs -p for now).
+    #[arg(long = "gateway", env = "KITSUNE_GATEWAY", requires = "preload_port")]
+    pub enabled: bool,
+    /// Gateway requests served at once; more are answered 429.
+    #[arg(id = "gateway_max_concurrent", long = "gateway-max-concurrent", env = "KITSUNE_GATEWAY_MAX_CONCURRENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: u32,
+    /// Gateway requests served at once for one client address (IPv4, or IPv6 /64);
+    /// more are answered 429.
+    #[arg(id = "gateway_max_per_client", long = "gateway-max-per-client", env = "KITSUNE_GATEWAY_MAX_PER_CLIENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_client: u32,
+    /// The whole budget of one gateway request, a CAR's last byte included: past it,
+    /// 504, or a CAR cut short.
+    #[arg(id = "gateway_timeout", long = "gateway-timeout", env = "KITSUNE_GATEWAY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub timeout: Duration,
+    /// Blocks in one CAR response; a bigger DAG's CAR is cut short (an error, never a
+    /// CAR that looks complete).
+    #[arg(
+        id = "gateway_max_car_blocks",
+        long = "gateway-max-car-blocks",
+        env = "KITSUNE_GATEWAY_MAX_CAR_BLOCKS",
+        default_value_t = 100_000
+    )]
+    pub max_car_blocks: usize,
+    /// Block bytes in one CAR response; past it, the CAR is cut short likewise.
+    #[arg(id = "gateway_max_car_bytes", long = "gateway-max-car-bytes", env = "KITSUNE_GATEWAY_MAX_CAR_BYTES", default_value_t = 1 << 30)]
+    pub max_car_bytes: u64,
+}
+
+impl GatewayArgs {
+    pub fn config(&self) -> crate::gateway::Config {
+        crate::gateway::Config {
+            max_concurrent: self.max_concurrent as usize,
+            max_per_client: self.max_per_client as usize,
+            timeout: self.timeout,
+            max_car_blocks: self.max_car_blocks,
+            max_car_bytes: self.max_car_bytes,
+        }
+    }
 }
 
 /// Preload mode's address, trust and bounds.
@@ -420,5 +467,31 @@ mod tests {
             Policy::RoundRobin
         );
         assert!(policy(&["--balance", "random"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::*;
+
+    #[test]
+    fn gateway_flags_parse_and_need_the_shared_port() {
+        assert!(Cli::try_parse_from(["kitsune-proxy", "--gateway"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kitsune-proxy",
+            "-p",
+            "8441",
+            "--gateway",
+            "--gateway-max-per-client",
+            "4",
+            "--gateway-timeout",
+            "30s",
+        ])
+        .unwrap();
+        assert!(cli.gateway.enabled);
+        let c = cli.gateway.config();
+        assert_eq!((c.max_per_client, c.timeout.as_secs()), (4, 30));
+        assert_eq!(c.max_concurrent, 256);
+        assert!(Cli::try_parse_from(["kitsune-proxy", "--gateway-max-per-client", "0"]).is_err());
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 #[cfg(test)]
 mod fixtures;
+pub mod gateway;
 pub mod http;
 pub mod http_client;
 pub mod identity;
@@ -82,9 +83,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .listen_on(addr.clone())
             .with_context(|| format!("listening on {addr}"))?;
     }
+    let mut gateway = cli
+        .gateway
+        .enabled
+        .then(|| gateway::Gateway::new(cli.gateway.config(), &mut registry));
     let (preload_parts, front) = match (cli.preload_port, splices) {
         (Some(port), Some(splices)) => {
-            let (parts, front) = preload_setup(&cli, port, splices, &mut swarm, &metrics).await?;
+            let (parts, mut front) =
+                preload_setup(&cli, port, splices, &mut swarm, &metrics).await?;
+            if let Some(g) = &gateway {
+                let local = front.0.local_addr()?;
+                let app = g.router(peer_id, local, front.1.trusted.clone());
+                front.1.app = front.1.app.merge(app);
+                tracing::info!(%local, "trustless gateway and /routing/v1 on this port");
+            }
             (Some(parts), Some(front))
         }
         _ => (None, None),
@@ -108,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             client_frames,
             max_client_buffer: cli.limits.max_client_buffer_bytes,
             preload: preload_parts,
+            gateway: gateway.as_mut().and_then(gateway::Gateway::engine_parts),
         },
         &mut registry,
     )?;

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
 use crate::bitswap::Message;
+use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::net::bitswap::InboundStream;
@@ -33,10 +34,10 @@ use crate::net::bitswap::{Inbound, QueueError, Undelivered};
 use crate::net::swarm::BehaviourEvent;
 use crate::preload::front::socket_addr_of;
 use crate::preload::refs::{Opened, PreloadCmd};
-use crate::routing::{Core, Effects};
+use crate::routing::{Core, Effects, FetchId, Fetched};
 pub use handle::{Command, Handle};
 use parts::Preload;
-pub use parts::{Parts, PreloadParts};
+pub use parts::{GatewayParts, Parts, PreloadParts};
 use side::Side;
 use summary::Summary;
 
@@ -62,6 +63,10 @@ pub struct Engine {
     health: Arc<Health>,
     max_client_buffer: usize,
     preload: Option<Preload>,
+    /// The gateway's fetches, and where each one's answer goes (as many as the core
+    /// holds: it refuses past its bound).
+    fetch_commands: Option<mpsc::Receiver<FetchCmd>>,
+    fetch_replies: std::collections::HashMap<FetchId, tokio::sync::oneshot::Sender<Fetched>>,
 }
 
 impl Engine {
@@ -83,6 +88,7 @@ impl Engine {
                     self.perform(actions);
                 }
                 Some(cmd) = next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
+                Some(cmd) = next_fetch_cmd(&mut self.fetch_commands) => self.on_fetch(cmd),
                 Some(u) = self.undelivered_rx.recv() => {
                     if self.clients.contains(&u.peer) {
                         tracing::debug!(peer = %u.peer, blocks = u.cids.len(), "re-wanting undelivered blocks");
@@ -151,6 +157,27 @@ impl Engine {
                 self.carry_out(fx);
             }
         }
+    }
+
+    fn on_fetch(&mut self, cmd: FetchCmd) {
+        let now = Instant::now();
+        let fx = match cmd {
+            FetchCmd::Fetch {
+                id,
+                cid,
+                kind,
+                deadline,
+                reply,
+            } => {
+                self.fetch_replies.insert(id, reply);
+                self.core.fetch(id, cid, kind, deadline, now)
+            }
+            FetchCmd::Cancel(id) => {
+                self.fetch_replies.remove(&id);
+                self.core.fetch_cancel(id, now)
+            }
+        };
+        self.carry_out(fx);
     }
 
     /// The client's address behind a listener-side connection: for a connection
@@ -330,6 +357,11 @@ impl Engine {
     /// Sends what the core decided, and counts it.
     fn carry_out(&mut self, fx: Effects) {
         accounting::effects(&self.metrics, &fx);
+        for (id, fetched) in fx.fetched {
+            if let Some(reply) = self.fetch_replies.remove(&id) {
+                let _ = reply.send(fetched);
+            }
+        }
         for (backend, msg) in fx.outbox.to_backends {
             if !self.connected_backends.contains(&backend) {
                 continue;
@@ -365,6 +397,13 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+async fn next_fetch_cmd(commands: &mut Option<mpsc::Receiver<FetchCmd>>) -> Option<FetchCmd> {
+    match commands {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 

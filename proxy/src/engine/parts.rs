@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{Engine, Handle, Side};
 use crate::backend::Backends;
+use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::net::bitswap::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
@@ -41,6 +42,13 @@ pub(super) struct Preload {
     pub(super) internal_ws_addr: watch::Sender<Option<SocketAddr>>,
 }
 
+/// The gateway's part of the engine: its fetch commands and their bound.
+pub struct GatewayParts {
+    pub commands: mpsc::Receiver<FetchCmd>,
+    /// Fetches waiting in the core at once.
+    pub max_fetches: usize,
+}
+
 pub struct Parts {
     /// The client-facing host, with the fixed identity.
     pub swarm: Swarm<Behaviour>,
@@ -54,6 +62,7 @@ pub struct Parts {
     pub client_frames: FrameBounds,
     pub max_client_buffer: usize,
     pub preload: Option<PreloadParts>,
+    pub gateway: Option<GatewayParts>,
 }
 
 impl Engine {
@@ -88,10 +97,15 @@ impl Engine {
             None => (None, None),
         };
         super::accounting::zeroes(&parts.metrics);
+        let core = Core::new(parts.router, reverse);
+        let (core, fetch_commands) = match parts.gateway {
+            Some(g) => (core.with_max_fetches(g.max_fetches), Some(g.commands)),
+            None => (core, None),
+        };
         let engine = Self {
             clients_side,
             backends_side,
-            core: Core::new(parts.router, reverse),
+            core,
             backends: Backends::default(),
             clients: HashSet::new(),
             connected_backends: HashSet::new(),
@@ -108,6 +122,8 @@ impl Engine {
             health: parts.health,
             max_client_buffer: parts.max_client_buffer,
             preload,
+            fetch_commands,
+            fetch_replies: std::collections::HashMap::new(),
         };
         Ok((engine, handle))
     }

@@ -6,6 +6,7 @@
 //! client.
 
 pub mod effects;
+pub mod fetches;
 #[cfg(test)]
 mod tests;
 
@@ -22,12 +23,18 @@ use crate::preload::refs::OpenFail;
 use crate::preload::sessions::SessionId;
 use crate::router::Router;
 pub use effects::{Counts, Effects};
+pub use fetches::{FetchId, Fetched, Fetches};
+
+/// HTTP fetches waiting at once unless [`Core::with_max_fetches`] says otherwise.
+pub const DEFAULT_MAX_FETCHES: usize = 4096;
 
 pub struct Core {
     router: Router,
     reverse: Option<Reverse>,
     /// The totals already handed out as deltas.
     reported: Counts,
+    /// The gateway's fetches, one client of the router.
+    fetches: Fetches,
 }
 
 impl Core {
@@ -36,7 +43,18 @@ impl Core {
             router,
             reverse,
             reported: Counts::default(),
+            fetches: Fetches::new(PeerId::random(), DEFAULT_MAX_FETCHES),
         }
+    }
+
+    /// Bounds the HTTP fetches waiting at once.
+    pub fn with_max_fetches(mut self, max: usize) -> Self {
+        self.fetches = Fetches::new(self.fetches.client_id(), max);
+        self
+    }
+
+    pub fn fetches(&self) -> &Fetches {
+        &self.fetches
     }
 
     pub fn router(&self) -> &Router {
@@ -186,11 +204,59 @@ impl Core {
         self.effects()
     }
 
+    // ---------------------------------------------------------------- HTTP fetches
+
+    /// An HTTP fetch of `cid` (the block, or only whether a backend has it): asked
+    /// of the backends through the router like any client's want, and answered in
+    /// [`Effects::fetched`] by this or a later event, by `deadline` at the latest.
+    pub fn fetch(
+        &mut self,
+        id: FetchId,
+        cid: Cid,
+        kind: WantKind,
+        deadline: Instant,
+        now: Instant,
+    ) -> Effects {
+        let refused = if self.router.healthy_backends() == 0 {
+            Some(Fetched::NoBackend)
+        } else {
+            match self.fetches.open(id, cid, kind, deadline) {
+                Ok(want) => {
+                    let me = self.fetches.client_id();
+                    self.router.client_message(me, &one_want(want), now);
+                    None
+                }
+                Err(fetches::Full) => Some(Fetched::Overloaded),
+            }
+        };
+        let mut effects = self.effects();
+        effects.fetched.extend(refused.map(|why| (id, why)));
+        effects
+    }
+
+    /// The asker of fetch `id` gave up; its want goes unless another fetch has it.
+    pub fn fetch_cancel(&mut self, id: FetchId, now: Instant) -> Effects {
+        if let Some(cancel) = self.fetches.close(id) {
+            let me = self.fetches.client_id();
+            self.router.client_message(me, &one_want(cancel), now);
+        }
+        self.effects()
+    }
+
     // ---------------------------------------------------------------- time
 
     /// Moves on the wants whose backend did not answer in time and expires preload
     /// sessions.
     pub fn tick(&mut self, now: Instant) -> Effects {
+        let (expired, cancels) = self.fetches.expire(now);
+        if !cancels.is_empty() {
+            let me = self.fetches.client_id();
+            let msg = Message {
+                wants: cancels,
+                ..Message::default()
+            };
+            self.router.client_message(me, &msg, now);
+        }
         self.router.tick(now);
         let mut ended = Vec::new();
         if let Some(r) = &mut self.reverse {
@@ -198,6 +264,7 @@ impl Core {
         }
         let mut effects = self.effects();
         effects.preload_dag_sizes = ended;
+        effects.fetched.extend(expired);
         effects
     }
 
@@ -205,6 +272,7 @@ impl Core {
     /// counters' growth since the last event.
     fn effects(&mut self) -> Effects {
         let mut outbox = self.router.take_outbox();
+        let fetched = self.answer_fetches(&mut outbox);
         let mut totals = Counts::from_router(&self.router.stats());
         if let Some(r) = &mut self.reverse {
             outbox.merge(r.take_outbox());
@@ -216,6 +284,28 @@ impl Core {
             outbox,
             counts,
             preload_dag_sizes: Vec::new(),
+            fetched,
         }
+    }
+
+    /// Takes the router's message to the gateway's identity out of the outbox: it
+    /// answers fetches instead of going to a peer.
+    fn answer_fetches(&mut self, outbox: &mut crate::router::Outbox) -> Vec<(FetchId, Fetched)> {
+        let me = self.fetches.client_id();
+        let Some(msg) = outbox.to_clients.remove(&me) else {
+            return Vec::new();
+        };
+        let (answers, withdraw) = self.fetches.answer(&msg);
+        for cid in withdraw {
+            self.router.withdraw_parked(me, cid);
+        }
+        answers
+    }
+}
+
+fn one_want(entry: WantEntry) -> Message {
+    Message {
+        wants: vec![entry],
+        ..Message::default()
     }
 }
