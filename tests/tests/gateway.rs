@@ -273,3 +273,51 @@ async fn a_client_past_its_bound_is_answered_429_until_its_slot_frees() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn a_block_wanted_over_bitswap_and_http_at_once_is_asked_of_the_backend_once() {
+    use kitsune_e2e::bitswap_client::{BitswapClient, want};
+    use kitsune_proxy::bitswap::Message;
+
+    let mut w = world("http", MIB, &[]).await;
+    let root = w.has.added["f.bin"].clone();
+    let leaf = w.has.dag_cids(&root).await.unwrap()[1];
+    // Paused, the backend holds both wants unanswered until both are in.
+    w.has.pause().unwrap();
+    let mut client = BitswapClient::connect(&w.proxy.tcp_addr.parse().unwrap())
+        .await
+        .unwrap();
+    client
+        .send(&Message {
+            wants: vec![want(leaf)],
+            ..Message::default()
+        })
+        .await
+        .unwrap();
+    let url = format!("{}/ipfs/{leaf}?format=raw", w.base);
+    let http_get = tokio::spawn(async move { http().get(url).send().await.unwrap() });
+    let inflight = "kitsune_gateway_requests_in_flight";
+    let proxy = &w.proxy;
+    kitsune_e2e::wait_for("the HTTP fetch", T, Duration::from_millis(50), || async {
+        Ok(proxy.metric(inflight).await.ok().flatten() == Some(1.0))
+    })
+    .await
+    .unwrap();
+    w.has.resume().unwrap();
+    let r = http_get.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(verify(&leaf, &r.bytes().await.unwrap()));
+    let mut got = false;
+    while let Some(m) = client.recv(T).await {
+        if m.blocks.iter().any(|b| b.cid == leaf) {
+            got = true;
+            break;
+        }
+    }
+    assert!(got, "the bitswap client got the block too");
+    let from_has = format!(
+        "kitsune_backend_blocks_received_total{{backend=\"{}\"}}",
+        w.has.peer_id
+    );
+    assert_eq!(w.proxy.metric(&from_has).await.unwrap(), Some(1.0));
+}
