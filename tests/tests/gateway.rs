@@ -321,3 +321,50 @@ async fn a_block_wanted_over_bitswap_and_http_at_once_is_asked_of_the_backend_on
     );
     assert_eq!(w.proxy.metric(&from_has).await.unwrap(), Some(1.0));
 }
+
+#[tokio::test]
+async fn a_backend_killed_mid_car_breaks_the_transfer_or_it_completes_whole() {
+    use futures::StreamExt;
+
+    let mut w = world("http", 20 * MIB, &[]).await;
+    let root = w.has.added["f.bin"].clone();
+    let dag: HashSet<Cid> = w.has.dag_cids(&root).await.unwrap().into_iter().collect();
+    let r = http()
+        .get(format!("{}/ipfs/{root}?format=car", w.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut car = body.next().await.unwrap().unwrap().to_vec();
+    // The only backend with the content goes away mid-stream.
+    w.has.kill();
+    let mut broken = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => car.extend_from_slice(&c),
+            Err(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    if !broken {
+        // Then it must be whole: every block of the DAG, each verified.
+        let (_, blocks) = parse_car(&car);
+        let got: HashSet<Cid> = blocks.iter().map(|(c, _)| *c).collect();
+        assert_eq!(got, dag, "a CAR that ended cleanly is complete");
+        assert!(blocks.iter().all(|(c, d)| verify(c, d)));
+    }
+    let aborted = w
+        .proxy
+        .metrics()
+        .await
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("kitsune_gateway_car_aborted_total"));
+    assert_eq!(
+        broken, aborted,
+        "an abort is counted exactly when it happened"
+    );
+}

@@ -196,3 +196,99 @@ fn named_links(node: &[u8]) -> Result<Vec<(Cid, String)>, DagError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multihash_codetable::{Code, MultihashDigest};
+
+    fn pb_len(field: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut out = vec![(field << 3) | 2];
+        let mut tmp = unsigned_varint::encode::usize_buffer();
+        out.extend_from_slice(unsigned_varint::encode::usize(bytes.len(), &mut tmp));
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// A dag-pb node: named links, then UnixFS Data of `kind` (and `fanout`).
+    fn node(links: &[(Cid, &str)], kind: u8, fanout: Option<u8>) -> (Cid, Vec<u8>) {
+        let mut data = Vec::new();
+        for (c, name) in links {
+            let mut link = pb_len(1, &c.to_bytes());
+            link.extend(pb_len(2, name.as_bytes()));
+            data.extend(pb_len(2, &link));
+        }
+        let mut unixfs = vec![0x08, kind];
+        if let Some(f) = fanout {
+            unixfs.extend([0x30, f]);
+        }
+        data.extend(pb_len(1, &unixfs));
+        (Cid::new_v1(DAG_PB, Code::Sha2_256.digest(&data)), data)
+    }
+
+    fn raw(s: &str) -> Cid {
+        Cid::new_v1(dag::RAW, Code::Sha2_256.digest(s.as_bytes()))
+    }
+
+    #[test]
+    fn the_header_is_dag_cbor_naming_the_root() {
+        let root = raw("x");
+        let h = header(&root);
+        let (len, cbor) = unsigned_varint::decode::usize(&h).unwrap();
+        assert_eq!(len, cbor.len());
+        let mut expect = vec![0xa2, 0x65];
+        expect.extend(b"roots");
+        expect.extend([0x81, 0xd8, 42, 0x58, root.to_bytes().len() as u8 + 1, 0]);
+        expect.extend(root.to_bytes());
+        expect.push(0x67);
+        expect.extend(b"version");
+        expect.push(1);
+        assert_eq!(cbor, &expect[..]);
+        let s = section_head(&root, 10);
+        let (n, rest) = unsigned_varint::decode::usize(&s).unwrap();
+        assert_eq!(
+            (n, rest),
+            (root.to_bytes().len() + 10, &root.to_bytes()[..])
+        );
+    }
+
+    #[test]
+    fn scopes_follow_what_the_spec_says() {
+        let (file, file_data) = node(&[(raw("a"), ""), (raw("b"), "")], 2, None);
+        let (dir, dir_data) = node(&[(file, "f.txt")], 1, None);
+        assert_eq!(
+            follow_root(Scope::Block, &file, &file_data),
+            Ok(Follow::None)
+        );
+        assert_eq!(
+            follow_root(Scope::Entity, &file, &file_data),
+            Ok(Follow::All)
+        );
+        assert_eq!(
+            follow_root(Scope::Entity, &dir, &dir_data),
+            Ok(Follow::None)
+        );
+        assert_eq!(follow_root(Scope::All, &dir, &dir_data), Ok(Follow::All));
+        assert_eq!(
+            follow_root(Scope::Entity, &raw("r"), b"r"),
+            Ok(Follow::None),
+            "non-UnixFS entity is its block"
+        );
+        let kids = children(Follow::All, &file, &file_data).unwrap();
+        assert_eq!(kids, vec![(raw("a"), Follow::All), (raw("b"), Follow::All)]);
+    }
+
+    #[test]
+    fn a_sharded_directory_entity_is_its_shards_not_its_entries() {
+        let (sub, _) = node(&[], 5, Some(0));
+        let entry = raw("entry");
+        // Fanout 256: bucket names are two hex digits; entries carry their name after.
+        let (shard, data) = node(&[(sub, "0A"), (entry, "1Ffile.txt")], 5, None);
+        let f = follow_root(Scope::Entity, &shard, &data).unwrap();
+        assert_eq!(f, Follow::Shards);
+        assert_eq!(
+            children(f, &shard, &data).unwrap(),
+            vec![(sub, Follow::Shards)]
+        );
+    }
+}
