@@ -140,6 +140,9 @@ pub struct Cli {
     /// (with one warning) and the last set kept.
     #[arg(long, env = "KITSUNE_MAX_BACKENDS", default_value_t = crate::sources::watch::MAX_BACKENDS)]
     pub max_backends: usize,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 /// The shared port without preload, and TLS on it.
@@ -158,6 +161,50 @@ pub struct SharedPortArgs {
     /// PEM private key of --tls-cert-file. Re-read when the file changes.
     #[arg(long, env = "KITSUNE_TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
+}
+
+/// The trustless HTTP gateway and `/routing/v1` on the shared port, and its bounds.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Serve a trustless gateway (`/ipfs/{cid}`, raw blocks and CARs) and
+    /// `/routing/v1/providers` on the shared port (needs --http-port or -p).
+    #[arg(long = "gateway", env = "KITSUNE_GATEWAY")]
+    pub enabled: bool,
+    /// Gateway requests served at once; more are answered 429.
+    #[arg(id = "gateway_max_concurrent", long = "gateway-max-concurrent", env = "KITSUNE_GATEWAY_MAX_CONCURRENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent: u32,
+    /// Gateway requests served at once for one client address (IPv4, or IPv6 /64);
+    /// more are answered 429.
+    #[arg(id = "gateway_max_per_client", long = "gateway-max-per-client", env = "KITSUNE_GATEWAY_MAX_PER_CLIENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_per_client: u32,
+    /// The whole budget of one gateway request, a CAR's last byte included: past it,
+    /// 504, or a CAR cut short.
+    #[arg(id = "gateway_timeout", long = "gateway-timeout", env = "KITSUNE_GATEWAY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub timeout: Duration,
+    /// Blocks in one CAR response; a bigger DAG's CAR is cut short (an error, never a
+    /// CAR that looks complete).
+    #[arg(
+        id = "gateway_max_car_blocks",
+        long = "gateway-max-car-blocks",
+        env = "KITSUNE_GATEWAY_MAX_CAR_BLOCKS",
+        default_value_t = 100_000
+    )]
+    pub max_car_blocks: usize,
+    /// Block bytes in one CAR response; past it, the CAR is cut short likewise.
+    #[arg(id = "gateway_max_car_bytes", long = "gateway-max-car-bytes", env = "KITSUNE_GATEWAY_MAX_CAR_BYTES", default_value_t = 1 << 30)]
+    pub max_car_bytes: u64,
+}
+
+impl GatewayArgs {
+    pub fn config(&self) -> crate::gateway::Config {
+        crate::gateway::Config {
+            max_concurrent: self.max_concurrent as usize,
+            max_per_client: self.max_per_client as usize,
+            timeout: self.timeout,
+            max_car_blocks: self.max_car_blocks,
+            max_car_bytes: self.max_car_bytes,
+        }
+    }
 }
 
 /// Preload mode's address, trust and bounds.
@@ -358,6 +405,11 @@ impl Cli {
         if port.is_none() && self.shared.tls_cert_file.is_some() {
             anyhow::bail!(
                 "--tls-cert-file is for the shared port: give --http-port (or -p) as well"
+            );
+        }
+        if port.is_none() && self.gateway.enabled {
+            anyhow::bail!(
+                "--gateway is served on the shared port: give --http-port (or -p) as well"
             );
         }
         Ok(port)
@@ -607,5 +659,31 @@ mod tests {
             Policy::RoundRobin
         );
         assert!(policy(&["--balance", "random"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::*;
+
+    #[test]
+    fn gateway_flags_parse_and_need_the_shared_port() {
+        assert!(Cli::try_parse_from(["kitsune-proxy", "--gateway"]).is_err());
+        let cli = Cli::try_parse_from([
+            "kitsune-proxy",
+            "-p",
+            "8441",
+            "--gateway",
+            "--gateway-max-per-client",
+            "4",
+            "--gateway-timeout",
+            "30s",
+        ])
+        .unwrap();
+        assert!(cli.gateway.enabled);
+        let c = cli.gateway.config();
+        assert_eq!((c.max_per_client, c.timeout.as_secs()), (4, 30));
+        assert_eq!(c.max_concurrent, 256);
+        assert!(Cli::try_parse_from(["kitsune-proxy", "--gateway-max-per-client", "0"]).is_err());
     }
 }

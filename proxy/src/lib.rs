@@ -17,6 +17,7 @@ pub mod engine;
 #[cfg(test)]
 mod fixtures;
 pub mod front;
+pub mod gateway;
 pub mod http;
 pub mod http_client;
 pub mod identity;
@@ -92,6 +93,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .listen_on(addr.clone())
             .with_context(|| format!("listening on {addr}"))?;
     }
+    let mut gateway = cli
+        .gateway
+        .enabled
+        .then(|| gateway::Gateway::new(cli.gateway.config(), &mut registry));
     // Announced addresses replace the listen addresses in identify and on stdout.
     for addr in &cli.announce {
         swarm.add_external_address(addr.clone());
@@ -112,7 +117,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let app = app.fallback(front::not_found);
     let (front_parts, front) = match (shared_port, splices) {
         (Some(port), Some(splices)) => {
-            let (parts, front) = front_setup(&cli, port, splices, app, tls, &mut swarm).await?;
+            let tls_on = tls.is_some();
+            let (parts, mut front) = front_setup(&cli, port, splices, app, tls, &mut swarm).await?;
+            if let Some(g) = &gateway {
+                let local = front.0.local_addr()?;
+                let app = g.router(
+                    peer_id,
+                    local,
+                    tls_on,
+                    &cli.announce,
+                    front.1.trusted.clone(),
+                );
+                front.1.app = front.1.app.merge(app);
+                tracing::info!(%local, "trustless gateway and /routing/v1 on the shared port");
+            }
             (Some(parts), Some(front))
         }
         _ => (None, None),
@@ -139,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             front: front_parts,
             announced: !cli.announce.is_empty(),
             block_cache_bytes: cli.block_cache_bytes,
+            gateway: gateway.as_mut().and_then(gateway::Gateway::engine_parts),
         },
         &mut registry,
     )?;

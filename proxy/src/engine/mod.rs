@@ -30,16 +30,17 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
 use crate::bitswap::Message;
 use crate::front::socket_addr_of;
+use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::net::bitswap::InboundStream;
 use crate::net::bitswap::{Inbound, QueueError, Undelivered};
 use crate::net::swarm::BehaviourEvent;
 use crate::preload::refs::{Opened, PreloadCmd};
-use crate::routing::{Core, Effects};
+use crate::routing::{Core, Effects, FetchId, Fetched};
 pub use handle::{Command, Handle};
 use parts::Preload;
-pub use parts::{FrontParts, Parts, PreloadParts};
+pub use parts::{FrontParts, GatewayParts, Parts, PreloadParts};
 use side::Side;
 use summary::Summary;
 
@@ -72,6 +73,10 @@ pub struct Engine {
     listeners: HashSet<ListenerId>,
     /// Set once the drain has started.
     drain: Option<drain::Drain>,
+    /// The gateway's fetches, and where each one's answer goes (as many as the core
+    /// holds: it refuses past its bound).
+    fetch_commands: Option<mpsc::Receiver<FetchCmd>>,
+    fetch_replies: std::collections::HashMap<FetchId, tokio::sync::oneshot::Sender<Fetched>>,
 }
 
 impl Engine {
@@ -96,6 +101,7 @@ impl Engine {
                     self.perform(actions);
                 }
                 Some(cmd) = next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
+                Some(cmd) = next_fetch_cmd(&mut self.fetch_commands) => self.on_fetch(cmd),
                 Some(u) = self.undelivered_rx.recv() => self.on_undelivered(u),
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::SetBackends(specs) => {
@@ -202,6 +208,27 @@ impl Engine {
                 self.carry_out(fx);
             }
         }
+    }
+
+    fn on_fetch(&mut self, cmd: FetchCmd) {
+        let now = Instant::now();
+        let fx = match cmd {
+            FetchCmd::Fetch {
+                id,
+                cid,
+                kind,
+                deadline,
+                reply,
+            } => {
+                self.fetch_replies.insert(id, reply);
+                self.core.fetch(id, cid, kind, deadline, now)
+            }
+            FetchCmd::Cancel(id) => {
+                self.fetch_replies.remove(&id);
+                self.core.fetch_cancel(id, now)
+            }
+        };
+        self.carry_out(fx);
     }
 
     /// The client's address behind a listener-side connection: for a connection
@@ -389,6 +416,11 @@ impl Engine {
     /// Sends what the core decided, and counts it.
     fn carry_out(&mut self, fx: Effects) {
         accounting::effects(&self.metrics, &fx);
+        for (id, fetched) in fx.fetched {
+            if let Some(reply) = self.fetch_replies.remove(&id) {
+                let _ = reply.send(fetched);
+            }
+        }
         for (backend, msg) in fx.outbox.to_backends {
             if !self.connected_backends.contains(&backend) {
                 continue;
@@ -424,6 +456,13 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+async fn next_fetch_cmd(commands: &mut Option<mpsc::Receiver<FetchCmd>>) -> Option<FetchCmd> {
+    match commands {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 

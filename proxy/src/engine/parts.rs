@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Engine, Handle, Side};
 use crate::backend::Backends;
 use crate::front::Splices;
+use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::net::bitswap::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
@@ -42,6 +43,13 @@ pub(super) struct Preload {
     pub(super) commands: mpsc::UnboundedReceiver<PreloadCmd>,
 }
 
+/// The gateway's part of the engine: its fetch commands and their bound.
+pub struct GatewayParts {
+    pub commands: mpsc::Receiver<FetchCmd>,
+    /// Fetches waiting in the core at once.
+    pub max_fetches: usize,
+}
+
 pub struct Parts {
     /// The client-facing host, with the fixed identity.
     pub swarm: Swarm<Behaviour>,
@@ -61,6 +69,7 @@ pub struct Parts {
     pub announced: bool,
     /// `--block-cache-bytes` (0: no cache).
     pub block_cache_bytes: u64,
+    pub gateway: Option<GatewayParts>,
 }
 
 impl Engine {
@@ -92,11 +101,16 @@ impl Engine {
             None => (None, None),
         };
         super::accounting::zeroes(&parts.metrics);
+        let core = Core::new(parts.router, reverse)
+            .with_cache(crate::cache::BlockCache::new(parts.block_cache_bytes));
+        let (core, fetch_commands) = match parts.gateway {
+            Some(g) => (core.with_max_fetches(g.max_fetches), Some(g.commands)),
+            None => (core, None),
+        };
         let engine = Self {
             clients_side,
             backends_side,
-            core: Core::new(parts.router, reverse)
-                .with_cache(crate::cache::BlockCache::new(parts.block_cache_bytes)),
+            core,
             backends: Backends::default(),
             clients: HashSet::new(),
             connected_backends: HashSet::new(),
@@ -117,6 +131,8 @@ impl Engine {
             announced: parts.announced,
             listeners: HashSet::new(),
             drain: None,
+            fetch_commands,
+            fetch_replies: std::collections::HashMap::new(),
         };
         Ok((engine, handle))
     }

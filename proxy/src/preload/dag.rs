@@ -39,7 +39,7 @@ fn varint(buf: &mut &[u8]) -> Option<u64> {
 
 /// Reads one protobuf field: `(field number, Some(bytes))` for length-delimited fields,
 /// `(field number, None)` for the others (skipped).
-fn pb_field<'a>(buf: &mut &'a [u8]) -> Option<(u64, Option<&'a [u8]>)> {
+pub(crate) fn pb_field<'a>(buf: &mut &'a [u8]) -> Option<(u64, Option<&'a [u8]>)> {
     let key = varint(buf)?;
     let (field, wire) = (key >> 3, key & 7);
     match wire {

@@ -495,6 +495,34 @@ impl Router {
         }
     }
 
+    /// Withdraws `client`'s want of `cid` if it is parked (every backend said no):
+    /// nothing of it is at a backend, so nothing moves and no time is needed. A want
+    /// that is not parked stays; its next answer reaches the client again.
+    pub fn withdraw_parked(&mut self, client: PeerId, cid: Cid) {
+        if !self
+            .wants
+            .get(&cid)
+            .is_some_and(|w| w.state == State::Exhausted)
+        {
+            return;
+        }
+        let removed = self
+            .clients
+            .get_mut(&client)
+            .and_then(|w| w.remove(&cid))
+            .is_some();
+        if self.clients.get(&client).is_some_and(HashMap::is_empty) {
+            self.clients.remove(&client);
+        }
+        if removed {
+            let want = self.wants.get_mut(&cid).expect("checked above");
+            want.wanters.remove(&client);
+            if want.wanters.is_empty() {
+                self.wants.remove(&cid);
+            }
+        }
+    }
+
     /// The healthy backend `cid`'s wants go to first under rendezvous hashing, which
     /// every replica computes alike (whatever `--balance` says): a preload of `cid` is
     /// fetched by the backend that will later serve it.

@@ -4,6 +4,7 @@
 
 use crate::preload::reverse::Stats as ReverseStats;
 use crate::router::{Outbox, Stats as RouterStats};
+use crate::routing::fetches::{FetchId, Fetched};
 
 #[derive(Debug, Default)]
 pub struct Effects {
@@ -13,6 +14,8 @@ pub struct Effects {
     pub counts: Counts,
     /// The DAG sizes of preload sessions that ended (for their histogram).
     pub preload_dag_sizes: Vec<usize>,
+    /// HTTP fetches answered by this event.
+    pub fetched: Vec<(FetchId, Fetched)>,
 }
 
 /// The core's counters; as a delta, how much each grew.

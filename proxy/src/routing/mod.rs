@@ -6,6 +6,7 @@
 //! client.
 
 pub mod effects;
+pub mod fetches;
 #[cfg(test)]
 mod tests;
 
@@ -16,13 +17,17 @@ use cid::Cid;
 use libp2p::PeerId;
 use libp2p::swarm::ConnectionId;
 
-use crate::bitswap::{Block, Message, PresenceKind, WantEntry, WantKind};
+use crate::bitswap::{Message, PresenceKind, WantEntry, WantKind};
 use crate::cache::BlockCache;
 use crate::preload::Reverse;
 use crate::preload::refs::OpenFail;
 use crate::preload::sessions::SessionId;
 use crate::router::{Outbox, Router};
 pub use effects::{Counts, Effects};
+pub use fetches::{FetchId, Fetched, Fetches};
+
+/// HTTP fetches waiting at once unless [`Core::with_max_fetches`] says otherwise.
+pub const DEFAULT_MAX_FETCHES: usize = 4096;
 
 pub struct Core {
     router: Router,
@@ -33,6 +38,8 @@ pub struct Core {
     cache: Option<BlockCache>,
     /// Answers from the cache, sent with the next effects.
     cached: Outbox,
+    /// The gateway's fetches, one client of the router.
+    fetches: Fetches,
 }
 
 impl Core {
@@ -43,6 +50,7 @@ impl Core {
             reported: Counts::default(),
             cache: None,
             cached: Outbox::default(),
+            fetches: Fetches::new(PeerId::random(), DEFAULT_MAX_FETCHES),
         }
     }
 
@@ -57,10 +65,14 @@ impl Core {
         self.cache.as_ref()
     }
 
-    /// A block a client wants, from the cache (counted as a hit or a miss); for
-    /// clients other than bitswap ones (the HTTP gateway) as for bitswap's.
-    pub fn cached_block(&mut self, cid: &Cid) -> Option<Block> {
-        self.cache.as_mut()?.get(cid)
+    /// Bounds the HTTP fetches waiting at once.
+    pub fn with_max_fetches(mut self, max: usize) -> Self {
+        self.fetches = Fetches::new(self.fetches.client_id(), max);
+        self
+    }
+
+    pub fn fetches(&self) -> &Fetches {
+        &self.fetches
     }
 
     pub fn router(&self) -> &Router {
@@ -271,11 +283,66 @@ impl Core {
         self.effects()
     }
 
+    // ---------------------------------------------------------------- HTTP fetches
+
+    /// An HTTP fetch of `cid` (the block, or only whether a backend has it): asked
+    /// of the backends through the router like any client's want, and answered in
+    /// [`Effects::fetched`] by this or a later event, by `deadline` at the latest.
+    pub fn fetch(
+        &mut self,
+        id: FetchId,
+        cid: Cid,
+        kind: WantKind,
+        deadline: Instant,
+        now: Instant,
+    ) -> Effects {
+        let me = self.fetches.client_id();
+        let refused = match self.fetches.open(id, cid, kind, deadline) {
+            Err(fetches::Full) => Some(Fetched::Overloaded),
+            Ok(want) => {
+                let msg = one_want(want);
+                // The cache answers as it does bitswap clients, backends or none.
+                if self.answer_from_cache(me, &msg).is_some() {
+                    None
+                } else if self.router.healthy_backends() == 0 {
+                    if let Some(cancel) = self.fetches.close(id) {
+                        self.router.client_message(me, &one_want(cancel), now);
+                    }
+                    Some(Fetched::NoBackend)
+                } else {
+                    self.router.client_message(me, &msg, now);
+                    None
+                }
+            }
+        };
+        let mut effects = self.effects();
+        effects.fetched.extend(refused.map(|why| (id, why)));
+        effects
+    }
+
+    /// The asker of fetch `id` gave up; its want goes unless another fetch has it.
+    pub fn fetch_cancel(&mut self, id: FetchId, now: Instant) -> Effects {
+        if let Some(cancel) = self.fetches.close(id) {
+            let me = self.fetches.client_id();
+            self.router.client_message(me, &one_want(cancel), now);
+        }
+        self.effects()
+    }
+
     // ---------------------------------------------------------------- time
 
     /// Moves on the wants whose backend did not answer in time and expires preload
     /// sessions.
     pub fn tick(&mut self, now: Instant) -> Effects {
+        let (expired, cancels) = self.fetches.expire(now);
+        if !cancels.is_empty() {
+            let me = self.fetches.client_id();
+            let msg = Message {
+                wants: cancels,
+                ..Message::default()
+            };
+            self.router.client_message(me, &msg, now);
+        }
         self.router.tick(now);
         if let Some(cache) = &self.cache {
             cache.settle();
@@ -286,6 +353,7 @@ impl Core {
         }
         let mut effects = self.effects();
         effects.preload_dag_sizes = ended;
+        effects.fetched.extend(expired);
         effects
     }
 
@@ -294,6 +362,7 @@ impl Core {
     fn effects(&mut self) -> Effects {
         let mut outbox = std::mem::take(&mut self.cached);
         outbox.merge(self.router.take_outbox());
+        let fetched = self.answer_fetches(&mut outbox);
         let mut totals = Counts::from_router(&self.router.stats());
         if let Some(cache) = &self.cache {
             totals.add_cache(&cache.stats());
@@ -308,6 +377,28 @@ impl Core {
             outbox,
             counts,
             preload_dag_sizes: Vec::new(),
+            fetched,
         }
+    }
+
+    /// Takes the router's message to the gateway's identity out of the outbox: it
+    /// answers fetches instead of going to a peer.
+    fn answer_fetches(&mut self, outbox: &mut crate::router::Outbox) -> Vec<(FetchId, Fetched)> {
+        let me = self.fetches.client_id();
+        let Some(msg) = outbox.to_clients.remove(&me) else {
+            return Vec::new();
+        };
+        let (answers, withdraw) = self.fetches.answer(&msg);
+        for cid in withdraw {
+            self.router.withdraw_parked(me, cid);
+        }
+        answers
+    }
+}
+
+fn one_want(entry: WantEntry) -> Message {
+    Message {
+        wants: vec![entry],
+        ..Message::default()
     }
 }

@@ -10,6 +10,8 @@ use crate::bitswap::{Block, PresenceKind, WantKind};
 use crate::fixtures::{blocks, cbor_block, peer, raw_block, want, wants};
 use crate::preload::sessions::Limits;
 use crate::router::{Config, Outbox};
+// The HTTP fetch tests below.
+use crate::fixtures::presence;
 
 const UPLOADER_IP: &str = "198.51.100.1";
 const BYSTANDER_IP: &str = "203.0.113.7";
@@ -337,4 +339,181 @@ fn without_a_cache_every_want_goes_to_a_backend() {
     let fx = c.client_message(peer(11), &want_block(&x), now);
     assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
     assert!(c.cache().is_none());
+}
+
+// ------------------------------------------------------------------ HTTP fetches
+
+fn fetch_block(c: &mut Core, id: FetchId, b: &Block, now: Instant) -> Effects {
+    c.fetch(
+        id,
+        b.cid,
+        WantKind::Block,
+        now + Duration::from_secs(60),
+        now,
+    )
+}
+
+#[test]
+fn a_fetch_is_a_want_at_a_backend_and_its_block_answers_it() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    let fx = fetch_block(&mut c, 7, &x, now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+    assert!(fx.fetched.is_empty());
+    let fx = c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    assert_eq!(fx.fetched, vec![(7, Fetched::Block(x))]);
+    assert!(
+        fx.outbox.to_clients.is_empty(),
+        "the gateway's identity is answered, never sent to"
+    );
+    assert_eq!((c.fetches().len(), c.router().wants_in_flight()), (0, 0));
+}
+
+#[test]
+fn a_bitswap_client_and_a_fetch_of_one_block_are_one_want_at_one_backend() {
+    let (mut c, now, b, client) = (core(false), Instant::now(), peer(1), peer(10));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    let fx = c.client_message(client, &want_block(&x), now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, false)]);
+    let fx = fetch_block(&mut c, 1, &x, now);
+    assert!(fx.outbox.to_backends.is_empty(), "already asked: not again");
+    let fx = fetch_block(&mut c, 2, &x, now);
+    assert!(fx.outbox.to_backends.is_empty());
+    let fx = c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    assert_eq!(blocks_to_client(&fx.outbox, &client), vec![x.clone()]);
+    let mut got = fx.fetched;
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        got,
+        vec![(1, Fetched::Block(x.clone())), (2, Fetched::Block(x))]
+    );
+}
+
+#[test]
+fn a_have_fetch_asks_want_have_and_ends_on_have() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    let deadline = now + Duration::from_secs(60);
+    let fx = c.fetch(3, x.cid, WantKind::Have, deadline, now);
+    let sent = &fx.outbox.to_backends[&b].wants;
+    assert_eq!(
+        (sent[0].kind, sent[0].send_dont_have),
+        (WantKind::Have, true)
+    );
+    let fx = c.backend_message(b, &presence(x.cid, PresenceKind::Have), now);
+    assert_eq!(fx.fetched, vec![(3, Fetched::Have)]);
+    assert_eq!(c.router().wants_in_flight(), 0);
+}
+
+#[test]
+fn a_block_fetch_joining_a_have_fetch_upgrades_the_want() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    c.fetch(1, x.cid, WantKind::Have, now + Duration::from_secs(60), now);
+    let fx = fetch_block(&mut c, 2, &x, now);
+    let sent = &fx.outbox.to_backends[&b].wants;
+    assert_eq!(sent[0].kind, WantKind::Block, "asked again for the block");
+    let fx = c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    let mut got = fx.fetched;
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got, vec![(1, Fetched::Have), (2, Fetched::Block(x))]);
+}
+
+#[test]
+fn a_fetch_fails_over_and_ends_dont_have_only_when_every_backend_lacks_it() {
+    let (mut c, now, b1, b2) = (core(false), Instant::now(), peer(1), peer(2));
+    c.backend_up(b1, now);
+    c.backend_up(b2, now);
+    let x = raw_block(1);
+    let fx = fetch_block(&mut c, 1, &x, now);
+    let first = *fx.outbox.to_backends.keys().next().unwrap();
+    let second = if first == b1 { b2 } else { b1 };
+    let fx = c.backend_message(first, &presence(x.cid, PresenceKind::DontHave), now);
+    assert!(fx.fetched.is_empty(), "the other backend is asked first");
+    assert_eq!(wanted_of(&fx.outbox, &second), vec![(x.cid, false)]);
+    let fx = c.backend_message(second, &presence(x.cid, PresenceKind::DontHave), now);
+    assert_eq!(fx.fetched, vec![(1, Fetched::DontHave)]);
+    assert_eq!(
+        c.router().wants_in_flight(),
+        0,
+        "the parked want is withdrawn, not kept forever"
+    );
+    assert_eq!(c.router().client_count(), 0);
+}
+
+#[test]
+fn a_fetch_past_its_deadline_times_out_and_is_cancelled_at_the_backend() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    c.fetch(1, x.cid, WantKind::Block, now + Duration::from_secs(2), now);
+    assert!(c.tick(now + Duration::from_secs(1)).fetched.is_empty());
+    let fx = c.tick(now + Duration::from_secs(2));
+    assert_eq!(fx.fetched, vec![(1, Fetched::Timeout)]);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, true)]);
+    assert_eq!(c.fetches().len(), 0);
+}
+
+#[test]
+fn a_cancelled_fetch_cancels_its_want_only_when_no_other_fetch_has_it() {
+    let (mut c, now, b) = (core(false), Instant::now(), peer(1));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    fetch_block(&mut c, 1, &x, now);
+    fetch_block(&mut c, 2, &x, now);
+    let fx = c.fetch_cancel(1, now);
+    assert!(fx.outbox.to_backends.is_empty(), "fetch 2 still wants it");
+    let fx = c.fetch_cancel(2, now);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(x.cid, true)]);
+    assert!(
+        c.fetch_cancel(2, now).outbox.is_empty(),
+        "closing twice is harmless"
+    );
+}
+
+#[test]
+fn fetches_are_refused_without_backends_and_past_their_bound() {
+    let now = Instant::now();
+    let mut c = core(false).with_max_fetches(1);
+    let (x, y) = (raw_block(1), raw_block(2));
+    assert_eq!(
+        fetch_block(&mut c, 1, &x, now).fetched,
+        vec![(1, Fetched::NoBackend)]
+    );
+    c.backend_up(peer(1), now);
+    assert!(fetch_block(&mut c, 2, &x, now).fetched.is_empty());
+    let fx = fetch_block(&mut c, 3, &y, now);
+    assert_eq!(fx.fetched, vec![(3, Fetched::Overloaded)]);
+    assert!(fx.outbox.to_backends.is_empty());
+}
+
+#[test]
+fn a_fetch_of_a_cached_block_is_answered_without_a_backend() {
+    let (now, b) = (Instant::now(), peer(1));
+    let mut c = Core::new(Router::new(Config::default()), None)
+        .with_cache(crate::cache::BlockCache::new(1 << 20));
+    c.backend_up(b, now);
+    let x = raw_block(1);
+    c.client_message(peer(10), &want_block(&x), now);
+    c.backend_message(b, &blocks(std::slice::from_ref(&x)), now);
+    c.backend_down(b, now);
+    let fx = fetch_block(&mut c, 9, &x, now);
+    assert!(fx.outbox.to_backends.is_empty(), "no backend is asked");
+    assert_eq!(fx.fetched.len(), 1);
+    assert_eq!(fx.fetched[0].0, 9);
+    assert!(
+        matches!(&fx.fetched[0].1, Fetched::Block(b) if b.cid == x.cid),
+        "{:?}",
+        fx.fetched[0].1
+    );
+    assert_eq!(fx.counts.cache_hits, 1);
+    // Not cached and no backend: answered NoBackend, nothing left open.
+    let y = raw_block(2);
+    let fx = fetch_block(&mut c, 10, &y, now);
+    assert!(matches!(fx.fetched[..], [(10, Fetched::NoBackend)]));
+    assert_eq!(c.fetches().len(), 0);
 }

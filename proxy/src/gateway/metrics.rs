@@ -1,0 +1,106 @@
+//! The gateway's metrics. Labels are fixed words and status codes (never a CID or
+//! a client), so the series stay few.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `ipfs` or `providers`.
+    pub route: &'static str,
+    /// `raw`, `car`, `json`, `ndjson`, or `none` (refused before it was known).
+    pub format: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabels {
+    pub format: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+type Histograms = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub bytes_served: Family<FormatLabels, Counter>,
+    /// Seconds to the response head (a CAR's body streams on after it).
+    pub latency: Histograms,
+    /// Requests being served, CAR bodies still streaming included.
+    pub in_flight: Gauge,
+    /// CAR responses cut short (a backend failed, a bound was reached, time ran out).
+    pub car_aborted: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+impl GatewayMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            bytes_served: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ])
+            }),
+            in_flight: Gauge::default(),
+            car_aborted: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("kitsune_gateway");
+        r.register(
+            "requests",
+            "Gateway HTTP requests by route, format and status",
+            m.requests.clone(),
+        );
+        r.register(
+            "bytes_served",
+            "Body bytes the gateway sent, by format",
+            m.bytes_served.clone(),
+        );
+        r.register(
+            "response_seconds",
+            "Seconds from a gateway request to its response head, by route",
+            m.latency.clone(),
+        );
+        r.register(
+            "requests_in_flight",
+            "Gateway requests being served (streaming CAR bodies included)",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "car_aborted",
+            "CAR responses aborted mid-stream, by reason",
+            m.car_aborted.clone(),
+        );
+        m
+    }
+
+    pub fn request(&self, route: &'static str, format: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                format,
+                status,
+            })
+            .inc();
+    }
+
+    pub fn served(&self, format: &'static str, bytes: usize) {
+        self.bytes_served
+            .get_or_create(&FormatLabels { format })
+            .inc_by(bytes as u64);
+    }
+}
