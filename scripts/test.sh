@@ -19,6 +19,8 @@ RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver)"
 # clippy-driver's lint flags, `-D warnings` (the separator is clippy's own).
 CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+# One build from scratch: incremental state would only double the workspace's artefacts.
+export CARGO_INCREMENTAL=0
 # Every target of every crate (as `cargo clippy --workspace --all-targets`), the binaries
 # the end-to-end tests run among them. One invocation for all: `--bins` alone would
 # resolve features without the dev-dependencies and build much of the graph twice.

@@ -44,6 +44,8 @@ async fn proxy_with(args: Vec<String>) -> Proxy {
     .expect("proxy starts")
 }
 
+/// A proxy fed by the channel. Without the block cache: these tests count which
+/// backend served each block, and a second fetch must go to the backends again.
 async fn watching_proxy(server: &WatchServer, dir: &Path) -> Proxy {
     let token = WatchServer::write_token(dir).unwrap();
     proxy_with(vec![
@@ -51,6 +53,8 @@ async fn watching_proxy(server: &WatchServer, dir: &Path) -> Proxy {
         server.url(),
         "--backends-token-file".into(),
         token.display().to_string(),
+        "--block-cache-bytes".into(),
+        "0".into(),
     ])
     .await
 }
