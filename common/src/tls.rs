@@ -121,3 +121,17 @@ impl ResolvesServerCert for ReloadingCert {
         Some(st.current.clone())
     }
 }
+
+/// A rustls server configuration (ring; TLS 1.2 and 1.3) whose certificate follows
+/// `files`, offering `alpn` in order. Fails, naming the file, when they cannot be
+/// used now.
+pub fn server_config(files: TlsFiles, alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let resolver = ReloadingCert::new(files, provider.clone())?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}

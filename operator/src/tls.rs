@@ -20,23 +20,14 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
 use tokio_util::sync::CancellationToken;
 
-use kitsune_common::tls::ReloadingCert;
 pub use kitsune_common::tls::{RELOAD_CHECK, TlsFiles, load};
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// A rustls server configuration (ring, TLS 1.2 and 1.3, HTTP/1.1) whose certificate
-/// follows `files`. Fails when the files cannot be used now.
+/// The watch server's rustls configuration (HTTP/1.1 only).
 pub fn server_config(files: TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = ReloadingCert::new(files, provider.clone())?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    kitsune_common::tls::server_config(files, &[b"http/1.1"])
 }
 
 /// Reads a PEM CA bundle and checks that it holds at least one certificate.

@@ -8,6 +8,15 @@ use multihash_codetable::{Code, MultihashDigest};
 use crate::bitswap::{Block, Message, Presence, PresenceKind, WantEntry, WantKind};
 use crate::preload::dag;
 
+/// One length-delimited protobuf field (wire type 2), as dag-pb nodes are made of.
+pub fn pb_len(field: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![(field << 3) | 2];
+    let mut tmp = unsigned_varint::encode::usize_buffer();
+    out.extend_from_slice(unsigned_varint::encode::usize(bytes.len(), &mut tmp));
+    out.extend_from_slice(bytes);
+    out
+}
+
 /// A raw block whose bytes name `i`.
 pub fn raw_block(i: u32) -> Block {
     let data = Bytes::from(format!("block number {i}"));

@@ -24,6 +24,7 @@ pub mod identity;
 pub mod metrics;
 pub mod net;
 pub mod preload;
+pub mod quota;
 pub mod router;
 pub mod routing;
 pub mod sources;
@@ -293,7 +294,7 @@ fn preload_setup(
             .build()
             .context("building the preload HTTP client")?,
         permits: Arc::new(tokio::sync::Semaphore::new(cli.preload.max_concurrent)),
-        per_address: preload::quota::KeyedQuota::new(cli.preload.max_concurrent_per_address),
+        per_address: quota::KeyedQuota::new(cli.preload.max_concurrent_per_address),
         trusted: Arc::new(cli.preload.trusted_proxies.clone()),
         timeout: cli.preload.timeout,
         metrics: metrics.clone(),

@@ -161,6 +161,23 @@ impl Proxy {
         }))
     }
 
+    /// Waits until the proxy has sent clients `n` blocks: a transfer is under way.
+    pub async fn wait_blocks_sent(&self, n: f64, timeout: Duration) -> Result<()> {
+        crate::wait_for(
+            "blocks flowing",
+            timeout,
+            Duration::from_millis(5),
+            || async {
+                Ok(self
+                    .metric("kitsune_bitswap_blocks_forwarded_total{direction=\"Upstream\"}")
+                    .await?
+                    .unwrap_or(0.0)
+                    >= n)
+            },
+        )
+        .await
+    }
+
     /// Waits until `/readyz` answers 200 (a backend is connected).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

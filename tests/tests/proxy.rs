@@ -157,15 +157,7 @@ async fn a_backend_killed_mid_transfer_does_not_fail_the_fetch() {
         c.fetch(&cids, 4, T).await
     });
     // Kill one backend once blocks are flowing.
-    kitsune_e2e::wait_for("blocks flowing", T, Duration::from_millis(5), || async {
-        Ok(proxy
-            .metric("kitsune_bitswap_blocks_forwarded_total{direction=\"Upstream\"}")
-            .await?
-            .unwrap_or(0.0)
-            >= 10.0)
-    })
-    .await
-    .unwrap();
+    proxy.wait_blocks_sent(10.0, T).await.unwrap();
     k2.kill();
     let (blocks, stats) = fetch.await.unwrap().expect("the fetch completes");
     let data: Vec<u8> = blocks.iter().flat_map(|b| b.data.to_vec()).collect();

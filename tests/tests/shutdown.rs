@@ -82,15 +82,7 @@ async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
         // A small window keeps the transfer going well past the signal.
         c.fetch(&wanted, 4, T).await
     });
-    kitsune_e2e::wait_for("blocks flowing", T, Duration::from_millis(5), || async {
-        Ok(proxy
-            .metric("kitsune_bitswap_blocks_forwarded_total{direction=\"Upstream\"}")
-            .await?
-            .unwrap_or(0.0)
-            >= 10.0)
-    })
-    .await
-    .unwrap();
+    proxy.wait_blocks_sent(10.0, T).await.unwrap();
     proxy.proc.signal(libc::SIGTERM).unwrap();
 
     let readyz = format!("{}/readyz", proxy.metrics_url);

@@ -25,6 +25,19 @@ pub struct WantEntry {
     pub send_dont_have: bool,
 }
 
+impl WantEntry {
+    /// The CANCEL of `cid`'s want (kind and flags do not matter to a cancel).
+    pub fn cancel(cid: Cid) -> Self {
+        Self {
+            cid,
+            priority: 0,
+            cancel: true,
+            kind: WantKind::Block,
+            send_dont_have: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PresenceKind {
     Have,

@@ -6,37 +6,32 @@
 //! the effects.
 
 mod accounting;
+mod commands;
 mod drain;
+mod events;
 mod handle;
 mod parts;
 mod side;
 mod summary;
 
 use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::PeerId;
-use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
-use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::DialOpts;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved};
 use crate::bitswap::Message;
-use crate::front::socket_addr_of;
 use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
 use crate::metrics::Metrics;
-use crate::net::bitswap::InboundStream;
 use crate::net::bitswap::{Inbound, QueueError, Undelivered};
-use crate::net::swarm::BehaviourEvent;
-use crate::preload::refs::{Opened, PreloadCmd};
 use crate::routing::{Core, Effects, FetchId, Fetched};
 pub use handle::{Command, Handle};
 use parts::Preload;
@@ -100,8 +95,8 @@ impl Engine {
                     let actions = self.backends.resolved(&spec, result, Instant::now(), rand::random());
                     self.perform(actions);
                 }
-                Some(cmd) = next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
-                Some(cmd) = next_fetch_cmd(&mut self.fetch_commands) => self.on_fetch(cmd),
+                Some(cmd) = commands::next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
+                Some(cmd) = commands::next_fetch_cmd(&mut self.fetch_commands) => self.on_fetch(cmd),
                 Some(u) = self.undelivered_rx.recv() => self.on_undelivered(u),
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::SetBackends(specs) => {
@@ -182,185 +177,6 @@ impl Engine {
             let fx = self.core.backend_undelivered(u.peer, u.wants, now);
             self.carry_out(fx);
         }
-    }
-
-    fn on_preload(&mut self, cmd: PreloadCmd) {
-        let now = Instant::now();
-        match cmd {
-            PreloadCmd::Open {
-                roots,
-                client,
-                max_depth,
-                reply,
-            } => {
-                let backends = &self.backends;
-                let result = self.core.preload_open(
-                    &roots,
-                    client,
-                    max_depth,
-                    |b| backends.spec_of(b).map(BackendSpec::rpc_url),
-                    now,
-                );
-                let _ = reply.send(result.map(|(id, rpc_url)| Opened { id, rpc_url }));
-            }
-            PreloadCmd::Close(id) => {
-                let fx = self.core.preload_close(id, now);
-                self.carry_out(fx);
-            }
-        }
-    }
-
-    fn on_fetch(&mut self, cmd: FetchCmd) {
-        let now = Instant::now();
-        let fx = match cmd {
-            FetchCmd::Fetch {
-                id,
-                cid,
-                kind,
-                deadline,
-                reply,
-            } => {
-                self.fetch_replies.insert(id, reply);
-                self.core.fetch(id, cid, kind, deadline, now)
-            }
-            FetchCmd::Cancel(id) => {
-                self.fetch_replies.remove(&id);
-                self.core.fetch_cancel(id, now)
-            }
-        };
-        self.carry_out(fx);
-    }
-
-    /// The client's address behind a listener-side connection: for a connection
-    /// spliced from the shared port, the client the splice came from.
-    fn client_addr(&self, endpoint: &ConnectedPoint) -> Option<SocketAddr> {
-        let ConnectedPoint::Listener { send_back_addr, .. } = endpoint else {
-            return None;
-        };
-        let seen = socket_addr_of(send_back_addr)?;
-        Some(
-            self.front
-                .as_ref()
-                .and_then(|p| p.splices.client_of(&seen))
-                .unwrap_or(seen),
-        )
-    }
-
-    fn on_client_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        libp2p::metrics::Recorder::record(&self.libp2p_metrics, &event);
-        if let SwarmEvent::NewListenAddr { listener_id, .. } = &event {
-            self.listeners.insert(*listener_id);
-        }
-        match event {
-            SwarmEvent::NewListenAddr {
-                address,
-                listener_id,
-            } if self
-                .front
-                .as_ref()
-                .is_some_and(|p| p.internal_ws == listener_id) =>
-            {
-                // Internal: reached through the shared port, never announced.
-                if let (Some(p), Some(addr)) = (&self.front, socket_addr_of(&address)) {
-                    p.internal_ws_addr.send_replace(Some(addr));
-                }
-            }
-            SwarmEvent::NewListenAddr { address, .. } if self.announced => {
-                // The start-up lines show the announced addresses instead.
-                tracing::info!(%address, "listening (not announced: --announce is set)");
-                self.health.listening.store(true, Ordering::Relaxed);
-            }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                let id = *self.clients_side.swarm.local_peer_id();
-                crate::announce::line(format_args!("Listening on {address}/p2p/{id}"));
-                self.health.listening.store(true, Ordering::Relaxed);
-                self.clients_side.swarm.add_external_address(address);
-            }
-            SwarmEvent::ExpiredListenAddr { address, .. } if !self.announced => {
-                self.clients_side.swarm.remove_external_address(&address);
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                connection_id,
-                endpoint,
-                ..
-            } => {
-                let ip = self.client_addr(&endpoint).map(|a| a.ip());
-                let fx = self.core.client_connected(peer_id, connection_id, ip);
-                self.carry_out(fx);
-                if num_established.get() == 1 && self.clients.insert(peer_id) {
-                    self.metrics.upstream_peers.inc();
-                }
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                num_established,
-                ..
-            } => {
-                let last = num_established == 0 && self.clients.remove(&peer_id);
-                let fx =
-                    self.core
-                        .client_disconnected(peer_id, connection_id, last, Instant::now());
-                if last {
-                    self.metrics.upstream_peers.dec();
-                    self.clients_side.writers.remove(&peer_id);
-                }
-                self.carry_out(fx);
-            }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
-                tracing::debug!(%error, "inbound connection refused or failed");
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
-                peer, stream, ..
-            })) => {
-                self.clients_side.readers.spawn(peer, stream);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
-                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
-                libp2p::metrics::Recorder::record(&self.libp2p_metrics, &e);
-            }
-            _ => {}
-        }
-    }
-
-    fn on_backend_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
-        let now = Instant::now();
-        let actions = match event {
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                num_established,
-                ..
-            } if num_established.get() == 1 && self.backends.is_backend(&peer_id) => {
-                self.backends.connected(peer_id)
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                num_established: 0,
-                ..
-            } if self.backends.is_backend(&peer_id) => {
-                self.backends.disconnected(peer_id, now, rand::random())
-            }
-            SwarmEvent::OutgoingConnectionError {
-                peer_id: Some(peer),
-                error,
-                ..
-            } if self.backends.is_backend(&peer) && !self.connected_backends.contains(&peer) => {
-                tracing::warn!(%peer, %error, "cannot connect to backend");
-                self.backends.disconnected(peer, now, rand::random())
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(InboundStream {
-                peer, stream, ..
-            })) => {
-                self.backends_side.readers.spawn(peer, stream);
-                return;
-            }
-            _ => return,
-        };
-        self.perform(actions);
     }
 
     /// Carries out the backend pool's decisions; those that lead to more (a dial that
@@ -456,19 +272,5 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-async fn next_fetch_cmd(commands: &mut Option<mpsc::Receiver<FetchCmd>>) -> Option<FetchCmd> {
-    match commands {
-        Some(c) => c.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_preload_cmd(preload: &mut Option<Preload>) -> Option<PreloadCmd> {
-    match preload {
-        Some(p) => p.commands.recv().await,
-        None => std::future::pending().await,
     }
 }

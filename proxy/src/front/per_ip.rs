@@ -1,69 +1,40 @@
 //! A cap on the shared port's connections per client address, taken at accept.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::net::ip_limit::AddressKey;
+use crate::quota::{KeyedQuota, Permit};
 
 /// Open connections per client key; a connection holds a [`Slot`] while it lives.
 #[derive(Debug, Clone)]
 pub struct PerIp {
-    limit: u32,
     /// The same keying as the libp2p listeners' (an IPv6 client counts as its /64).
     keying: AddressKey,
-    open: Arc<Mutex<HashMap<IpNet, u32>>>,
+    open: Arc<KeyedQuota<IpNet>>,
 }
+
+/// One counted connection; released on drop.
+pub type Slot = Permit<IpNet>;
 
 impl PerIp {
     pub fn new(limit: u32, keying: AddressKey) -> Self {
         Self {
-            limit,
             keying,
-            open: Arc::default(),
+            open: KeyedQuota::new(limit as usize),
         }
     }
 
     /// A slot for one more connection from `ip`, or `None` when it has `limit` already.
     pub fn try_acquire(&self, ip: IpAddr) -> Option<Slot> {
-        let key = self.keying.of(ip);
-        let mut open = self.open.lock().expect("not poisoned");
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            open: self.open.clone(),
-            key,
-        })
+        self.open.try_acquire(self.keying.of(ip))
     }
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.open.lock().expect("not poisoned").len()
-    }
-}
-
-/// One counted connection; released on drop.
-#[derive(Debug)]
-pub struct Slot {
-    open: Arc<Mutex<HashMap<IpNet, u32>>>,
-    key: IpNet,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().expect("not poisoned");
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                // Forgotten at zero, so the table holds only clients connected now.
-                open.remove(&self.key);
-            }
-        }
+        self.open.keys()
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kitsune_common::tls::{ReloadingCert, TlsFiles};
+use kitsune_common::tls::TlsFiles;
 
 /// Time a client gets to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -15,15 +15,7 @@ pub const HANDSHAKE_RECORD: u8 = 0x16;
 /// The ALPN name of HTTP/2.
 pub const H2: &[u8] = b"h2";
 
-/// A rustls server configuration (ring; TLS 1.2 and 1.3) whose certificate follows
-/// `files`. Fails, naming the file, when they cannot be used now.
+/// The shared port's rustls configuration: ALPN offers HTTP/2, then HTTP/1.1.
 pub fn server_config(files: TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let resolver = ReloadingCert::new(files, provider.clone())?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    cfg.alpn_protocols = vec![H2.to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    kitsune_common::tls::server_config(files, &[H2, b"http/1.1"])
 }

@@ -200,15 +200,8 @@ fn named_links(node: &[u8]) -> Result<Vec<(Cid, String)>, DagError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::pb_len;
     use multihash_codetable::{Code, MultihashDigest};
-
-    fn pb_len(field: u8, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![(field << 3) | 2];
-        let mut tmp = unsigned_varint::encode::usize_buffer();
-        out.extend_from_slice(unsigned_varint::encode::usize(bytes.len(), &mut tmp));
-        out.extend_from_slice(bytes);
-        out
-    }
 
     /// A dag-pb node: named links, then UnixFS Data of `kind` (and `fanout`).
     fn node(links: &[(Cid, &str)], kind: u8, fanout: Option<u8>) -> (Cid, Vec<u8>) {

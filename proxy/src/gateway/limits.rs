@@ -2,70 +2,45 @@
 //! IPv4 address or an IPv6 /64, as preload counts them). A request holds a slot
 //! until its response body is done.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::preload::IpKey;
+use crate::quota::{KeyedQuota, Permit};
 
 pub struct Slots {
     total: Arc<Semaphore>,
-    per_client: usize,
-    /// Slots held per client; an entry exists only while it holds one, so the map
-    /// never outgrows the total.
-    held: Mutex<HashMap<IpKey, usize>>,
+    per_client: Arc<KeyedQuota<IpKey>>,
 }
 
 /// One request's slot; freed on drop.
 pub struct Slot {
     _total: OwnedSemaphorePermit,
-    slots: Arc<Slots>,
-    key: IpKey,
+    _client: Permit<IpKey>,
 }
 
 impl Slots {
     pub fn new(total: usize, per_client: usize) -> Arc<Self> {
         Arc::new(Self {
             total: Arc::new(Semaphore::new(total)),
-            per_client,
-            held: Mutex::new(HashMap::new()),
+            per_client: KeyedQuota::new(per_client),
         })
     }
 
     /// A slot for a request from `ip`, or none when either bound is reached.
-    pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    pub fn try_take(&self, ip: IpAddr) -> Option<Slot> {
         let total = self.total.clone().try_acquire_owned().ok()?;
-        let key = IpKey::of(ip);
-        let mut held = self.held.lock().expect("not poisoned");
-        let n = held.entry(key).or_insert(0);
-        if *n >= self.per_client {
-            return None;
-        }
-        *n += 1;
         Some(Slot {
             _total: total,
-            slots: self.clone(),
-            key,
+            _client: self.per_client.try_acquire(IpKey::of(ip))?,
         })
     }
 
     /// Clients holding a slot now.
     pub fn clients(&self) -> usize {
-        self.held.lock().expect("not poisoned").len()
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut held = self.slots.held.lock().expect("not poisoned");
-        if let Some(n) = held.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.key);
-            }
-        }
+        self.per_client.keys()
     }
 }
 

@@ -203,18 +203,11 @@ fn dag_json_links(data: &[u8]) -> Result<Vec<Cid>, DagError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::pb_len;
     use multihash_codetable::{Code, MultihashDigest};
 
     fn cid(codec: u64, data: &[u8]) -> Cid {
         Cid::new_v1(codec, Code::Sha2_256.digest(data))
-    }
-
-    fn pb_len(field: u8, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![(field << 3) | 2];
-        let mut tmp = unsigned_varint::encode::usize_buffer();
-        out.extend_from_slice(unsigned_varint::encode::usize(bytes.len(), &mut tmp));
-        out.extend_from_slice(bytes);
-        out
     }
 
     /// A dag-pb node as go-merkledag writes it: links (hash, name, tsize), then data.

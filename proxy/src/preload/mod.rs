@@ -7,7 +7,6 @@
 
 pub mod client_ip;
 pub mod dag;
-pub mod quota;
 pub mod refs;
 pub mod reverse;
 pub mod sessions;

@@ -58,7 +58,7 @@ pub struct RefsState {
     /// Refs calls in flight; past it, 429.
     pub permits: Arc<Semaphore>,
     /// Refs calls in flight per address key; past it, 429.
-    pub per_address: Arc<super::quota::KeyedQuota>,
+    pub per_address: Arc<crate::quota::KeyedQuota<super::IpKey>>,
     pub trusted: Arc<Vec<Cidr>>,
     /// The whole budget of one call at the backend, body included.
     pub timeout: Duration,
@@ -380,7 +380,7 @@ struct Guard {
     metrics: Metrics,
     outcome: &'static str,
     _permit: OwnedSemaphorePermit,
-    _address_permit: super::quota::QuotaPermit,
+    _address_permit: crate::quota::Permit<super::IpKey>,
 }
 
 impl Guard {

@@ -54,7 +54,7 @@ impl Outbox {
     }
 
     pub(crate) fn cancel(&mut self, backend: PeerId, cid: Cid) {
-        self.backend(backend).wants.push(cancel(cid));
+        self.backend(backend).wants.push(WantEntry::cancel(cid));
     }
 
     pub(crate) fn presence_to_backend(&mut self, backend: PeerId, cid: Cid, kind: PresenceKind) {
@@ -75,7 +75,7 @@ impl Outbox {
     }
 
     pub(crate) fn cancel_to_client(&mut self, client: PeerId, cid: Cid) {
-        self.client(client).wants.push(cancel(cid));
+        self.client(client).wants.push(WantEntry::cancel(cid));
     }
 
     pub(crate) fn block_to_backend(&mut self, backend: PeerId, block: Block) {
@@ -91,15 +91,5 @@ fn ask(cid: Cid, kind: WantKind, priority: i32) -> WantEntry {
         cancel: false,
         kind,
         send_dont_have: true,
-    }
-}
-
-fn cancel(cid: Cid) -> WantEntry {
-    WantEntry {
-        cid,
-        priority: 0,
-        cancel: true,
-        kind: WantKind::Block,
-        send_dont_have: false,
     }
 }

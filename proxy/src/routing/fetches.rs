@@ -122,7 +122,7 @@ impl Fetches {
     /// fetch wants that CID.
     pub fn close(&mut self, id: FetchId) -> Option<WantEntry> {
         let w = self.remove(id)?;
-        (!self.by_cid.contains_key(&w.cid)).then(|| cancel(w.cid))
+        (!self.by_cid.contains_key(&w.cid)).then(|| WantEntry::cancel(w.cid))
     }
 
     /// Fetches past their deadline: their answers, and the cancels for the router.
@@ -192,15 +192,5 @@ impl Fetches {
             }
         }
         Some(w)
-    }
-}
-
-fn cancel(cid: Cid) -> WantEntry {
-    WantEntry {
-        cid,
-        priority: 0,
-        cancel: true,
-        kind: WantKind::Block,
-        send_dont_have: false,
     }
 }
