@@ -151,6 +151,10 @@ pub struct BackendsSpec {
         "message": "tls needs the shared port: preload.enabled or listeners.httpPort"
     },
     {
+        "rule": "!has(self.gateway) || !self.gateway || (has(self.preload) && self.preload.enabled) || (has(self.listeners) && has(self.listeners.httpPort))",
+        "message": "gateway needs the shared port: preload.enabled or listeners.httpPort"
+    },
+    {
         "rule": "!has(self.listeners) || !has(self.listeners.httpPort) || !has(self.preload) || !self.preload.enabled || self.listeners.httpPort == self.preload.port",
         "message": "with preload enabled the shared port is preload.port: listeners.httpPort must be the same number or unset"
     }
@@ -193,6 +197,11 @@ pub struct ProxySpec {
         inner(length(min = 2, max = 512), regex(pattern = "^/"))
     )]
     pub announce: Vec<String>,
+    /// A trustless HTTP gateway (`/ipfs/{cid}`, raw blocks and CARs) and
+    /// `/routing/v1/providers` on the shared port, served from the kubo backends over
+    /// bitswap (they need no gateway of their own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gateway: bool,
 }
 
 /// The certificate of the shared port.
@@ -356,6 +365,7 @@ impl Default for ProxySpec {
             metrics_port: default_metrics_port(),
             tls: None,
             announce: Vec::new(),
+            gateway: false,
         }
     }
 }

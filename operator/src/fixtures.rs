@@ -65,6 +65,7 @@ pub fn kp_public() -> KitsuneProxy {
         "/dns4/ipfs.example.com/tcp/443/tls/ws".into(),
         "/dns4/ipfs.example.com/tcp/443/tls/http".into(),
     ];
+    kp.spec.proxy.gateway = true;
     kp
 }
 

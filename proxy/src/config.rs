@@ -668,7 +668,11 @@ mod gateway_tests {
 
     #[test]
     fn gateway_flags_parse_and_need_the_shared_port() {
-        assert!(Cli::try_parse_from(["kitsune-proxy", "--gateway"]).is_err());
+        let alone = Cli::try_parse_from(["kitsune-proxy", "--gateway"]).unwrap();
+        let e = alone.shared_port().unwrap_err().to_string();
+        assert!(e.contains("--http-port"), "{e}");
+        let http = Cli::try_parse_from(["kitsune-proxy", "--http-port", "8441", "--gateway"]);
+        assert_eq!(http.unwrap().shared_port().unwrap(), Some(8441));
         let cli = Cli::try_parse_from([
             "kitsune-proxy",
             "-p",

@@ -89,6 +89,9 @@ pub fn deployment(kp: &KitsuneProxy, id: &Identity, cfg: &BuildConfig) -> Deploy
     for addr in &p.announce {
         args.extend(["--announce".into(), addr.clone()]);
     }
+    if p.gateway {
+        args.push("--gateway".into());
+    }
     args.extend([
         "--metrics-addr".into(),
         format!("0.0.0.0:{}", p.metrics_port),
@@ -518,6 +521,7 @@ mod tests {
             [format!("{TLS_DIR}/tls.key")]
         );
         assert_eq!(arg_after(args, "--announce").len(), 2);
+        assert!(args.iter().any(|a| a == "--gateway"));
         assert!(
             c.ports
                 .as_ref()
@@ -563,6 +567,7 @@ mod tests {
         for flag in ["--tls-cert-file", "--announce", "--http-port"] {
             assert!(arg_after(args, flag).is_empty(), "{flag}");
         }
+        assert!(!args.iter().any(|a| a == "--gateway"));
         assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "tls"));
     }
 }
