@@ -135,3 +135,45 @@ async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
     assert!(err.contains("draining"), "{err}");
     assert!(err.contains("drained"), "{err}");
 }
+
+/// The same with Helia, the client the cluster's rollout step uses: its fetch of a
+/// 64 MiB file, under way when the proxy gets SIGTERM, completes byte-identical.
+#[tokio::test]
+async fn sigterm_mid_helia_fetch_drains_it() {
+    const MIB: usize = 1 << 20;
+    let dir = kitsune_e2e::scratch_dir("drain-helia").unwrap();
+    let file = kitsune_e2e::write_random_file(dir.path(), "big.bin", 64 * MIB, 21).unwrap();
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let mut proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let (addr, cid) = (proxy.tcp_addr.clone(), kubo.added["big.bin"].clone());
+    let fetch = tokio::spawn(async move { kitsune_e2e::helia_fetch(&addr, &cid, T).await });
+    proxy.wait_blocks_sent(10.0, T).await.unwrap();
+    proxy.proc.signal(libc::SIGTERM).unwrap();
+    let got = fetch
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}\nproxy:\n{}", proxy.proc.log_tail(30)));
+    assert!(
+        got.bytes == kitsune_e2e::random_bytes(64 * MIB, 21),
+        "the file differs"
+    );
+    let status = proxy
+        .proc
+        .wait_timeout(STOP)
+        .await
+        .unwrap_or_else(|| panic!("no exit after the drain\n{}", proxy.proc.log_tail(30)));
+    assert_eq!(status.code(), Some(0), "{}", proxy.proc.log_tail(30));
+    let err = proxy.proc.stderr();
+    assert!(err.contains("drained"), "{err}");
+}
