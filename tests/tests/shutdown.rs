@@ -53,26 +53,46 @@ async fn ctrl_c_stops_a_proxy_whose_backend_is_down_with_exit_code_0() {
     stop_with(&mut proxy, libc::SIGINT).await;
 }
 
-/// A rollout's SIGTERM while a client is mid-transfer: the proxy stops taking
-/// connections and fails `/readyz` at once, finishes the transfer it has, then exits 0.
-#[tokio::test]
-async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
-    const MIB: usize = 1 << 20;
+const MIB: usize = 1 << 20;
+
+/// The proxy, signalled earlier, drains and exits 0, saying so.
+async fn exits_0_once_drained(proxy: &mut Proxy) {
+    let status = proxy
+        .proc
+        .wait_timeout(STOP)
+        .await
+        .unwrap_or_else(|| panic!("no exit after the drain\n{}", proxy.proc.log_tail(30)));
+    assert_eq!(status.code(), Some(0), "{}", proxy.proc.log_tail(30));
+    let err = proxy.proc.stderr();
+    assert!(err.contains("draining"), "{err}");
+    assert!(err.contains("drained"), "{err}");
+}
+
+/// A kubo holding a 64 MiB file `big.bin` of seed `seed`, and a proxy in front of it.
+async fn kubo_of_64_mib_behind_a_proxy(seed: u64) -> (tempfile::TempDir, KuboNode, Proxy) {
     let dir = kitsune_e2e::scratch_dir("drain").unwrap();
-    let file = kitsune_e2e::write_random_file(dir.path(), "big.bin", 64 * MIB, 20).unwrap();
+    let file = kitsune_e2e::write_random_file(dir.path(), "big.bin", 64 * MIB, seed).unwrap();
     let kubo = KuboNode::start(KuboOptions {
         add: vec![file],
         ..Default::default()
     })
     .await
     .expect("kubo starts");
-    let mut proxy = Proxy::start(ProxyOptions {
+    let proxy = Proxy::start(ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],
         ..Default::default()
     })
     .await
     .expect("proxy starts");
     proxy.wait_backends(1, T).await.unwrap();
+    (dir, kubo, proxy)
+}
+
+/// A rollout's SIGTERM while a client is mid-transfer: the proxy stops taking
+/// connections and fails `/readyz` at once, finishes the transfer it has, then exits 0.
+#[tokio::test]
+async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
+    let (_dir, kubo, mut proxy) = kubo_of_64_mib_behind_a_proxy(20).await;
     let cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
 
     let addr: libp2p::Multiaddr = proxy.tcp_addr.parse().unwrap();
@@ -125,37 +145,14 @@ async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
         "every block arrived"
     );
     assert!(stats.bytes > 64 * MIB);
-    let status = proxy
-        .proc
-        .wait_timeout(STOP)
-        .await
-        .unwrap_or_else(|| panic!("no exit after the drain\n{}", proxy.proc.log_tail(30)));
-    assert_eq!(status.code(), Some(0), "{}", proxy.proc.log_tail(30));
-    let err = proxy.proc.stderr();
-    assert!(err.contains("draining"), "{err}");
-    assert!(err.contains("drained"), "{err}");
+    exits_0_once_drained(&mut proxy).await;
 }
 
 /// The same with Helia, the client the cluster's rollout step uses: its fetch of a
 /// 64 MiB file, under way when the proxy gets SIGTERM, completes byte-identical.
 #[tokio::test]
 async fn sigterm_mid_helia_fetch_drains_it() {
-    const MIB: usize = 1 << 20;
-    let dir = kitsune_e2e::scratch_dir("drain-helia").unwrap();
-    let file = kitsune_e2e::write_random_file(dir.path(), "big.bin", 64 * MIB, 21).unwrap();
-    let kubo = KuboNode::start(KuboOptions {
-        add: vec![file],
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
-    let mut proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    proxy.wait_backends(1, T).await.unwrap();
+    let (_dir, kubo, mut proxy) = kubo_of_64_mib_behind_a_proxy(21).await;
     let (addr, cid) = (proxy.tcp_addr.clone(), kubo.added["big.bin"].clone());
     let fetch = tokio::spawn(async move { kitsune_e2e::helia_fetch(&addr, &cid, T).await });
     proxy.wait_blocks_sent(10.0, T).await.unwrap();
@@ -168,12 +165,5 @@ async fn sigterm_mid_helia_fetch_drains_it() {
         got.bytes == kitsune_e2e::random_bytes(64 * MIB, 21),
         "the file differs"
     );
-    let status = proxy
-        .proc
-        .wait_timeout(STOP)
-        .await
-        .unwrap_or_else(|| panic!("no exit after the drain\n{}", proxy.proc.log_tail(30)));
-    assert_eq!(status.code(), Some(0), "{}", proxy.proc.log_tail(30));
-    let err = proxy.proc.stderr();
-    assert!(err.contains("drained"), "{err}");
+    exits_0_once_drained(&mut proxy).await;
 }

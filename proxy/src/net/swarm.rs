@@ -76,18 +76,11 @@ pub async fn build(
                 .with_real_client(real_client),
             // Only external addresses are announced (the engine adds the public
             // listeners): preload mode's loopback WebSocket listener must not leak.
-            identify: identify::Behaviour::new(
-                identify::Config::new("ipfs/0.1.0".into(), key.public())
-                    .with_agent_version(AGENT.into())
-                    .with_hide_listen_addrs(true),
-            ),
+            identify: identify::Behaviour::new(identify_config(key).with_hide_listen_addrs(true)),
             ping: ping::Behaviour::default(),
             bitswap: bitswap::Behaviour::default(),
         })?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(limits.idle_timeout)
-                .with_max_negotiating_inbound_streams(128)
-        })
+        .with_swarm_config(|c| swarm_config(c, limits))
         .build();
     Ok(swarm)
 }
@@ -111,17 +104,23 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
         .with_behaviour(|key| Behaviour {
             limits: connection_limits::Behaviour::new(conn_limits),
             ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip),
-            identify: identify::Behaviour::new(
-                identify::Config::new("ipfs/0.1.0".into(), key.public())
-                    .with_agent_version(AGENT.into()),
-            ),
+            identify: identify::Behaviour::new(identify_config(key)),
             ping: ping::Behaviour::default(),
             bitswap: bitswap::Behaviour::default(),
         })?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(limits.idle_timeout)
-                .with_max_negotiating_inbound_streams(128)
-        })
+        .with_swarm_config(|c| swarm_config(c, limits))
         .build();
     Ok(swarm)
+}
+
+/// Both hosts identify as kubo does, with Kitsune's agent version.
+fn identify_config(key: &libp2p::identity::Keypair) -> identify::Config {
+    identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version(AGENT.into())
+}
+
+/// Both hosts: idle connections close after `--idle-timeout`; inbound streams still
+/// negotiating are bounded (a peer opening many at once cannot grow that set).
+fn swarm_config(c: libp2p::swarm::Config, limits: &Limits) -> libp2p::swarm::Config {
+    c.with_idle_connection_timeout(limits.idle_timeout)
+        .with_max_negotiating_inbound_streams(128)
 }
