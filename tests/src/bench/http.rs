@@ -135,6 +135,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         };
         s.line(format!("{name}: {:.1} MiB/s, {cpu}", medians[i]));
     }
+    // The machine is shared: the figures move with what else runs.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    s.line(format!(
+        "load average at the end (1, 5, 15 min): {}",
+        load.join(", ")
+    ));
     for (i, what) in [(2, "raw blocks"), (3, "CAR")] {
         s.line(format!(
             "HTTP {what} / bitswap through Kitsune: throughput **{:.2}** (goal >= 1), proxy \
