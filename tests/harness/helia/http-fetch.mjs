@@ -11,6 +11,7 @@
 // --connections N      HTTP connections per origin (default 6, a browser's pool; HTTP/2 over
 //                      TLS when the server offers it). Node's own fetch has no such bound: Helia
 //                      then opens one connection per outstanding block (64+ for 20 MiB at once).
+//                      0: Node's own fetch, unbounded, as Helia is out of the box.
 // --timeout S          whole fetch budget (default 60)
 // Plain-http URLs are allowed (allowInsecure) only when URL itself is http; loopback providers
 // always (allowLocal). Nothing else is contacted: no default routers or recursive gateways.
@@ -42,18 +43,19 @@ const usage = 'usage: node http-fetch.mjs URL CID [--out FILE] [--routing gatewa
 const requests = { ipfs: 0, routing: 0, other: 0 }
 const origins = new Set()
 const result = (r) => console.log('RESULT ' + JSON.stringify({ ...r, requests, origins: [...origins] }))
-if (!url || !cidStr || !['gateway', 'delegated'].includes(routing) || !(timeoutS > 0) || !(connections >= 1) || !/^https?:\/\//.test(url)) {
+if (!url || !cidStr || !['gateway', 'delegated'].includes(routing) || !(timeoutS > 0) || !(connections >= 0) || !/^https?:\/\//.test(url)) {
   console.error(usage); result({ ok: false, error: 'usage', bytes: 0, ms: 0 }); process.exit(2)
 }
 
-const pool = new Agent({ connections, allowH2: true })
+const pool = connections > 0 ? new Agent({ connections, allowH2: true }) : null
+const nodeFetch = globalThis.fetch
 globalThis.fetch = (input, init) => {
   const u = new URL(input instanceof Request ? input.url : String(input))
   origins.add(u.origin)
   if (u.pathname.startsWith('/ipfs/')) requests.ipfs++
   else if (u.pathname.startsWith('/routing/v1/')) requests.routing++
   else requests.other++
-  return undiciFetch(input, { ...init, dispatcher: pool })
+  return pool ? undiciFetch(input, { ...init, dispatcher: pool }) : nodeFetch(input, init)
 }
 
 const t0 = Date.now()
