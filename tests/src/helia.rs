@@ -205,6 +205,19 @@ pub async fn helia_http_run(
     extra_ca: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<HttpFetchResult> {
+    helia_http_run_pooled(url, cid, routing, extra_ca, timeout, 6).await
+}
+
+/// [`helia_http_run`] with `connections` HTTP connections per origin (over TLS, HTTP/2
+/// multiplexes every request on them); 0: Node's own fetch, unbounded.
+pub async fn helia_http_run_pooled(
+    url: &str,
+    cid: &str,
+    routing: HttpRouting,
+    extra_ca: Option<&std::path::Path>,
+    timeout: Duration,
+    connections: usize,
+) -> Result<HttpFetchResult> {
     let dir = scratch_dir("helia-http")?;
     let out = dir.path().join("out.bin");
     let mut cmd = node_command("helia");
@@ -219,7 +232,9 @@ pub async fn helia_http_run(
             HttpRouting::Delegated => "delegated",
         })
         .arg("--timeout")
-        .arg(format!("{:.3}", timeout.as_secs_f64()));
+        .arg(format!("{:.3}", timeout.as_secs_f64()))
+        .arg("--connections")
+        .arg(connections.to_string());
     if let Some(ca) = extra_ca {
         cmd.env("NODE_EXTRA_CA_CERTS", ca);
     }

@@ -34,7 +34,7 @@ mod util;
 
 pub use helia::{
     FetchMode, FetchResult, HeliaOptions, HttpFetchResult, HttpRouting, helia_fetch,
-    helia_fetch_with, helia_http_fetch, helia_http_run, helia_run,
+    helia_fetch_with, helia_http_fetch, helia_http_run, helia_http_run_pooled, helia_run,
 };
 pub use jsipfs::{JsIpfsDaemon, JsIpfsOptions, JsIpfsResult, jsipfs_client, jsipfs_run};
 pub use kubo::{KuboNode, KuboOptions};

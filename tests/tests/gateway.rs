@@ -12,7 +12,7 @@ use cid::Cid;
 use kitsune_e2e::pki::{TestCa, install_tls_files};
 use kitsune_e2e::{
     HttpRouting, KuboNode, Proxy, ProxyOptions, free_port, helia_http_fetch, helia_http_run,
-    random_bytes, scratch_dir, write_random_file,
+    helia_http_run_pooled, random_bytes, scratch_dir, write_random_file,
 };
 use multihash_codetable::{Code, MultihashDigest};
 
@@ -308,30 +308,42 @@ async fn trustless_gateway_over_https_with_http2() {
 }
 
 #[tokio::test]
-async fn a_client_past_its_bound_is_answered_429_until_its_slot_frees() {
+async fn a_client_past_its_bound_waits_for_its_slot_and_past_its_wait_list_is_answered_429() {
     let w = world("http", 20 * MIB, &["--gateway-max-per-client", "1"]).await;
-    let root = &w.has.added["f.bin"];
+    let root = w.has.added["f.bin"].clone();
     let c = http();
     let car = format!("{}/ipfs/{root}?format=car", w.base);
     // A 20 MiB CAR whose body is not read holds the client's one slot: the walk
     // waits once the socket buffers are full.
     let held = c.get(&car).send().await.unwrap();
     assert_eq!(held.status(), 200);
-    let r = c
-        .get(format!("{}/ipfs/{root}?format=raw", w.base))
-        .send()
-        .await
-        .unwrap();
+    // Four (WAITING_PER_SLOT per slot) more wait for it...
+    let raw = format!("{}/ipfs/{root}?format=raw", w.base);
+    let waiting: Vec<_> = (0..kitsune_proxy::gateway::limits::WAITING_PER_SLOT)
+        .map(|_| {
+            let (c, raw) = (c.clone(), raw.clone());
+            tokio::spawn(async move { c.get(raw).send().await.unwrap().status() })
+        })
+        .collect();
+    let proxy = &w.proxy;
+    let inflight = "kitsune_gateway_requests_in_flight";
+    kitsune_e2e::wait_for(
+        "the waiting requests",
+        T,
+        Duration::from_millis(50),
+        || async { Ok(proxy.metric(inflight).await.ok().flatten() == Some(5.0)) },
+    )
+    .await
+    .unwrap();
+    // ...and the next is refused at once.
+    let r = c.get(&raw).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
-    // Read to its end, the CAR is whole, and the slot is free again.
+    // Read to its end, the CAR is whole, and its slot goes to each waiter in turn.
     assert!(held.bytes().await.unwrap().len() > 20 * MIB);
-    let r = c
-        .get(format!("{}/ipfs/{root}?format=raw", w.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200);
+    }
 }
 
 #[tokio::test]
@@ -515,4 +527,22 @@ async fn helia_with_the_proxy_as_its_only_router_fetches_20_mib_over_http() {
 #[tokio::test]
 async fn helia_with_the_proxy_as_its_only_router_fetches_20_mib_over_https() {
     delegated_routing_through_the_proxy("https").await;
+}
+
+/// Helia as it comes, on Node's own fetch: no bound on its requests in flight, one
+/// connection each, every block of a DAG level asked at once (more than the 32 slots a
+/// client has). Those past its slots wait for them rather than take a 429, which
+/// Helia's broker would count as a failed block. (The shared port's connection cap per
+/// address, 64 by default, is lifted here: it would close the connections past it.)
+#[tokio::test]
+async fn helia_on_nodes_own_fetch_gets_every_block_past_its_slots_by_waiting() {
+    let w = world("http", 20 * MIB, &["--max-connections-per-ip", "1024"]).await;
+    let root = &w.has.added["f.bin"];
+    let got = helia_http_run_pooled(&w.base, root, HttpRouting::Gateway, None, T, 0)
+        .await
+        .unwrap();
+    assert!(got.ok, "{}", got.log);
+    assert!(got.bytes == random_bytes(20 * MIB, SEED), "differs");
+    let refused = "kitsune_gateway_requests_total{route=\"ipfs\",format=\"raw\",status=\"429\"}";
+    assert_eq!(w.proxy.metric(refused).await.unwrap(), None, "no 429");
 }
