@@ -174,7 +174,8 @@ pub struct GatewayArgs {
     #[arg(id = "gateway_max_concurrent", long = "gateway-max-concurrent", env = "KITSUNE_GATEWAY_MAX_CONCURRENT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent: u32,
     /// Gateway requests served at once for one client address (IPv4, or IPv6 /64);
-    /// more are answered 429.
+    /// up to 4 times as many more wait for one of its slots (within --gateway-timeout),
+    /// and past those, 429.
     #[arg(id = "gateway_max_per_client", long = "gateway-max-per-client", env = "KITSUNE_GATEWAY_MAX_PER_CLIENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_per_client: u32,
     /// The whole budget of one gateway request, a CAR's last byte included: past it,

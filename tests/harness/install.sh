@@ -117,6 +117,7 @@ all_there() { local d="$1" r; shift; for r in "$@"; do [ -e "$d/$r" ] || return 
 # One Node 20 polyfill for both clients: each loads it from its own folder.
 sync_file "$src/node20-polyfill.cjs" "$dest/helia/node20-polyfill.cjs"
 sync_file "$src/helia/fetch.mjs" "$dest/helia/fetch.mjs"
+sync_file "$src/helia/http-fetch.mjs" "$dest/helia/http-fetch.mjs"
 npm_package helia ci helia                                        # 30-60 s
 sync_file "$src/node20-polyfill.cjs" "$dest/jsipfs/node20-polyfill.cjs"
 sync_file "$src/jsipfs/client.mjs" "$dest/jsipfs/client.mjs"

@@ -1,4 +1,5 @@
-//! Helia 7 bitswap client (`tests/harness/helia/fetch.mjs`): dial one peer, fetch one CID.
+//! Helia 7 clients: bitswap (`tests/harness/helia/fetch.mjs`: dial one peer, fetch one CID)
+//! and HTTP only (`http-fetch.mjs`: trustless gateway, delegated routing).
 
 use std::time::{Duration, Instant};
 
@@ -151,4 +152,129 @@ pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<Fe
         wall,
         log,
     })
+}
+
+/// How the HTTP-only client ([`helia_http_fetch`]) finds its gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpRouting {
+    /// The URL is the one trustless gateway every block is asked of.
+    Gateway,
+    /// The URL is the only `/routing/v1` router; the gateways are the providers it names.
+    Delegated,
+}
+
+/// Outcome of one run of `tests/harness/helia/http-fetch.mjs`.
+#[derive(Clone, Debug, Default)]
+pub struct HttpFetchResult {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// The file bytes (UnixFS cat); empty on failure.
+    pub bytes: Vec<u8>,
+    /// Fetch time in the client, ms.
+    pub ms: u64,
+    /// HTTP requests the client made: `/ipfs/...` and `/routing/v1/...`.
+    pub ipfs_requests: u64,
+    pub routing_requests: u64,
+    /// Every origin (`scheme://host:port`) the client sent a request to.
+    pub origins: Vec<String>,
+    pub log: String,
+}
+
+#[derive(Deserialize, Default)]
+struct HttpRequests {
+    ipfs: u64,
+    routing: u64,
+}
+
+#[derive(Deserialize)]
+struct HttpOwn {
+    #[serde(default)]
+    requests: HttpRequests,
+    #[serde(default)]
+    origins: Vec<String>,
+}
+
+/// Helia 7 over HTTP only (a light Helia with the trustless-gateway block broker, no
+/// libp2p): UnixFS cat of `cid` from `url` (`http://` or `https://`), found as `routing`
+/// says. `extra_ca`: a PEM CA bundle Node trusts besides its own, for https. `Ok` with
+/// `ok: false` when the fetch failed; `Err` when the client could not run properly.
+pub async fn helia_http_run(
+    url: &str,
+    cid: &str,
+    routing: HttpRouting,
+    extra_ca: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<HttpFetchResult> {
+    helia_http_run_pooled(url, cid, routing, extra_ca, timeout, 6).await
+}
+
+/// [`helia_http_run`] with `connections` HTTP connections per origin (over TLS, HTTP/2
+/// multiplexes every request on them); 0: Node's own fetch, unbounded.
+pub async fn helia_http_run_pooled(
+    url: &str,
+    cid: &str,
+    routing: HttpRouting,
+    extra_ca: Option<&std::path::Path>,
+    timeout: Duration,
+    connections: usize,
+) -> Result<HttpFetchResult> {
+    let dir = scratch_dir("helia-http")?;
+    let out = dir.path().join("out.bin");
+    let mut cmd = node_command("helia");
+    cmd.arg("http-fetch.mjs")
+        .arg(url)
+        .arg(cid)
+        .arg("--out")
+        .arg(&out)
+        .arg("--routing")
+        .arg(match routing {
+            HttpRouting::Gateway => "gateway",
+            HttpRouting::Delegated => "delegated",
+        })
+        .arg("--timeout")
+        .arg(format!("{:.3}", timeout.as_secs_f64()))
+        .arg("--connections")
+        .arg(connections.to_string());
+    if let Some(ca) = extra_ca {
+        cmd.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let mut proc = ChildProcess::spawn("helia-http", cmd, dir.path())?;
+    let r: ResultLine<HttpOwn> = proc
+        .result_line(timeout + Duration::from_secs(90), 30)
+        .await?;
+    let log = proc.log_tail(30);
+    let bytes = if r.ok {
+        read_reported(&out, r.bytes, &log)?
+    } else {
+        Vec::new()
+    };
+    Ok(HttpFetchResult {
+        ok: r.ok,
+        error: r.error,
+        bytes,
+        ms: r.ms.unwrap_or(0),
+        ipfs_requests: r.own.requests.ipfs,
+        routing_requests: r.own.requests.routing,
+        origins: r.own.origins,
+        log,
+    })
+}
+
+/// [`helia_http_run`], an error (with the client's log) unless the fetch succeeded.
+pub async fn helia_http_fetch(
+    url: &str,
+    cid: &str,
+    routing: HttpRouting,
+    extra_ca: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<HttpFetchResult> {
+    let r = helia_http_run(url, cid, routing, extra_ca, timeout).await?;
+    if !r.ok {
+        bail!(
+            "helia HTTP fetch of {cid} from {url} ({routing:?}) failed: {}\n{}",
+            r.error.as_deref().unwrap_or("?"),
+            r.log
+        );
+    }
+    Ok(r)
 }

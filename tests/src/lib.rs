@@ -32,7 +32,10 @@ mod rpc;
 mod swarm;
 mod util;
 
-pub use helia::{FetchMode, FetchResult, HeliaOptions, helia_fetch, helia_fetch_with, helia_run};
+pub use helia::{
+    FetchMode, FetchResult, HeliaOptions, HttpFetchResult, HttpRouting, helia_fetch,
+    helia_fetch_with, helia_http_fetch, helia_http_run, helia_http_run_pooled, helia_run,
+};
 pub use jsipfs::{JsIpfsDaemon, JsIpfsOptions, JsIpfsResult, jsipfs_client, jsipfs_run};
 pub use kubo::{KuboNode, KuboOptions};
 pub use ports::free_port;

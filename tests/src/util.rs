@@ -26,6 +26,7 @@ pub fn repo_root() -> PathBuf {
 /// installed copy). The one Node 20 polyfill goes beside each client.
 const SYNCED: &[(&str, &str)] = &[
     ("helia/fetch.mjs", "helia/fetch.mjs"),
+    ("helia/http-fetch.mjs", "helia/http-fetch.mjs"),
     ("node20-polyfill.cjs", "helia/node20-polyfill.cjs"),
     ("jsipfs/client.mjs", "jsipfs/client.mjs"),
     ("jsipfs/daemon.sh", "jsipfs/daemon.sh"),

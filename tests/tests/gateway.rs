@@ -1,17 +1,25 @@
 //! The trustless HTTP gateway and `/routing/v1` end to end: real kubo backends (the
 //! content on one of two), the real proxy with `--gateway` on its shared port, and
-//! plain HTTP clients. The scheme is a parameter so the same checks run over https
-//! once the shared port serves TLS.
+//! HTTP clients: reqwest over plain HTTP/1.1 and over TLS with HTTP/2 (a test CA), and a
+//! real Helia 7 that speaks HTTP only. The scheme is a parameter of the world and of the
+//! checks, so the same checks run over both.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cid::Cid;
-use kitsune_e2e::{KuboNode, Proxy, ProxyOptions, free_port, scratch_dir, write_random_file};
+use kitsune_e2e::pki::{TestCa, install_tls_files};
+use kitsune_e2e::{
+    HttpRouting, KuboNode, Proxy, ProxyOptions, free_port, helia_http_fetch, helia_http_run,
+    helia_http_run_pooled, random_bytes, scratch_dir, write_random_file,
+};
 use multihash_codetable::{Code, MultihashDigest};
 
 const MIB: usize = 1 << 20;
 const T: Duration = Duration::from_secs(90);
+/// The seed of the file a world's first backend holds.
+const SEED: u64 = 16;
 
 /// Two backends, the content on the first only, and a gateway in front.
 struct World {
@@ -19,12 +27,16 @@ struct World {
     _lacks: KuboNode,
     proxy: Proxy,
     base: String,
+    /// The test CA's certificate (PEM file), when the port serves TLS (`https`).
+    ca: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
+/// With `scheme` `https` the port gets a certificate from a CA of the test's own (it
+/// then serves TLS and plain HTTP alike).
 async fn world(scheme: &str, file_len: usize, args: &[&str]) -> World {
     let dir = scratch_dir("gateway").unwrap();
-    let file = write_random_file(dir.path(), "f.bin", file_len, 16).unwrap();
+    let file = write_random_file(dir.path(), "f.bin", file_len, SEED).unwrap();
     let has = KuboNode::with_files(&[file]).await;
     let lacks = KuboNode::with_files(&[]).await;
     let port = free_port();
@@ -35,6 +47,19 @@ async fn world(scheme: &str, file_len: usize, args: &[&str]) -> World {
         "127.0.0.1".into(),
         "--gateway".into(),
     ];
+    let ca = (scheme == "https").then(|| {
+        let ca = TestCa::new().unwrap();
+        let (crt, key) = install_tls_files(dir.path(), &ca.server_cert().unwrap()).unwrap();
+        extra.extend([
+            "--tls-cert-file".into(),
+            crt.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+        ]);
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, ca.pem()).unwrap();
+        file
+    });
     extra.extend(args.iter().map(|a| a.to_string()));
     let proxy = Proxy::start(ProxyOptions {
         backends: vec![has.api_multiaddr.clone(), lacks.api_multiaddr.clone()],
@@ -49,7 +74,35 @@ async fn world(scheme: &str, file_len: usize, args: &[&str]) -> World {
         _lacks: lacks,
         proxy,
         base: format!("{scheme}://127.0.0.1:{port}"),
+        ca,
         _dir: dir,
+    }
+}
+
+impl World {
+    /// A client for this world: over https it trusts the test CA only and offers h2
+    /// and http/1.1 by ALPN.
+    fn client(&self) -> reqwest::Client {
+        let b = reqwest::Client::builder().timeout(T);
+        match &self.ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).unwrap();
+                b.tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+                    .https_only(true)
+                    .build()
+                    .unwrap()
+            }
+            None => b.build().unwrap(),
+        }
+    }
+
+    /// The HTTP version every response must come in: HTTP/2 over TLS (ALPN), else 1.1.
+    fn version(&self) -> reqwest::Version {
+        if self.ca.is_some() {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        }
     }
 }
 
@@ -83,7 +136,7 @@ fn parse_car(mut buf: &[u8]) -> (Vec<u8>, Vec<(Cid, Vec<u8>)>) {
 async fn gateway_checks(scheme: &str) {
     let w = world(scheme, 10 * MIB, &[]).await;
     let root = &w.has.added["f.bin"];
-    let c = http();
+    let c = w.client();
 
     // A raw block: verified, with the trustless headers.
     let r = c
@@ -93,6 +146,7 @@ async fn gateway_checks(scheme: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), w.version());
     let h = r.headers().clone();
     assert_eq!(h["content-type"], "application/vnd.ipld.raw");
     assert_eq!(h["x-content-type-options"], "nosniff");
@@ -156,6 +210,7 @@ async fn gateway_checks(scheme: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), w.version());
     assert_eq!(
         r.headers()["content-type"],
         "application/vnd.ipld.car; version=1; order=dfs; dups=n"
@@ -248,30 +303,47 @@ async fn trustless_gateway_over_http() {
 }
 
 #[tokio::test]
-async fn a_client_past_its_bound_is_answered_429_until_its_slot_frees() {
+async fn trustless_gateway_over_https_with_http2() {
+    gateway_checks("https").await;
+}
+
+#[tokio::test]
+async fn a_client_past_its_bound_waits_for_its_slot_and_past_its_wait_list_is_answered_429() {
     let w = world("http", 20 * MIB, &["--gateway-max-per-client", "1"]).await;
-    let root = &w.has.added["f.bin"];
+    let root = w.has.added["f.bin"].clone();
     let c = http();
     let car = format!("{}/ipfs/{root}?format=car", w.base);
     // A 20 MiB CAR whose body is not read holds the client's one slot: the walk
     // waits once the socket buffers are full.
     let held = c.get(&car).send().await.unwrap();
     assert_eq!(held.status(), 200);
-    let r = c
-        .get(format!("{}/ipfs/{root}?format=raw", w.base))
-        .send()
-        .await
-        .unwrap();
+    // Four (WAITING_PER_SLOT per slot) more wait for it...
+    let raw = format!("{}/ipfs/{root}?format=raw", w.base);
+    let waiting: Vec<_> = (0..kitsune_proxy::gateway::limits::WAITING_PER_SLOT)
+        .map(|_| {
+            let (c, raw) = (c.clone(), raw.clone());
+            tokio::spawn(async move { c.get(raw).send().await.unwrap().status() })
+        })
+        .collect();
+    let proxy = &w.proxy;
+    let inflight = "kitsune_gateway_requests_in_flight";
+    kitsune_e2e::wait_for(
+        "the waiting requests",
+        T,
+        Duration::from_millis(50),
+        || async { Ok(proxy.metric(inflight).await.ok().flatten() == Some(5.0)) },
+    )
+    .await
+    .unwrap();
+    // ...and the next is refused at once.
+    let r = c.get(&raw).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
-    // Read to its end, the CAR is whole, and the slot is free again.
+    // Read to its end, the CAR is whole, and its slot goes to each waiter in turn.
     assert!(held.bytes().await.unwrap().len() > 20 * MIB);
-    let r = c
-        .get(format!("{}/ipfs/{root}?format=raw", w.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), 200);
+    }
 }
 
 #[tokio::test]
@@ -367,4 +439,110 @@ async fn a_backend_killed_mid_car_breaks_the_transfer_or_it_completes_whole() {
         broken, aborted,
         "an abort is counted exactly when it happened"
     );
+}
+
+/// The proxy's count of `route`/`format` requests answered 200.
+async fn served_200(w: &World, route: &str, format: &str) -> f64 {
+    let name = format!(
+        "kitsune_gateway_requests_total{{route=\"{route}\",format=\"{format}\",status=\"200\"}}"
+    );
+    w.proxy.metric(&name).await.unwrap().unwrap_or(0.0)
+}
+
+/// A real Helia 7 that speaks HTTP only (trustless-gateway block broker, no libp2p)
+/// fetches 20 MiB byte-identical with the proxy as its one gateway: over plain HTTP and
+/// over https trusting the test CA, on the one port; and not over https without the CA.
+#[tokio::test]
+async fn helia_over_http_only_fetches_20_mib_through_the_gateway() {
+    let w = world("https", 20 * MIB, &[]).await;
+    let root = &w.has.added["f.bin"];
+    let blocks = w.has.dag_cids(root).await.unwrap().len() as u64;
+    let expected = random_bytes(20 * MIB, SEED);
+    let plain = w.base.replacen("https://", "http://", 1);
+    for url in [&plain, &w.base] {
+        let before = served_200(&w, "ipfs", "raw").await;
+        let got = helia_http_fetch(url, root, HttpRouting::Gateway, w.ca.as_deref(), T)
+            .await
+            .unwrap();
+        assert!(got.bytes == expected, "differs over {url}");
+        assert_eq!(got.origins, vec![url.clone()], "only the proxy was asked");
+        assert!(
+            got.ipfs_requests >= blocks,
+            "{} < {blocks}",
+            got.ipfs_requests
+        );
+        let served = served_200(&w, "ipfs", "raw").await - before;
+        assert!(
+            served >= blocks as f64,
+            "the proxy served {served} raw blocks"
+        );
+    }
+    // Without the CA the https fetch fails: the client really checked the certificate.
+    let r = helia_http_run(
+        &w.base,
+        root,
+        HttpRouting::Gateway,
+        None,
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    assert!(!r.ok, "a client not trusting the CA must fail\n{}", r.log);
+}
+
+/// The same client with the proxy as its only `/routing/v1` router: the proxy names
+/// itself as the provider and serves the blocks.
+async fn delegated_routing_through_the_proxy(scheme: &str) {
+    let w = world(scheme, 20 * MIB, &[]).await;
+    let root = &w.has.added["f.bin"];
+    let got = helia_http_fetch(&w.base, root, HttpRouting::Delegated, w.ca.as_deref(), T)
+        .await
+        .unwrap();
+    assert!(got.bytes == random_bytes(20 * MIB, SEED), "differs");
+    assert_eq!(
+        got.origins,
+        vec![w.base.clone()],
+        "only the proxy was asked"
+    );
+    assert!(got.routing_requests >= 1);
+    let blocks = w.has.dag_cids(root).await.unwrap().len() as u64;
+    assert!(
+        got.ipfs_requests >= blocks,
+        "{} < {blocks}",
+        got.ipfs_requests
+    );
+    let json = served_200(&w, "providers", "json").await;
+    let ndjson = served_200(&w, "providers", "ndjson").await;
+    assert!(
+        json + ndjson >= 1.0,
+        "the proxy answered the provider lookups"
+    );
+}
+
+#[tokio::test]
+async fn helia_with_the_proxy_as_its_only_router_fetches_20_mib_over_http() {
+    delegated_routing_through_the_proxy("http").await;
+}
+
+#[tokio::test]
+async fn helia_with_the_proxy_as_its_only_router_fetches_20_mib_over_https() {
+    delegated_routing_through_the_proxy("https").await;
+}
+
+/// Helia as it comes, on Node's own fetch: no bound on its requests in flight, one
+/// connection each, every block of a DAG level asked at once (more than the 32 slots a
+/// client has). Those past its slots wait for them rather than take a 429, which
+/// Helia's broker would count as a failed block. (The shared port's connection cap per
+/// address, 64 by default, is lifted here: it would close the connections past it.)
+#[tokio::test]
+async fn helia_on_nodes_own_fetch_gets_every_block_past_its_slots_by_waiting() {
+    let w = world("http", 20 * MIB, &["--max-connections-per-ip", "1024"]).await;
+    let root = &w.has.added["f.bin"];
+    let got = helia_http_run_pooled(&w.base, root, HttpRouting::Gateway, None, T, 0)
+        .await
+        .unwrap();
+    assert!(got.ok, "{}", got.log);
+    assert!(got.bytes == random_bytes(20 * MIB, SEED), "differs");
+    let refused = "kitsune_gateway_requests_total{route=\"ipfs\",format=\"raw\",status=\"429\"}";
+    assert_eq!(w.proxy.metric(refused).await.unwrap(), None, "no 429");
 }

@@ -98,10 +98,10 @@ async fn providers_inner(
         return plain(StatusCode::BAD_REQUEST, "not a valid CID");
     };
     let client = super::serve::client_of(s, peer, headers);
-    let Some(_slot) = s.slots.try_take(client) else {
+    let deadline = Instant::now() + s.cfg.timeout;
+    let Some(_slot) = s.slots.take(client, deadline).await else {
         return plain(StatusCode::TOO_MANY_REQUESTS, "too many requests");
     };
-    let deadline = Instant::now() + s.cfg.timeout;
     match s.fetcher.fetch(cid, WantKind::Have, deadline).await {
         Fetched::Have | Fetched::Block(_) => {}
         Fetched::DontHave => {

@@ -211,13 +211,14 @@ async fn ipfs_inner(
         return (name, r);
     }
     let client = client_of(s, peer, headers);
-    let Some(slot) = s.slots.try_take(client) else {
+    // The wait for a slot is part of the request's budget.
+    let deadline = Instant::now() + s.cfg.timeout;
+    let Some(slot) = s.slots.take(client, deadline).await else {
         return (
             name,
             plain(StatusCode::TOO_MANY_REQUESTS, "too many requests"),
         );
     };
-    let deadline = Instant::now() + s.cfg.timeout;
     let identity = code == IDENTITY;
     let root = if identity {
         Block {

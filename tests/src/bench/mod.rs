@@ -6,6 +6,7 @@ pub mod affinity;
 pub mod clients;
 pub mod floor;
 pub mod footprint;
+pub mod http;
 pub mod propagation;
 pub mod report;
 pub mod scaling;

@@ -14,7 +14,7 @@ struct Args {
     /// A quick pass that fits in CI: small sizes, few runs, a 1-minute soak is skipped.
     #[arg(long)]
     quick: bool,
-    /// Run only these benchmarks (comma-separated): throughput, clients, scaling,
+    /// Run only these benchmarks (comma-separated): throughput, http, clients, scaling,
     /// affinity, propagation, footprint, soak.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -70,6 +70,15 @@ async fn main() -> anyhow::Result<()> {
             window: 256,
         };
         record("throughput", bench::throughput::run(&cfg).await);
+    }
+    if wants("http") {
+        let cfg = bench::http::Config {
+            size_mib: if q { 4 } else { a.size_mib },
+            runs: if q { 1 } else { a.runs },
+            parallel: 16,
+            window: 256,
+        };
+        record("http", bench::http::run(&cfg).await);
     }
     if wants("clients") {
         let cfg = bench::clients::Config {
