@@ -26,6 +26,7 @@ pub fn zeroes(m: &Metrics) {
         "preload_undecodable_block",
         "undelivered_want",
         "too_many_wants_per_address",
+        "shed",
     ] {
         let _ = m.rejected.get_or_create(&ReasonLabels { reason });
     }
@@ -78,6 +79,7 @@ pub fn effects(m: &Metrics, fx: &Effects) {
         reason("preload_undecodable_block", c.undecodable_blocks);
         reason("undelivered_want", c.undelivered_wants);
         reason("too_many_wants_per_address", c.refused_address_wants);
+        reason("shed", c.shed_wants);
         add(&m.cache_hits, c.cache_hits);
         add(&m.cache_misses, c.cache_misses);
         add(&m.cache_evictions, c.cache_evictions);

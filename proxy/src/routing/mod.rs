@@ -385,10 +385,30 @@ impl Core {
     /// answers fetches instead of going to a peer.
     fn answer_fetches(&mut self, outbox: &mut crate::router::Outbox) -> Vec<(FetchId, Fetched)> {
         let me = self.fetches.client_id();
-        let Some(msg) = outbox.to_clients.remove(&me) else {
+        let shed = self.router.take_shed();
+        let Some(mut msg) = outbox.to_clients.remove(&me) else {
             return Vec::new();
         };
-        let (answers, withdraw) = self.fetches.answer(&msg);
+        // A shed want's DONT_HAVE is not "no backend has it": those fetches end as
+        // shed (503 and Retry-After, not 404).
+        let mut answers = Vec::new();
+        if !shed.is_empty() {
+            let shed: std::collections::HashSet<Cid> = shed.into_iter().collect();
+            let mut shed_here = Vec::new();
+            msg.presences.retain(|p| {
+                let was_shed = p.kind == PresenceKind::DontHave && shed.contains(&p.cid);
+                if was_shed {
+                    shed_here.push(p.cid);
+                }
+                !was_shed
+            });
+            for cid in shed_here {
+                answers.extend(self.fetches.shed(&cid));
+                self.router.withdraw_parked(me, cid);
+            }
+        }
+        let (more, withdraw) = self.fetches.answer(&msg);
+        answers.extend(more);
         for cid in withdraw {
             self.router.withdraw_parked(me, cid);
         }

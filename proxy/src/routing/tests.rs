@@ -517,3 +517,54 @@ fn a_fetch_of_a_cached_block_is_answered_without_a_backend() {
     assert!(matches!(fx.fetched[..], [(10, Fetched::NoBackend)]));
     assert_eq!(c.fetches().len(), 0);
 }
+
+#[test]
+fn a_fetch_shed_for_a_deep_queue_ends_as_shed_not_as_dont_have() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_inflight_per_backend: 1,
+        shed_after: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let mut c = Core::new(Router::new(cfg), None);
+    let b = peer(1);
+    c.backend_up(b, now);
+    // A bitswap client fills the window and queues two; the backend answers one in
+    // the first second: 1 a second, with 1 in flight and 1 queued.
+    let client = peer(9);
+    let ask: Vec<_> = (0..3)
+        .map(|i| want(raw_block(i).cid, WantKind::Block, true))
+        .collect();
+    c.client_message(client, &wants(ask), now);
+    c.backend_message(
+        b,
+        &blocks(&[raw_block(0)]),
+        now + Duration::from_millis(500),
+    );
+    let later = now + Duration::from_secs(1);
+    c.tick(later);
+    // A fetch would wait 3 s: shed, at once.
+    let x = raw_block(100);
+    let fx = fetch_block(&mut c, 5, &x, later);
+    assert_eq!(fx.fetched, vec![(5, Fetched::Shed)]);
+    assert_eq!(fx.counts.shed_wants, 1);
+    assert!(wanted_of(&fx.outbox, &b).is_empty());
+    assert!(fx.outbox.to_clients.is_empty());
+    assert_eq!(c.fetches().len(), 0);
+    assert_eq!(
+        c.router().wants_in_flight(),
+        2,
+        "the shed want is withdrawn; the client's two remain"
+    );
+    // A bitswap client asking the same is told DONT_HAVE and counted alike.
+    let other = peer(10);
+    let fx = c.client_message(
+        other,
+        &wants(vec![want(x.cid, WantKind::Block, true)]),
+        later,
+    );
+    let told = &fx.outbox.to_clients[&other].presences;
+    assert_eq!(told.len(), 1);
+    assert_eq!((told[0].cid, told[0].kind), (x.cid, PresenceKind::DontHave));
+    assert_eq!(fx.counts.shed_wants, 1);
+}
