@@ -926,3 +926,89 @@ async fn one_address_flooding_preload_leaves_another_address_served() {
     drop(proxy);
     drop(kubo);
 }
+
+#[tokio::test]
+async fn an_address_over_its_want_rate_is_slowed_and_another_is_not() {
+    const RATE: usize = 10;
+    let dir = scratch_dir("want-rate").unwrap();
+    let big = write_random_file(dir.path(), "big.bin", 32 * MIB, 44).unwrap();
+    let small = write_random_file(dir.path(), "small.bin", MIB, 45).unwrap();
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![big, small],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        args: vec![
+            "--wants-per-second-per-address".into(),
+            RATE.to_string(),
+            // Every want goes to the backend, none is answered from memory.
+            "--block-cache-bytes".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
+    let big_cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
+    let small_cids = kubo.dag_cids(&kubo.added["small.bin"]).await.unwrap();
+    let metric = |name: &'static str| {
+        let proxy = &proxy;
+        async move { proxy.metric(name).await.unwrap().unwrap_or(0.0) }
+    };
+
+    // 127.0.0.1 wants all 129 blocks at once: a second's worth goes on, the rest
+    // waits for the budget (none is refused).
+    let mut heavy = BitswapClient::connect(&addr).await.unwrap();
+    let cids = big_cids.clone();
+    let heavy_fetch = tokio::spawn(async move {
+        let r = heavy
+            .fetch(&cids, cids.len(), T)
+            .await
+            .map(|(b, _)| b.len());
+        (heavy, r)
+    });
+    let held_back = (big_cids.len() - RATE) as f64;
+    kitsune_e2e::wait_for(
+        "the heavy client's wants to be held back",
+        T,
+        Duration::from_millis(20),
+        || async { Ok(metric("kitsune_bitswap_wants_delayed_total").await >= held_back) },
+    )
+    .await
+    .unwrap();
+    // Meanwhile 127.0.0.2 fetches another file: none of its wants waits, and it is
+    // done while the heavy client's are still waiting.
+    let delayed = metric("kitsune_bitswap_wants_delayed_total").await;
+    let mut other = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+    let (blocks, _) = other
+        .fetch(&small_cids, 16, T)
+        .await
+        .expect("the other address is served");
+    assert_eq!(blocks.len(), small_cids.len());
+    assert_eq!(
+        metric("kitsune_bitswap_wants_delayed_total").await,
+        delayed,
+        "none of the other address's wants waited"
+    );
+    assert!(
+        !heavy_fetch.is_finished(),
+        "the other address was served while the heavy one's wants waited"
+    );
+    // The heavy client is slowed, not refused: it gets every block.
+    let (_heavy, got) = heavy_fetch.await.unwrap();
+    assert_eq!(got.expect("the heavy client is served"), big_cids.len());
+    kitsune_e2e::wait_for("no want waiting", T, Duration::from_millis(50), || async {
+        Ok(metric("kitsune_bitswap_wants_waiting").await == 0.0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        metric("kitsune_bitswap_presences_sent_total{reason=\"dont_have\"}").await,
+        0.0
+    );
+}

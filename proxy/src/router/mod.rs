@@ -54,6 +54,9 @@ pub struct Config {
     /// Load shedding: a want that would wait longer than this in every backend's
     /// queue (at its measured rate) is refused at once (see `shedding`). Zero: off.
     pub shed_after: Duration,
+    /// New wants a second the clients of one address key may send; more wait (see
+    /// `routing::rate`). Zero: no limit.
+    pub wants_per_second_per_address: u32,
 }
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
@@ -74,6 +77,7 @@ impl Default for Config {
             max_wants_per_address: 64 * 1024,
             address_key: crate::net::ip_limit::AddressKey::default(),
             shed_after: Duration::ZERO,
+            wants_per_second_per_address: 0,
         }
     }
 }
@@ -226,6 +230,17 @@ impl Router {
 
     pub fn is_healthy_backend(&self, peer: &PeerId) -> bool {
         self.backends.contains_key(peer)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether `client` holds a want of `cid`.
+    pub fn client_has(&self, client: &PeerId, cid: &Cid) -> bool {
+        self.clients
+            .get(client)
+            .is_some_and(|w| w.contains_key(cid))
     }
 
     /// How many wants a client holds (for tests and introspection).

@@ -46,6 +46,8 @@ pub struct Counts {
     pub reverse_no_uploader: u64,
     /// Wants shed: every backend's queue was too deep.
     pub shed_wants: u64,
+    /// New wants held back for their address's wants-per-second budget.
+    pub delayed_wants: u64,
 }
 
 impl Counts {
@@ -97,6 +99,7 @@ impl Counts {
             refused_address_wants: d(self.refused_address_wants, earlier.refused_address_wants),
             reverse_no_uploader: d(self.reverse_no_uploader, earlier.reverse_no_uploader),
             shed_wants: d(self.shed_wants, earlier.shed_wants),
+            delayed_wants: d(self.delayed_wants, earlier.delayed_wants),
         }
     }
 }
