@@ -575,6 +575,7 @@ impl Router {
         for b in self.backends.values_mut() {
             b.meter.roll(now);
         }
+        self.shrink();
         while let Some(&(deadline, cid, backend)) = self.deadlines.front() {
             if deadline > now {
                 break;
@@ -613,6 +614,33 @@ impl Router {
                     self.dispatch(cid, now);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Gives back the room a flood left behind: tables sized for one never shrink by
+    /// themselves, and at 65,536 wants they are tens of MiB (the want table, the
+    /// deadlines, the backends' queues). Kept at twice what is live, so a steady
+    /// load does not grow and shrink them every tick.
+    fn shrink(&mut self) {
+        fn roomy(capacity: usize, len: usize) -> bool {
+            capacity > 1024 && capacity > 4 * len
+        }
+        if roomy(self.wants.capacity(), self.wants.len()) {
+            self.wants.shrink_to(2 * self.wants.len());
+        }
+        if roomy(self.clients.capacity(), self.clients.len()) {
+            self.clients.shrink_to(2 * self.clients.len());
+        }
+        if roomy(self.deadlines.capacity(), self.deadlines.len()) {
+            self.deadlines.shrink_to(2 * self.deadlines.len());
+        }
+        for b in self.backends.values_mut() {
+            if roomy(b.queue.capacity(), b.queue.len()) {
+                b.queue.shrink_to(2 * b.queue.len());
+            }
+            if roomy(b.inflight.capacity(), b.inflight.len()) {
+                b.inflight.shrink_to(2 * b.inflight.len());
             }
         }
     }
