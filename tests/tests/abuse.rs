@@ -1022,3 +1022,135 @@ async fn an_address_over_its_want_rate_is_slowed_and_another_is_not() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn wants_that_would_wait_on_a_silent_backend_are_shed_at_once() {
+    let dir = scratch_dir("shed").unwrap();
+    let file = write_random_file(dir.path(), "f.bin", MIB, 46).unwrap();
+    let mut kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let port = kitsune_e2e::free_port();
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        args: vec![
+            "-p".into(),
+            port.to_string(),
+            "--preload-bind".into(),
+            "127.0.0.1".into(),
+            "--gateway".into(),
+            "--shed-after".into(),
+            "5s".into(),
+            "--block-cache-bytes".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
+    let cids = kubo.dag_cids(&kubo.added["f.bin"]).await.unwrap();
+    let shed = || async {
+        proxy
+            .metric("kitsune_rejected_total{reason=\"shed\"}")
+            .await
+            .unwrap()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(shed().await, 0.0);
+
+    // The backend stops answering, and a client fills its window (1,000) and queue.
+    kubo.pause().unwrap();
+    let mut heavy = BitswapClient::connect(&addr).await.unwrap();
+    heavy
+        .send(&Message {
+            wants: (0..3000).map(|i| want(nobody_has(i))).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Within a second or so the proxy has measured it while saturated: nothing a
+    // second. From then on a new want, which could only wait, is shed.
+    let mut probe = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    for i in 0u64.. {
+        probe
+            .send(&Message {
+                wants: vec![want(nobody_has(1_000_000 + i))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if shed().await >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no want was shed\n{}",
+            proxy.proc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A block the backend holds: answered DONT_HAVE while the backend is still silent.
+    probe
+        .send(&Message {
+            wants: vec![want(cids[0])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let told = loop {
+        let msg = probe
+            .recv(T)
+            .await
+            .expect("an answer while the backend is silent");
+        if let Some(p) = msg.presences.iter().find(|p| p.cid == cids[0]) {
+            break p.kind;
+        }
+    };
+    assert_eq!(told, PresenceKind::DontHave);
+    // Over HTTP: 503 with Retry-After, not a wait for the gateway's timeout.
+    let r = reqwest::Client::builder()
+        .timeout(T)
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://127.0.0.1:{port}/ipfs/{}?format=raw",
+            cids[1]
+        ))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let shed_now = shed().await;
+    assert!(shed_now >= 3.0, "{shed_now} shed");
+
+    // The backend answers again: its queue drains, and the file is served whole.
+    kubo.resume().unwrap();
+    drop(heavy);
+    kitsune_e2e::wait_for(
+        "the queue to drain",
+        T,
+        Duration::from_millis(50),
+        || async {
+            Ok(proxy
+                .metric("kitsune_bitswap_wants_queued")
+                .await?
+                .unwrap_or(f64::MAX)
+                == 0.0)
+        },
+    )
+    .await
+    .unwrap();
+    let mut late = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+    let (blocks, _) = late
+        .fetch(&cids, 16, T)
+        .await
+        .expect("served once it drained");
+    assert_eq!(blocks.len(), cids.len());
+}

@@ -118,7 +118,7 @@ impl Router {
             }
             State::Queued(backend) => {
                 self.queued -= 1;
-                self.unqueued(backend);
+                self.unqueued(backend, now);
                 self.compact_queue(backend);
             }
             State::Exhausted => {}
@@ -177,17 +177,17 @@ impl Router {
             }
             want.state = State::Exhausted;
             self.queued -= 1;
-            self.unqueued(backend);
+            self.unqueued(backend, now);
             self.dispatch(cid, now);
         }
     }
 
     /// One live entry left `backend`'s queue.
-    fn unqueued(&mut self, backend: PeerId) {
+    fn unqueued(&mut self, backend: PeerId, now: Instant) {
         if let Some(b) = self.backends.get_mut(&backend) {
             b.queued = b.queued.saturating_sub(1);
             if b.queued == 0 {
-                b.meter.unsaturated();
+                b.meter.unsaturated(now);
             }
         }
     }

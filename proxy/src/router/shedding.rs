@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 /// How long one rate sample spans.
 pub(super) const WINDOW: Duration = Duration::from_secs(1);
+/// A window cut short by the queue emptying still counts from this long: it was
+/// all saturated time (a backend that drains its queue quickly is fast, and the
+/// sample says so, instead of leaving an older, slower rate in place).
+const PART: Duration = Duration::from_millis(100);
 
 /// A backend's answer rate while saturated.
 #[derive(Debug, Default)]
@@ -34,9 +38,19 @@ impl Meter {
         }
     }
 
-    /// Its queue emptied: the open window, part idle, is dropped; the rate stays.
-    pub(super) fn unsaturated(&mut self) {
-        self.start = None;
+    /// Its queue emptied: the open window is folded in if it lasted [`PART`],
+    /// else dropped; either way the next one starts when the queue fills again.
+    pub(super) fn unsaturated(&mut self, now: Instant) {
+        if let Some(start) = self.start.take() {
+            let elapsed = now.saturating_duration_since(start);
+            if elapsed >= PART {
+                self.fold(self.answers as f64 / elapsed.as_secs_f64());
+            }
+        }
+    }
+
+    fn fold(&mut self, sample: f64) {
+        self.rate = Some(self.rate.map_or(sample, |r| (r + sample) / 2.0));
     }
 
     /// `n` answers arrived.
@@ -56,8 +70,7 @@ impl Meter {
         if elapsed < WINDOW {
             return;
         }
-        let sample = self.answers as f64 / elapsed.as_secs_f64();
-        self.rate = Some(self.rate.map_or(sample, |r| (r + sample) / 2.0));
+        self.fold(self.answers as f64 / elapsed.as_secs_f64());
         self.start = Some(now);
         self.answers = 0;
     }
@@ -122,7 +135,7 @@ mod tests {
         m.saturated(t0);
         m.roll(t0 + WINDOW);
         m.answered(1000, t0 + WINDOW);
-        m.unsaturated();
+        m.unsaturated(t0 + WINDOW + PART / 2);
         // Ten idle seconds later it is saturated again: the window starts then.
         m.saturated(t0 + WINDOW * 11);
         m.answered(1000, t0 + WINDOW * 11);
@@ -132,6 +145,14 @@ mod tests {
             Some(500.0),
             "(0 + 1000) / 2, the idle time unseen"
         );
+        // A queue that empties after half a window, 400 answers in: 800 a second.
+        m.unsaturated(t0 + WINDOW * 12);
+        m.saturated(t0 + WINDOW * 20);
+        m.answered(400, t0 + WINDOW * 20 + WINDOW / 4);
+        m.unsaturated(t0 + WINDOW * 20 + WINDOW / 2);
+        assert_eq!(m.rate(), Some(650.0));
+        m.roll(t0 + WINDOW * 30);
+        assert_eq!(m.rate(), Some(650.0), "no window open: nothing to fold");
     }
 
     #[test]
