@@ -35,3 +35,50 @@ fn tune_glibc() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
 }
+
+/// Hands the pages freed inside the heap back to the system. glibc returns only
+/// the free memory at an arena's top; after a flood the freed small allocations
+/// (decoded wants, their tables' entries) sit below live ones and stay resident
+/// until this. It walks every arena, so it is called once per ebb, not per tick.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// When to [`trim`]: after the wants held fell to an eighth of their high-water
+/// mark, if that mark was a flood (at least 8,192 wants).
+#[derive(Debug, Default)]
+pub struct Ebb {
+    high: usize,
+}
+
+impl Ebb {
+    /// Sees the wants held now; true when memory should be trimmed.
+    pub fn ebbed(&mut self, held: usize) -> bool {
+        self.high = self.high.max(held);
+        if self.high >= 8192 && held * 8 < self.high {
+            self.high = held;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ebb;
+
+    #[test]
+    fn trims_once_after_a_flood_ebbs_and_never_for_small_loads() {
+        let mut e = Ebb::default();
+        assert!(![100, 5000, 10, 0].into_iter().any(|n| e.ebbed(n)));
+        let seen: Vec<bool> = [65_536, 40_000, 9_000, 8_000, 100, 0]
+            .into_iter()
+            .map(|n| e.ebbed(n))
+            .collect();
+        assert_eq!(seen, [false, false, false, true, false, false]);
+    }
+}

@@ -363,6 +363,20 @@ pub struct Limits {
     /// whatever its number of peer IDs, cannot fill the queue.
     #[arg(long, env = "KITSUNE_MAX_WANTS_PER_ADDRESS", default_value_t = 65_536)]
     pub max_wants_per_address: usize,
+    /// Load shedding: a new want that would wait longer than this for an answer at
+    /// every backend (its queue at its measured answer rate) is answered at once,
+    /// DONT_HAVE over bitswap, 503 over HTTP. 0 turns it off.
+    #[arg(long, env = "KITSUNE_SHED_AFTER", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub shed_after: Duration,
+    /// New wants a second the clients of one address key may send (a token bucket
+    /// holding one second's worth); more wait and go on as the budget allows. 0: no
+    /// limit.
+    #[arg(
+        long,
+        env = "KITSUNE_WANTS_PER_SECOND_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub wants_per_second_per_address: u32,
 }
 
 impl Limits {
@@ -470,6 +484,8 @@ impl Cli {
             want_timeout: self.limits.want_timeout,
             max_wants_per_address: self.limits.max_wants_per_address,
             address_key: self.limits.address_key(),
+            shed_after: self.limits.shed_after,
+            wants_per_second_per_address: self.limits.wants_per_second_per_address,
         }
     }
 }

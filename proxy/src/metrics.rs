@@ -97,6 +97,10 @@ pub struct Metrics {
     pub cache_evictions: Counter,
     pub cache_bytes: Gauge,
     pub cache_blocks: Gauge,
+    /// New wants held back by `--wants-per-second-per-address`.
+    pub wants_delayed: Counter,
+    /// Wants held back now.
+    pub wants_waiting: Gauge,
 }
 
 impl Metrics {
@@ -133,6 +137,8 @@ impl Metrics {
             cache_evictions: Counter::default(),
             cache_bytes: Gauge::default(),
             cache_blocks: Gauge::default(),
+            wants_delayed: Counter::default(),
+            wants_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("kitsune");
         r.register(
@@ -269,6 +275,16 @@ impl Metrics {
             "block_cache_blocks",
             "Blocks the block cache holds",
             m.cache_blocks.clone(),
+        );
+        r.register(
+            "bitswap_wants_delayed",
+            "New client wants held back for their address's wants-per-second budget",
+            m.wants_delayed.clone(),
+        );
+        r.register(
+            "bitswap_wants_waiting",
+            "Client wants held back now, waiting for their address's budget",
+            m.wants_waiting.clone(),
         );
         m
     }

@@ -48,28 +48,61 @@ pub struct FetchStats {
 impl BitswapClient {
     /// Connects to `addr` (which must end in `/p2p/<id>`).
     pub async fn connect(addr: &Multiaddr) -> anyhow::Result<Self> {
+        Self::connect_with(addr, None).await
+    }
+
+    /// Connects to `addr` over TCP from the source address `source` (any of
+    /// 127.0.0.0/8 on Linux loopback), so the proxy sees a client of another address.
+    pub async fn connect_from(addr: &Multiaddr, source: std::net::IpAddr) -> anyhow::Result<Self> {
+        Self::connect_with(addr, Some(source)).await
+    }
+
+    async fn connect_with(
+        addr: &Multiaddr,
+        source: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Self> {
         let server = match addr.iter().last() {
             Some(Protocol::P2p(id)) => id,
             _ => bail!("{addr} has no /p2p/ peer ID"),
         };
-        let mut swarm = SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )?
-            .with_quic()
-            .with_behaviour(|key| Behaviour {
-                identify: identify::Behaviour::new(identify::Config::new(
-                    "ipfs/0.1.0".into(),
-                    key.public(),
-                )),
-                bitswap: bitswap::Behaviour::default(),
-                stream: libp2p_stream::Behaviour::new(),
-            })?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
+        let behaviour = |key: &libp2p::identity::Keypair| Behaviour {
+            identify: identify::Behaviour::new(identify::Config::new(
+                "ipfs/0.1.0".into(),
+                key.public(),
+            )),
+            bitswap: bitswap::Behaviour::default(),
+            stream: libp2p_stream::Behaviour::new(),
+        };
+        let idle =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(300));
+        let mut swarm = match source {
+            None => SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default().nodelay(true),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )?
+                .with_quic()
+                .with_behaviour(behaviour)?
+                .with_swarm_config(idle)
+                .build(),
+            Some(source) => SwarmBuilder::with_new_identity()
+                .with_tokio()
+                .with_other_transport(|key| {
+                    use libp2p::core::Transport as _;
+                    let noise = noise::Config::new(key)
+                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+                    Ok(TcpFrom(source)
+                        .upgrade(libp2p::core::upgrade::Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .timeout(Duration::from_secs(20)))
+                })?
+                .with_behaviour(behaviour)?
+                .with_swarm_config(idle)
+                .build(),
+        };
         let peer_id = *swarm.local_peer_id();
         let control = swarm.behaviour().stream.new_control();
         swarm.dial(addr.clone())?;

@@ -589,3 +589,568 @@ async fn a_connection_flood_from_one_ip_is_capped_and_other_ips_are_served() {
     drop(raw);
     drop(flood);
 }
+
+/// The source address of the well-behaved client in the per-address tests: the
+/// attackers all come from 127.0.0.1.
+const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+
+#[tokio::test]
+async fn twenty_peers_of_one_address_flooding_wants_leave_another_address_served() {
+    // Load shedding off: the backend is paused below, and a silent backend's queue is
+    // what shedding answers at once; this test is about the queue's shares. No block
+    // cache: the warm-up's blocks would answer the client without a want queued.
+    let mut s = setup_with(
+        "address-want-flood",
+        vec![
+            "--shed-after".into(),
+            "0".into(),
+            "--block-cache-bytes".into(),
+            "0".into(),
+        ],
+    )
+    .await;
+    // 20 peers from 127.0.0.1, each with the most wants one client may hold, all for
+    // CIDs nobody has: 327,680 wants, more than the whole queue (262,144). Their
+    // address's share (--max-wants-per-address, 65,536) is what bounds them. The
+    // backend is paused meanwhile, so nothing drains: the queue holds what it is
+    // given, as it would in front of slow backends.
+    const PEERS: u64 = 20;
+    const EACH: u64 = MAX_WANTS_PER_CLIENT as u64;
+    const PER_ADDRESS: u64 = 65_536;
+    let before = s.rejected("too_many_wants_per_address").await;
+    s.kubo.pause().unwrap();
+    let mut attackers = Vec::new();
+    for p in 0..PEERS {
+        let mut a = BitswapClient::connect(&s.addr).await.unwrap();
+        let wants: Vec<WantEntry> = (p * EACH..(p + 1) * EACH)
+            .map(|i| want(nobody_has(i)))
+            .collect();
+        for chunk in wants.chunks(8192) {
+            a.send(&Message {
+                wants: chunk.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        attackers.push(a);
+    }
+    // Every want of the flood is held or refused (whatever the reason).
+    kitsune_e2e::wait_for(
+        "the flood to be routed",
+        T,
+        Duration::from_millis(50),
+        || async {
+            let held = s
+                .proxy
+                .metric("kitsune_bitswap_wants_in_flight")
+                .await?
+                .unwrap_or(0.0);
+            let refused = s.rejected("too_many_wants_per_address").await - before
+                + s.rejected("too_many_wants").await;
+            Ok(held + refused >= (PEERS * EACH) as f64)
+        },
+    )
+    .await
+    .unwrap();
+    // A client from 127.0.0.2 wants the file: its wants are queued behind the
+    // flood's (not refused), and once the backend answers again it gets every block
+    // and no DONT_HAVE (`fetch` fails on one).
+    let mut innocent = BitswapClient::connect_from(&s.addr, OTHER).await.unwrap();
+    let cids = s.cids.clone();
+    let fetch = tokio::spawn(async move {
+        let r = innocent.fetch(&cids, 16, T).await.map(|(b, _)| b.len());
+        (innocent, r)
+    });
+    kitsune_e2e::wait_for(
+        "the other address's wants to be held",
+        T,
+        Duration::from_millis(50),
+        || async {
+            Ok(s.proxy
+                .metric("kitsune_bitswap_wants_in_flight")
+                .await?
+                .unwrap_or(0.0)
+                >= (PER_ADDRESS as usize + s.cids.len()) as f64)
+        },
+    )
+    .await
+    .unwrap();
+    s.kubo.resume().unwrap();
+    let (_innocent, got) = fetch.await.unwrap();
+    assert_eq!(
+        got.expect("the other address is served after the flood's wants"),
+        s.cids.len()
+    );
+    // Every want past the address's share was refused, and counted as such.
+    assert_eq!(
+        s.rejected("too_many_wants_per_address").await,
+        before + (PEERS * EACH - PER_ADDRESS) as f64
+    );
+    assert_eq!(
+        s.rejected("too_many_wants").await,
+        0.0,
+        "no peer went over its own cap, and the queue never filled"
+    );
+    // The attackers still hold their share (a DONT_HAVE does not end a want): a new
+    // client from the other address is served all the same.
+    let mut late = BitswapClient::connect_from(&s.addr, OTHER).await.unwrap();
+    let (blocks, _) = late
+        .fetch(&s.cids, 16, T)
+        .await
+        .expect("the other address is served while the share is held");
+    assert_eq!(blocks.len(), s.cids.len());
+    // Measured: +147 MiB for a debug build (the 65,536 held wants, 262,144 DONT_HAVEs
+    // queued back to the attackers, their decoded messages in flight).
+    let growth = s.assert_memory_bounded("20 peers x 16,384 wants from one address", 192 * MIB);
+    // The flood ends, and its memory comes back: RSS returns near the baseline
+    // (measured: +14 MiB, from +144 MiB at the peak).
+    drop(attackers);
+    kitsune_e2e::wait_for(
+        "the flood's wants released",
+        T,
+        Duration::from_millis(100),
+        || async {
+            Ok(s.proxy
+                .metric("kitsune_bitswap_wants_in_flight")
+                .await?
+                .unwrap_or(f64::MAX)
+                == 0.0)
+        },
+    )
+    .await
+    .unwrap();
+    let back = s.baseline_hwm + 48 * MIB as u64;
+    let pid = s.proxy.proc.pid();
+    let returned = kitsune_e2e::wait_for(
+        "the proxy's RSS to come back within 48 MiB of the baseline",
+        T,
+        Duration::from_millis(100),
+        || async { Ok(memory(pid).0 < back) },
+    )
+    .await;
+    let (rss, _) = memory(pid);
+    eprintln!(
+        "after the flood: VmRSS {} KiB (peak growth {} KiB)",
+        rss / 1024,
+        growth / 1024
+    );
+    returned.unwrap();
+    drop(s.kubo);
+}
+
+/// The identity CID of no bytes: a refs call for it ends at once, and its preload
+/// session lingers like any other.
+const EMPTY: &str = "bafkqaaa";
+
+/// One HTTP/2 connection (h2c, from 127.0.0.1) carrying `workers` refs calls at
+/// once, each sent again as soon as it is answered (a short pause keeps a debug
+/// build's CPU for the proxy), until `stop`: three calls in four for `bafkqaaa`,
+/// which end at once and leave a session lingering, the fourth for a DAG nobody
+/// has, which holds an in-flight slot until its backend gives up. Returns every
+/// status (0: no answer).
+async fn refs_flood(
+    port: u16,
+    workers: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<u16> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        .await
+        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("an h2c handshake on the shared port");
+    tokio::spawn(conn);
+    let tasks = (0..workers).map(|w| {
+        let (mut send, stop) = (send.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0u64.. {
+                if *stop.borrow() {
+                    break;
+                }
+                let arg = if i % 4 == 3 {
+                    nobody_has(1_000_000 * w as u64 + i).to_string()
+                } else {
+                    EMPTY.to_string()
+                };
+                let req = hyper::Request::post(format!(
+                    "http://127.0.0.1:{port}/api/v0/refs?r=true&arg={arg}"
+                ))
+                .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
+                .body(String::new())
+                .unwrap();
+                let status = match send.send_request(req).await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                statuses.push(status);
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            statuses
+        })
+    });
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_address_flooding_preload_leaves_another_address_served() {
+    let dir = scratch_dir("preload-flood").unwrap();
+    let file = write_random_file(dir.path(), "ok.bin", MIB, 43).unwrap();
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        // The absent DAGs' calls end at the backend after this.
+        fetch_timeout: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let port = kitsune_e2e::free_port();
+    let mut proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        args: vec![
+            "-p".into(),
+            port.to_string(),
+            "--preload-bind".into(),
+            "127.0.0.1".into(),
+            "--preload-timeout".into(),
+            "15s".into(),
+            // The bitswap client's blocks come from the backend each time.
+            "--block-cache-bytes".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let root = kubo.added["ok.bin"].clone();
+    let mut cids: Vec<Cid> = vec![root.parse().unwrap()];
+    for c in kubo.refs_recursive(&root).await.unwrap() {
+        cids.push(c.parse().unwrap());
+    }
+    let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
+    // The well-behaved client: refs calls and a bitswap fetch from 127.0.0.2.
+    let http = reqwest::Client::builder()
+        .local_address(OTHER)
+        .build()
+        .unwrap();
+    let refs_url = format!("http://127.0.0.1:{port}/api/v0/refs?r=true&arg={root}");
+    let refs_ok = || async {
+        let r = http.post(&refs_url).send().await.expect("an answer");
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "the other address's refs call: {body}");
+        assert!(body.contains(&cids[1].to_string()), "its refs: {body}");
+    };
+    refs_ok().await;
+    served(&addr, &cids).await;
+    let (_, baseline_hwm) = memory(proxy.proc.pid());
+    let per_address = |outcome: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(&format!(
+                    "kitsune_preload_refs_requests_total{{outcome=\"{outcome}\"}}"
+                ))
+                .await
+                .unwrap()
+                .unwrap_or(0.0)
+        }
+    };
+    // Refused for either reason: the address's share or the global budget.
+    let refused = || async {
+        per_address("too_many_per_address").await + per_address("too_many_requests").await
+    };
+    let refused_before = refused().await;
+
+    // 32 calls at once on one connection, renewed for as long as the flood lasts:
+    // more than every global budget (64 in flight, 256 sessions) could take at the
+    // old rate, and the sessions of one second's calls would outlast the test.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let flood = tokio::spawn(refs_flood(port, 32, stopped));
+    // Each round: the attacker holds its whole share of sessions (32 of the 256) and
+    // is being refused more, and the other client is served meanwhile.
+    for round in 1..=3 {
+        kitsune_e2e::wait_for(
+            "the flood to hold its address's share and be refused more",
+            T,
+            Duration::from_millis(50),
+            || async {
+                let sessions = proxy
+                    .metric("kitsune_preload_sessions")
+                    .await?
+                    .unwrap_or(0.0);
+                Ok(sessions >= 32.0 && refused().await >= refused_before + 100.0 * round as f64)
+            },
+        )
+        .await
+        .unwrap();
+        refs_ok().await;
+        let mut c = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+        let (blocks, _) = c
+            .fetch(&cids, 16, T)
+            .await
+            .expect("the other address's bitswap client is served during the flood");
+        assert_eq!(blocks.len(), cids.len());
+    }
+    stop.send(true).unwrap();
+    let statuses = flood.await.unwrap();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    let answered = statuses.iter().filter(|s| **s != 0).count();
+    eprintln!(
+        "preload flood: {} calls, {answered} answered, {limited} answered 429",
+        statuses.len()
+    );
+    assert_eq!(answered, statuses.len(), "the flood's connection stayed up");
+    assert!(
+        limited * 2 > statuses.len(),
+        "most of the flood was refused: {limited} of {}",
+        statuses.len()
+    );
+    assert_eq!(
+        per_address("too_many_requests").await,
+        0.0,
+        "the attacker met its address's share, never a global budget"
+    );
+    assert!(proxy.proc.is_running(), "{}", proxy.proc.log_tail(30));
+    let (rss, hwm) = memory(proxy.proc.pid());
+    let growth = hwm.saturating_sub(baseline_hwm);
+    eprintln!(
+        "preload flood: VmRSS {} KiB, VmHWM {} KiB (+{} KiB over the baseline)",
+        rss / 1024,
+        hwm / 1024,
+        growth / 1024
+    );
+    assert!(
+        growth < 64 * MIB as u64,
+        "the proxy's peak RSS grew by {} KiB during the preload flood",
+        growth / 1024
+    );
+    drop(proxy);
+    drop(kubo);
+}
+
+#[tokio::test]
+async fn an_address_over_its_want_rate_is_slowed_and_another_is_not() {
+    const RATE: usize = 10;
+    let dir = scratch_dir("want-rate").unwrap();
+    let big = write_random_file(dir.path(), "big.bin", 32 * MIB, 44).unwrap();
+    let small = write_random_file(dir.path(), "small.bin", MIB, 45).unwrap();
+    let kubo = KuboNode::start(KuboOptions {
+        add: vec![big, small],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        args: vec![
+            "--wants-per-second-per-address".into(),
+            RATE.to_string(),
+            // Every want goes to the backend, none is answered from memory.
+            "--block-cache-bytes".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
+    let big_cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
+    let small_cids = kubo.dag_cids(&kubo.added["small.bin"]).await.unwrap();
+    let metric = |name: &'static str| {
+        let proxy = &proxy;
+        async move { proxy.metric(name).await.unwrap().unwrap_or(0.0) }
+    };
+
+    // 127.0.0.1 wants all 129 blocks at once: a second's worth goes on, the rest
+    // waits for the budget (none is refused).
+    let mut heavy = BitswapClient::connect(&addr).await.unwrap();
+    let cids = big_cids.clone();
+    let heavy_fetch = tokio::spawn(async move {
+        let r = heavy
+            .fetch(&cids, cids.len(), T)
+            .await
+            .map(|(b, _)| b.len());
+        (heavy, r)
+    });
+    let held_back = (big_cids.len() - RATE) as f64;
+    kitsune_e2e::wait_for(
+        "the heavy client's wants to be held back",
+        T,
+        Duration::from_millis(20),
+        || async { Ok(metric("kitsune_bitswap_wants_delayed_total").await >= held_back) },
+    )
+    .await
+    .unwrap();
+    // Meanwhile 127.0.0.2 fetches another file: none of its wants waits, and it is
+    // done while the heavy client's are still waiting.
+    let delayed = metric("kitsune_bitswap_wants_delayed_total").await;
+    let mut other = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+    let (blocks, _) = other
+        .fetch(&small_cids, 16, T)
+        .await
+        .expect("the other address is served");
+    assert_eq!(blocks.len(), small_cids.len());
+    assert_eq!(
+        metric("kitsune_bitswap_wants_delayed_total").await,
+        delayed,
+        "none of the other address's wants waited"
+    );
+    assert!(
+        !heavy_fetch.is_finished(),
+        "the other address was served while the heavy one's wants waited"
+    );
+    // The heavy client is slowed, not refused: it gets every block.
+    let (_heavy, got) = heavy_fetch.await.unwrap();
+    assert_eq!(got.expect("the heavy client is served"), big_cids.len());
+    kitsune_e2e::wait_for("no want waiting", T, Duration::from_millis(50), || async {
+        Ok(metric("kitsune_bitswap_wants_waiting").await == 0.0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        metric("kitsune_bitswap_presences_sent_total{reason=\"dont_have\"}").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn wants_that_would_wait_on_a_silent_backend_are_shed_at_once() {
+    let dir = scratch_dir("shed").unwrap();
+    let file = write_random_file(dir.path(), "f.bin", MIB, 46).unwrap();
+    let mut kubo = KuboNode::start(KuboOptions {
+        add: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("kubo starts");
+    let port = kitsune_e2e::free_port();
+    let proxy = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        args: vec![
+            "-p".into(),
+            port.to_string(),
+            "--preload-bind".into(),
+            "127.0.0.1".into(),
+            "--gateway".into(),
+            "--shed-after".into(),
+            "5s".into(),
+            "--block-cache-bytes".into(),
+            "0".into(),
+        ],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    proxy.wait_backends(1, T).await.unwrap();
+    let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
+    let cids = kubo.dag_cids(&kubo.added["f.bin"]).await.unwrap();
+    let shed = || async {
+        proxy
+            .metric("kitsune_rejected_total{reason=\"shed\"}")
+            .await
+            .unwrap()
+            .unwrap_or(0.0)
+    };
+    assert_eq!(shed().await, 0.0);
+
+    // The backend stops answering, and a client fills its window (1,000) and queue.
+    kubo.pause().unwrap();
+    let mut heavy = BitswapClient::connect(&addr).await.unwrap();
+    heavy
+        .send(&Message {
+            wants: (0..3000).map(|i| want(nobody_has(i))).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Within a second or so the proxy has measured it while saturated: nothing a
+    // second. From then on a new want, which could only wait, is shed.
+    let mut probe = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    for i in 0u64.. {
+        probe
+            .send(&Message {
+                wants: vec![want(nobody_has(1_000_000 + i))],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if shed().await >= 1.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no want was shed\n{}",
+            proxy.proc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A block the backend holds: answered DONT_HAVE while the backend is still silent.
+    probe
+        .send(&Message {
+            wants: vec![want(cids[0])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let told = loop {
+        let msg = probe
+            .recv(T)
+            .await
+            .expect("an answer while the backend is silent");
+        if let Some(p) = msg.presences.iter().find(|p| p.cid == cids[0]) {
+            break p.kind;
+        }
+    };
+    assert_eq!(told, PresenceKind::DontHave);
+    // Over HTTP: 503 with Retry-After, not a wait for the gateway's timeout.
+    let r = reqwest::Client::builder()
+        .timeout(T)
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://127.0.0.1:{port}/ipfs/{}?format=raw",
+            cids[1]
+        ))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let shed_now = shed().await;
+    assert!(shed_now >= 3.0, "{shed_now} shed");
+
+    // The backend answers again: its queue drains, and the file is served whole.
+    kubo.resume().unwrap();
+    drop(heavy);
+    kitsune_e2e::wait_for(
+        "the queue to drain",
+        T,
+        Duration::from_millis(50),
+        || async {
+            Ok(proxy
+                .metric("kitsune_bitswap_wants_queued")
+                .await?
+                .unwrap_or(f64::MAX)
+                == 0.0)
+        },
+    )
+    .await
+    .unwrap();
+    let mut late = BitswapClient::connect_from(&addr, OTHER).await.unwrap();
+    let (blocks, _) = late
+        .fetch(&cids, 16, T)
+        .await
+        .expect("served once it drained");
+    assert_eq!(blocks.len(), cids.len());
+}

@@ -26,6 +26,7 @@ pub fn zeroes(m: &Metrics) {
         "preload_undecodable_block",
         "undelivered_want",
         "too_many_wants_per_address",
+        "shed",
     ] {
         let _ = m.rejected.get_or_create(&ReasonLabels { reason });
     }
@@ -78,6 +79,8 @@ pub fn effects(m: &Metrics, fx: &Effects) {
         reason("preload_undecodable_block", c.undecodable_blocks);
         reason("undelivered_want", c.undelivered_wants);
         reason("too_many_wants_per_address", c.refused_address_wants);
+        reason("shed", c.shed_wants);
+        add(&m.wants_delayed, c.delayed_wants);
         add(&m.cache_hits, c.cache_hits);
         add(&m.cache_misses, c.cache_misses);
         add(&m.cache_evictions, c.cache_evictions);
@@ -135,6 +138,7 @@ pub fn gauges(m: &Metrics, core: &Core, backends: &Backends) {
     let router = core.router();
     m.wants_in_flight.set(router.wants_in_flight() as i64);
     m.wants_queued.set(router.queued_wants() as i64);
+    m.wants_waiting.set(core.wants_waiting() as i64);
     for (state, n) in backends.state_counts() {
         m.backends.get_or_create(&StateLabels { state }).set(n);
     }

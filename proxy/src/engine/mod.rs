@@ -72,6 +72,8 @@ pub struct Engine {
     /// holds: it refuses past its bound).
     fetch_commands: Option<mpsc::Receiver<FetchCmd>>,
     fetch_replies: std::collections::HashMap<FetchId, tokio::sync::oneshot::Sender<Fetched>>,
+    /// When a flood of wants has ebbed, so its memory is given back.
+    ebb: crate::allocator::Ebb,
 }
 
 impl Engine {
@@ -111,6 +113,9 @@ impl Engine {
                     let actions = self.backends.tick(now);
                     self.perform(actions);
                     accounting::gauges(&self.metrics, &self.core, &self.backends);
+                    if self.ebb.ebbed(self.core.router().wants_in_flight()) {
+                        crate::allocator::trim();
+                    }
                     if let Some(ended) = self.drain_ended(now) {
                         tracing::info!(why = ended.as_str(), "drained; closing connections");
                         return;

@@ -133,6 +133,7 @@ impl Engine {
             drain: None,
             fetch_commands,
             fetch_replies: std::collections::HashMap::new(),
+            ebb: crate::allocator::Ebb::default(),
         };
         Ok((engine, handle))
     }

@@ -97,6 +97,10 @@ pub(super) fn failure(f: &Fetched) -> Response {
         ),
         Fetched::NoBackend => plain(StatusCode::SERVICE_UNAVAILABLE, "no backend is connected"),
         Fetched::Overloaded => plain(StatusCode::TOO_MANY_REQUESTS, "too many requests"),
+        Fetched::Shed => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the backends are too busy to serve this in time",
+        ),
         Fetched::Block(_) | Fetched::Have => plain(StatusCode::INTERNAL_SERVER_ERROR, "unexpected"),
     }
 }

@@ -7,14 +7,14 @@ use std::time::Instant;
 use cid::Cid;
 use libp2p::PeerId;
 
-use super::{Backend, Config, Router, State, balancer};
+use super::{Backend, Config, Router, State, balancer, shedding};
 use crate::bitswap::PresenceKind;
 use balancer::Policy;
 
 impl Router {
     /// Sends (or queues, or parks) a want that is not currently at any backend.
     pub(super) fn dispatch(&mut self, cid: Cid, now: Instant) {
-        let Some(want) = self.wants.get_mut(&cid) else {
+        let Some(want) = self.wants.get(&cid) else {
             return;
         };
         let mut order: Vec<PeerId> = self
@@ -30,6 +30,7 @@ impl Router {
         }
         let first = choose_backend(&self.cfg, &self.backends, &order);
         self.turn = self.turn.wrapping_add(1);
+        let want = self.wants.get_mut(&cid).expect("checked above");
         let backend = self.backends.get_mut(&first).expect("ranked from backends");
         if backend.inflight.len() < self.cfg.max_inflight_per_backend {
             let (kind, priority) = (want.kind(), want.priority);
@@ -42,13 +43,41 @@ impl Router {
             self.push_deadline(cid, first, now);
             self.out.want(first, cid, kind, priority);
         } else if self.queued < self.cfg.max_queued_wants {
+            let Some(at) = self.queue_for(first, &order) else {
+                self.stats.shed_wants += 1;
+                self.shed.push(cid);
+                self.exhaust(cid);
+                return;
+            };
+            let backend = self.backends.get_mut(&at).expect("ranked from backends");
             backend.queue.push_back(cid);
-            want.state = State::Queued(first);
+            backend.queued += 1;
+            backend.meter.saturated(now);
+            self.wants.get_mut(&cid).expect("checked above").state = State::Queued(at);
             self.queued += 1;
         } else {
             self.stats.refused_wants += 1;
             self.exhaust(cid);
         }
+    }
+
+    /// Where a want with no room anywhere waits: `first`, unless load shedding is on
+    /// and its queue takes longer than `shed_after`; then the next backend in `order`
+    /// whose queue does not. `None`: every one is too deep, the want is shed.
+    fn queue_for(&self, first: PeerId, order: &[PeerId]) -> Option<PeerId> {
+        if self.cfg.shed_after.is_zero() {
+            return Some(first);
+        }
+        let fits = |p: &PeerId| {
+            self.backends.get(p).is_some_and(|b| {
+                let outstanding = b.inflight.len() + b.queued + 1;
+                !shedding::too_deep(outstanding, b.meter.rate(), self.cfg.shed_after)
+            })
+        };
+        std::iter::once(&first)
+            .chain(order.iter().filter(|p| **p != first))
+            .find(|p| fits(p))
+            .copied()
     }
 
     /// No backend can be asked: DONT_HAVE to the clients that asked for one; park.
@@ -89,6 +118,7 @@ impl Router {
             }
             State::Queued(backend) => {
                 self.queued -= 1;
+                self.unqueued(backend, now);
                 self.compact_queue(backend);
             }
             State::Exhausted => {}
@@ -145,9 +175,20 @@ impl Router {
             if want.state != State::Queued(backend) {
                 continue;
             }
-            self.queued -= 1;
             want.state = State::Exhausted;
+            self.queued -= 1;
+            self.unqueued(backend, now);
             self.dispatch(cid, now);
+        }
+    }
+
+    /// One live entry left `backend`'s queue.
+    fn unqueued(&mut self, backend: PeerId, now: Instant) {
+        if let Some(b) = self.backends.get_mut(&backend) {
+            b.queued = b.queued.saturating_sub(1);
+            if b.queued == 0 {
+                b.meter.unsaturated(now);
+            }
         }
     }
 

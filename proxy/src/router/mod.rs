@@ -19,6 +19,7 @@ pub mod balancer;
 mod dispatch;
 mod outbox;
 mod shares;
+mod shedding;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +51,12 @@ pub struct Config {
     pub max_wants_per_address: usize,
     /// What an address key is (an IPv4 address, an IPv6 /64 by default).
     pub address_key: crate::net::ip_limit::AddressKey,
+    /// Load shedding: a want that would wait longer than this in every backend's
+    /// queue (at its measured rate) is refused at once (see `shedding`). Zero: off.
+    pub shed_after: Duration,
+    /// New wants a second the clients of one address key may send; more wait (see
+    /// `routing::rate`). Zero: no limit.
+    pub wants_per_second_per_address: u32,
 }
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
@@ -69,6 +76,8 @@ impl Default for Config {
             want_timeout: Duration::from_secs(10),
             max_wants_per_address: 64 * 1024,
             address_key: crate::net::ip_limit::AddressKey::default(),
+            shed_after: Duration::ZERO,
+            wants_per_second_per_address: 0,
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct Stats {
     pub undelivered_wants: u64,
     /// Wants refused because the clients of their address key hold too many.
     pub refused_address_wants: u64,
+    /// Wants refused because every backend's queue was too deep (load shedding).
+    pub shed_wants: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +152,10 @@ struct Backend {
     last_answer: Option<Instant>,
     /// CIDs waiting for room here; entries may be stale (checked on pop).
     queue: VecDeque<Cid>,
+    /// The live entries of `queue`.
+    queued: usize,
+    /// Its answer rate while saturated, for load shedding.
+    meter: shedding::Meter,
 }
 
 pub struct Router {
@@ -158,6 +173,8 @@ pub struct Router {
     out: Outbox,
     stats: Stats,
     shares: shares::AddressShares,
+    /// CIDs shed since the last [`Router::take_shed`].
+    shed: Vec<Cid>,
 }
 
 impl Router {
@@ -174,6 +191,7 @@ impl Router {
             next_priority: i32::MAX,
             out: Outbox::default(),
             stats: Stats::default(),
+            shed: Vec::new(),
         }
     }
 
@@ -184,6 +202,13 @@ impl Router {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The CIDs shed since the last call (their wanters were told DONT_HAVE where
+    /// asked): the caller tells its own clients why, and must call this after every
+    /// event so the list stays short.
+    pub fn take_shed(&mut self) -> Vec<Cid> {
+        std::mem::take(&mut self.shed)
     }
 
     /// Distinct CIDs currently wanted by at least one client.
@@ -205,6 +230,17 @@ impl Router {
 
     pub fn is_healthy_backend(&self, peer: &PeerId) -> bool {
         self.backends.contains_key(peer)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether `client` holds a want of `cid`.
+    pub fn client_has(&self, client: &PeerId, cid: &Cid) -> bool {
+        self.clients
+            .get(client)
+            .is_some_and(|w| w.contains_key(cid))
     }
 
     /// How many wants a client holds (for tests and introspection).
@@ -467,6 +503,8 @@ impl Router {
             && let Some(b) = self.backends.get_mut(&backend)
         {
             b.last_answer = Some(now);
+            b.meter
+                .answered(msg.blocks.len() + msg.presences.len(), now);
         }
         for block in &msg.blocks {
             self.deliver(Some(backend), block, now);
@@ -534,6 +572,10 @@ impl Router {
 
     /// Moves on every want whose backend has not answered in time.
     pub fn tick(&mut self, now: Instant) {
+        for b in self.backends.values_mut() {
+            b.meter.roll(now);
+        }
+        self.shrink();
         while let Some(&(deadline, cid, backend)) = self.deadlines.front() {
             if deadline > now {
                 break;
@@ -572,6 +614,33 @@ impl Router {
                     self.dispatch(cid, now);
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Gives back the room a flood left behind: tables sized for one never shrink by
+    /// themselves, and at 65,536 wants they are tens of MiB (the want table, the
+    /// deadlines, the backends' queues). Kept at twice what is live, so a steady
+    /// load does not grow and shrink them every tick.
+    fn shrink(&mut self) {
+        fn roomy(capacity: usize, len: usize) -> bool {
+            capacity > 1024 && capacity > 4 * len
+        }
+        if roomy(self.wants.capacity(), self.wants.len()) {
+            self.wants.shrink_to(2 * self.wants.len());
+        }
+        if roomy(self.clients.capacity(), self.clients.len()) {
+            self.clients.shrink_to(2 * self.clients.len());
+        }
+        if roomy(self.deadlines.capacity(), self.deadlines.len()) {
+            self.deadlines.shrink_to(2 * self.deadlines.len());
+        }
+        for b in self.backends.values_mut() {
+            if roomy(b.queue.capacity(), b.queue.len()) {
+                b.queue.shrink_to(2 * b.queue.len());
+            }
+            if roomy(b.inflight.capacity(), b.inflight.len()) {
+                b.inflight.shrink_to(2 * b.inflight.len());
             }
         }
     }

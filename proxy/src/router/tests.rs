@@ -1221,3 +1221,176 @@ fn one_address_with_many_peers_gets_its_share_and_no_more() {
     r.backend_message(bs[0], &blocks(&[x]), t);
     assert_eq!(r.address_wants("198.51.100.2".parse().unwrap()), 0);
 }
+
+// ------------------------------------------------------------------ load shedding
+
+fn shedding(shed_after: Duration, max_inflight_per_backend: usize) -> Config {
+    Config {
+        max_inflight_per_backend,
+        shed_after,
+        ..Config::default()
+    }
+}
+
+fn dont_haves_to(out: &Outbox, client: &PeerId) -> Vec<Cid> {
+    out.to_clients
+        .get(client)
+        .map(|m| {
+            m.presences
+                .iter()
+                .filter(|p| p.kind == PresenceKind::DontHave)
+                .map(|p| p.cid)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One backend, a window of 2: blocks 0 and 1 go out, 2..6 queue (no rate yet, so
+/// nothing is shed). It answers block 0 half a second in, and the tick at one second
+/// measures 1 answer a second, with 2 in flight and 3 queued.
+fn one_slow_backend(cfg: Config, t: Instant) -> (Router, PeerId, PeerId) {
+    let b = PeerId::random();
+    let mut r = router_with(cfg, &[b], t);
+    let heavy = PeerId::random();
+    let all: Vec<WantEntry> = (0..6)
+        .map(|i| want(&block(i), WantKind::Block, true))
+        .collect();
+    r.client_message(heavy, &wants(all), t);
+    let out = r.take_outbox();
+    assert_eq!(sent_wants(&out, &b).len(), 2);
+    assert!(
+        dont_haves_to(&out, &heavy).is_empty(),
+        "no rate yet: nothing shed"
+    );
+    assert_eq!(r.backends[&b].queued, 4);
+    r.backend_message(b, &blocks(&[block(0)]), t + Duration::from_millis(500));
+    r.tick(t + Duration::from_secs(1));
+    assert_eq!(r.backends[&b].meter.rate(), Some(1.0));
+    r.take_outbox();
+    (r, b, heavy)
+}
+
+#[test]
+fn a_want_that_would_wait_past_shed_after_everywhere_is_answered_at_once() {
+    let t = Instant::now();
+    // 5 outstanding at 1 a second: 6 s for a new want, over a bound of 4 s.
+    let (mut r, b, _) = one_slow_backend(shedding(Duration::from_secs(4), 2), t);
+    let now = t + Duration::from_secs(1);
+    let light = PeerId::random();
+    let x = block(100);
+    r.client_message(light, &wants(vec![want(&x, WantKind::Block, true)]), now);
+    let out = r.take_outbox();
+    assert_eq!(
+        dont_haves_to(&out, &light),
+        vec![x.cid],
+        "DONT_HAVE at once"
+    );
+    assert!(
+        sent_wants(&out, &b).is_empty(),
+        "nothing goes to the backend"
+    );
+    assert_eq!(r.backends[&b].queued, 3, "nor waits in its queue");
+    assert_eq!(r.stats().shed_wants, 1);
+    assert_eq!(r.take_shed(), vec![x.cid]);
+    assert!(r.take_shed().is_empty(), "taken once");
+    // One that did not ask for DONT_HAVE is shed all the same, silently.
+    let y = block(101);
+    r.client_message(light, &wants(vec![want(&y, WantKind::Block, false)]), now);
+    assert!(dont_haves_to(&r.take_outbox(), &light).is_empty());
+    assert_eq!(r.stats().shed_wants, 2);
+    // Once the queue is short enough for the bound, wants queue again: the backend
+    // answers two (each frees a slot the queue fills), leaving 3 outstanding.
+    let later = now + Duration::from_millis(100);
+    r.backend_message(b, &blocks(&[block(1), block(2)]), later);
+    let z = block(102);
+    r.client_message(light, &wants(vec![want(&z, WantKind::Block, true)]), later);
+    let out = r.take_outbox();
+    assert!(
+        dont_haves_to(&out, &light).is_empty(),
+        "4 s at 1 a second: it fits"
+    );
+    assert_eq!(r.wants[&z.cid].state, State::Queued(b));
+    assert_eq!(r.stats().shed_wants, 2);
+}
+
+#[test]
+fn without_shed_after_a_deep_queue_only_grows() {
+    let t = Instant::now();
+    let (mut r, b, _) = one_slow_backend(shedding(Duration::ZERO, 2), t);
+    let light = PeerId::random();
+    let x = block(100);
+    r.client_message(
+        light,
+        &wants(vec![want(&x, WantKind::Block, true)]),
+        t + Duration::from_secs(1),
+    );
+    assert!(dont_haves_to(&r.take_outbox(), &light).is_empty());
+    assert_eq!(r.wants[&x.cid].state, State::Queued(b));
+    assert_eq!((r.stats().shed_wants, r.take_shed().len()), (0, 0));
+}
+
+#[test]
+fn a_want_queues_at_the_next_backend_when_its_first_is_too_deep() {
+    let t = Instant::now();
+    let bs = backends(2);
+    let (b1, b2) = (bs[0], bs[1]);
+    let mut r = router_with(shedding(Duration::from_secs(2), 1), &bs, t);
+    // Blocks whose first backend is b1, and ones whose first is b2.
+    let firsts = |b: PeerId, n: usize| -> Vec<Block> {
+        (0u32..)
+            .map(block)
+            .filter(|x| order_for(x, &bs)[0] == b)
+            .take(n)
+            .collect()
+    };
+    let (to_b1, to_b2) = (firsts(b1, 3), firsts(b2, 6));
+    let c = PeerId::random();
+    // One in flight at each, then a queue at each (no rate yet: they queue at their
+    // first backend).
+    let ask = |bs: &[Block]| wants(bs.iter().map(|x| want(x, WantKind::Block, true)).collect());
+    r.client_message(c, &ask(&[to_b1[0].clone(), to_b2[0].clone()]), t);
+    r.client_message(c, &ask(&[to_b1[1].clone()]), t);
+    r.client_message(c, &ask(&to_b2[1..]), t);
+    assert_eq!((r.backends[&b1].queued, r.backends[&b2].queued), (1, 5));
+    // Within the second, b2 answers four and b1 nothing.
+    for (i, x) in to_b2[..4].iter().enumerate() {
+        let at = t + Duration::from_millis(100 * (i as u64 + 1));
+        r.backend_message(b2, &blocks(std::slice::from_ref(x)), at);
+    }
+    let now = t + Duration::from_secs(1);
+    r.tick(now);
+    assert_eq!(r.backends[&b1].meter.rate(), Some(0.0));
+    assert_eq!(r.backends[&b2].meter.rate(), Some(4.0));
+    r.take_outbox();
+    // b1 is first for this one, but answers nothing; b2 serves 3 outstanding in
+    // under 2 s.
+    let x = &to_b1[2];
+    r.client_message(c, &ask(std::slice::from_ref(x)), now);
+    assert!(dont_haves_to(&r.take_outbox(), &c).is_empty());
+    assert_eq!(r.wants[&x.cid].state, State::Queued(b2));
+    assert_eq!(r.stats().shed_wants, 0);
+}
+
+#[test]
+fn a_saturated_window_that_goes_idle_is_not_a_sample() {
+    let t = Instant::now();
+    let b = PeerId::random();
+    let mut r = router_with(shedding(Duration::from_secs(1), 1), &[b], t);
+    let c = PeerId::random();
+    r.client_message(
+        c,
+        &wants(vec![
+            want(&block(0), WantKind::Block, true),
+            want(&block(1), WantKind::Block, true),
+        ]),
+        t,
+    );
+    // Block 0 answered: block 1 leaves the queue, which is now empty.
+    r.backend_message(b, &blocks(&[block(0)]), t + Duration::from_millis(10));
+    r.tick(t + Duration::from_secs(5));
+    assert_eq!(
+        r.backends[&b].meter.rate(),
+        None,
+        "the backend was never slow"
+    );
+}

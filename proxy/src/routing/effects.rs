@@ -44,6 +44,10 @@ pub struct Counts {
     pub refused_address_wants: u64,
     /// Preload: backend wants whose uploader is not connected.
     pub reverse_no_uploader: u64,
+    /// Wants shed: every backend's queue was too deep.
+    pub shed_wants: u64,
+    /// New wants held back for their address's wants-per-second budget.
+    pub delayed_wants: u64,
 }
 
 impl Counts {
@@ -57,6 +61,7 @@ impl Counts {
             haves_delivered: s.haves_delivered,
             dont_haves_delivered: s.dont_haves_delivered,
             refused_address_wants: s.refused_address_wants,
+            shed_wants: s.shed_wants,
             ..Self::default()
         }
     }
@@ -93,6 +98,8 @@ impl Counts {
             cache_evictions: d(self.cache_evictions, earlier.cache_evictions),
             refused_address_wants: d(self.refused_address_wants, earlier.refused_address_wants),
             reverse_no_uploader: d(self.reverse_no_uploader, earlier.reverse_no_uploader),
+            shed_wants: d(self.shed_wants, earlier.shed_wants),
+            delayed_wants: d(self.delayed_wants, earlier.delayed_wants),
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum Fetched {
     NoBackend,
     /// Too many fetches wait already.
     Overloaded,
+    /// Every backend's queue is too deep to serve it in time (load shedding): try
+    /// again later.
+    Shed,
 }
 
 /// The table is full (or the id is taken): [`Fetched::Overloaded`].
@@ -172,6 +175,14 @@ impl Fetches {
             );
         }
         (answers, withdraw)
+    }
+
+    /// The want of `cid` was shed: every fetch of it ends so.
+    pub fn shed(&mut self, cid: &Cid) -> Vec<(FetchId, Fetched)> {
+        self.take_cid(cid)
+            .into_iter()
+            .map(|(id, _)| (id, Fetched::Shed))
+            .collect()
     }
 
     /// Removes the fetches of `cid`.

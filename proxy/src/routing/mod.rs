@@ -7,6 +7,7 @@
 
 pub mod effects;
 pub mod fetches;
+pub mod rate;
 #[cfg(test)]
 mod tests;
 
@@ -40,11 +41,20 @@ pub struct Core {
     cached: Outbox,
     /// The gateway's fetches, one client of the router.
     fetches: Fetches,
+    /// Per-address wants-per-second budgets; new wants over them wait here.
+    rates: rate::WantRates,
 }
 
 impl Core {
     pub fn new(router: Router, reverse: Option<Reverse>) -> Self {
+        let cfg = router.config();
+        let rates = rate::WantRates::new(
+            cfg.wants_per_second_per_address,
+            cfg.address_key,
+            cfg.max_wants_per_client,
+        );
         Self {
+            rates,
             router,
             reverse,
             reported: Counts::default(),
@@ -83,6 +93,11 @@ impl Core {
         self.reverse.as_ref()
     }
 
+    /// Client wants held back now for their address's budget.
+    pub fn wants_waiting(&self) -> usize {
+        self.rates.waiting()
+    }
+
     // ---------------------------------------------------------------- clients
 
     /// A client connection opened, from `ip` (its real address, splices resolved).
@@ -98,6 +113,7 @@ impl Core {
         }
         if let Some(ip) = ip {
             self.router.client_address(client, ip);
+            self.rates.client_connected(client, ip);
         }
         self.effects()
     }
@@ -116,6 +132,7 @@ impl Core {
         }
         if last {
             self.router.client_disconnected(client, now);
+            self.rates.client_gone(&client);
         }
         self.effects()
     }
@@ -124,9 +141,20 @@ impl Core {
     /// and presences answer the backends' reverse wants, and a block that does may
     /// also answer other clients waiting for it.
     pub fn client_message(&mut self, client: PeerId, msg: &Message, now: Instant) -> Effects {
-        match self.answer_from_cache(client, msg) {
-            Some(rest) => self.router.client_message(client, &rest, now),
-            None => self.router.client_message(client, msg, now),
+        let rest = self.answer_from_cache(client, msg);
+        let msg_on = rest.as_ref().unwrap_or(msg);
+        if self.rates.is_on() {
+            let router = &self.router;
+            let admitted = self.rates.admit(
+                client,
+                msg_on,
+                |cid| router.client_has(&client, cid),
+                router.client_wants(&client),
+                now,
+            );
+            self.router.client_message(client, &admitted, now);
+        } else {
+            self.router.client_message(client, msg_on, now);
         }
         if let Some(r) = &mut self.reverse
             && (!msg.blocks.is_empty() || !msg.presences.is_empty())
@@ -343,6 +371,9 @@ impl Core {
             };
             self.router.client_message(me, &msg, now);
         }
+        for (client, msg) in self.rates.release(now) {
+            self.router.client_message(client, &msg, now);
+        }
         self.router.tick(now);
         if let Some(cache) = &self.cache {
             cache.settle();
@@ -367,6 +398,7 @@ impl Core {
         if let Some(cache) = &self.cache {
             totals.add_cache(&cache.stats());
         }
+        totals.delayed_wants = self.rates.delayed();
         if let Some(r) = &mut self.reverse {
             outbox.merge(r.take_outbox());
             totals.add_reverse(&r.stats());
@@ -385,10 +417,30 @@ impl Core {
     /// answers fetches instead of going to a peer.
     fn answer_fetches(&mut self, outbox: &mut crate::router::Outbox) -> Vec<(FetchId, Fetched)> {
         let me = self.fetches.client_id();
-        let Some(msg) = outbox.to_clients.remove(&me) else {
+        let shed = self.router.take_shed();
+        let Some(mut msg) = outbox.to_clients.remove(&me) else {
             return Vec::new();
         };
-        let (answers, withdraw) = self.fetches.answer(&msg);
+        // A shed want's DONT_HAVE is not "no backend has it": those fetches end as
+        // shed (503 and Retry-After, not 404).
+        let mut answers = Vec::new();
+        if !shed.is_empty() {
+            let shed: std::collections::HashSet<Cid> = shed.into_iter().collect();
+            let mut shed_here = Vec::new();
+            msg.presences.retain(|p| {
+                let was_shed = p.kind == PresenceKind::DontHave && shed.contains(&p.cid);
+                if was_shed {
+                    shed_here.push(p.cid);
+                }
+                !was_shed
+            });
+            for cid in shed_here {
+                answers.extend(self.fetches.shed(&cid));
+                self.router.withdraw_parked(me, cid);
+            }
+        }
+        let (more, withdraw) = self.fetches.answer(&msg);
+        answers.extend(more);
         for cid in withdraw {
             self.router.withdraw_parked(me, cid);
         }

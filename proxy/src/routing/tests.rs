@@ -517,3 +517,153 @@ fn a_fetch_of_a_cached_block_is_answered_without_a_backend() {
     assert!(matches!(fx.fetched[..], [(10, Fetched::NoBackend)]));
     assert_eq!(c.fetches().len(), 0);
 }
+
+#[test]
+fn a_fetch_shed_for_a_deep_queue_ends_as_shed_not_as_dont_have() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_inflight_per_backend: 1,
+        shed_after: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let mut c = Core::new(Router::new(cfg), None);
+    let b = peer(1);
+    c.backend_up(b, now);
+    // A bitswap client fills the window and queues two; the backend answers one in
+    // the first second: 1 a second, with 1 in flight and 1 queued.
+    let client = peer(9);
+    let ask: Vec<_> = (0..3)
+        .map(|i| want(raw_block(i).cid, WantKind::Block, true))
+        .collect();
+    c.client_message(client, &wants(ask), now);
+    c.backend_message(
+        b,
+        &blocks(&[raw_block(0)]),
+        now + Duration::from_millis(500),
+    );
+    let later = now + Duration::from_secs(1);
+    c.tick(later);
+    // A fetch would wait 3 s: shed, at once.
+    let x = raw_block(100);
+    let fx = fetch_block(&mut c, 5, &x, later);
+    assert_eq!(fx.fetched, vec![(5, Fetched::Shed)]);
+    assert_eq!(fx.counts.shed_wants, 1);
+    assert!(wanted_of(&fx.outbox, &b).is_empty());
+    assert!(fx.outbox.to_clients.is_empty());
+    assert_eq!(c.fetches().len(), 0);
+    assert_eq!(
+        c.router().wants_in_flight(),
+        2,
+        "the shed want is withdrawn; the client's two remain"
+    );
+    // A bitswap client asking the same is told DONT_HAVE and counted alike.
+    let other = peer(10);
+    let fx = c.client_message(
+        other,
+        &wants(vec![want(x.cid, WantKind::Block, true)]),
+        later,
+    );
+    let told = &fx.outbox.to_clients[&other].presences;
+    assert_eq!(told.len(), 1);
+    assert_eq!((told[0].cid, told[0].kind), (x.cid, PresenceKind::DontHave));
+    assert_eq!(fx.counts.shed_wants, 1);
+}
+
+// ------------------------------------------------------------------ want rates
+
+fn rate_limited(per_second: u32) -> Core {
+    let cfg = Config {
+        wants_per_second_per_address: per_second,
+        ..Config::default()
+    };
+    Core::new(Router::new(cfg), None).with_cache(None)
+}
+
+fn asks(range: std::ops::Range<u32>) -> Message {
+    wants(
+        range
+            .map(|i| want(raw_block(i).cid, WantKind::Block, true))
+            .collect(),
+    )
+}
+
+#[test]
+fn an_address_over_its_want_rate_waits_and_other_addresses_do_not() {
+    let (mut c, t, b) = (rate_limited(10), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let (heavy, same_address, other) = (peer(2), peer(3), peer(4));
+    c.client_connected(heavy, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    c.client_connected(
+        same_address,
+        ConnectionId::new_unchecked(2),
+        ip(UPLOADER_IP),
+    );
+    c.client_connected(other, ConnectionId::new_unchecked(3), ip(BYSTANDER_IP));
+    // 30 new wants at once: a second's worth (10) go on, 20 wait, none refused.
+    let fx = c.client_message(heavy, &asks(0..30), t);
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 10);
+    assert!(fx.outbox.to_clients.is_empty(), "no DONT_HAVE");
+    assert_eq!((c.wants_waiting(), fx.counts.delayed_wants), (20, 20));
+    // Another peer of the same address shares its budget; another address does not.
+    let fx = c.client_message(same_address, &asks(100..101), t);
+    assert!(wanted_of(&fx.outbox, &b).is_empty());
+    let fx = c.client_message(other, &asks(200..205), t);
+    assert_eq!(
+        wanted_of(&fx.outbox, &b).len(),
+        5,
+        "the other address at once"
+    );
+    // The waiting wants go on as the budget refills, each peer's oldest first and
+    // the address's peers in turn: 5 in half a second, and never more than a
+    // second's worth at once however long they waited.
+    let fx = c.tick(t + Duration::from_millis(500));
+    let sent: Vec<Cid> = wanted_of(&fx.outbox, &b).iter().map(|w| w.0).collect();
+    assert_eq!(sent.len(), 5);
+    assert!(sent.contains(&raw_block(10).cid) && sent.contains(&raw_block(100).cid));
+    let fx = c.tick(t + Duration::from_secs(3));
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 10);
+    assert_eq!(c.wants_waiting(), 6);
+    // Everyone gets everything in the end.
+    let fx = c.tick(t + Duration::from_millis(4500));
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 6);
+    assert_eq!(c.wants_waiting(), 0);
+    assert_eq!(c.router().client_wants(&heavy), 30);
+    assert_eq!(c.router().client_wants(&same_address), 1);
+}
+
+#[test]
+fn a_waiting_want_can_be_cancelled_and_goes_with_its_client() {
+    let (mut c, t, b) = (rate_limited(2), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let (x, y) = (peer(2), peer(3));
+    c.client_connected(x, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    c.client_connected(y, ConnectionId::new_unchecked(2), ip(UPLOADER_IP));
+    c.client_message(x, &asks(0..5), t);
+    assert_eq!(c.wants_waiting(), 3);
+    // A cancel of a waiting want withdraws it; a want the router holds costs
+    // nothing when sent again.
+    let cancel = wants(vec![crate::fixtures::cancel(raw_block(2).cid)]);
+    c.client_message(x, &cancel, t);
+    assert_eq!(c.wants_waiting(), 2);
+    let again = c.client_message(x, &asks(0..1), t);
+    assert!(again.counts.delayed_wants == 0 && c.wants_waiting() == 2);
+    // y's waiting want goes when y does.
+    c.client_message(y, &asks(10..11), t);
+    assert_eq!(c.wants_waiting(), 3);
+    c.client_disconnected(y, ConnectionId::new_unchecked(2), true, t);
+    assert_eq!(c.wants_waiting(), 2);
+    let fx = c.tick(t + Duration::from_secs(5));
+    let sent: Vec<Cid> = wanted_of(&fx.outbox, &b).iter().map(|w| w.0).collect();
+    assert_eq!(sent, vec![raw_block(3).cid, raw_block(4).cid]);
+}
+
+#[test]
+fn without_a_want_rate_nothing_waits() {
+    let (mut c, t, b) = (rate_limited(0), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let x = peer(2);
+    c.client_connected(x, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    let fx = c.client_message(x, &asks(0..500), t);
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 500);
+    assert_eq!((c.wants_waiting(), fx.counts.delayed_wants), (0, 0));
+}
