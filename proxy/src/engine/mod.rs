@@ -155,7 +155,17 @@ impl Engine {
             return;
         }
         tracing::debug!(%peer, summary = %Summary(&msg), "from client");
-        let fx = self.core.client_message(peer, &msg, Instant::now());
+        // The cache may fill half the client's buffer; the other half is for blocks
+        // the backends send it meanwhile.
+        let queued = self
+            .clients_side
+            .writers
+            .get(&peer)
+            .map_or(0, |w| w.queued_bytes.load(Ordering::Relaxed));
+        let room = (self.max_client_buffer / 2).saturating_sub(queued);
+        let fx = self
+            .core
+            .client_message_within(peer, &msg, room, Instant::now());
         self.carry_out(fx);
     }
 

@@ -141,7 +141,21 @@ impl Core {
     /// and presences answer the backends' reverse wants, and a block that does may
     /// also answer other clients waiting for it.
     pub fn client_message(&mut self, client: PeerId, msg: &Message, now: Instant) -> Effects {
-        let rest = self.answer_from_cache(client, msg);
+        self.client_message_within(client, msg, usize::MAX, now)
+    }
+
+    /// [`Self::client_message`] for a client whose writer can take `room` more bytes:
+    /// the cache answers at most that much, and the rest goes to the backends, which
+    /// pace it. A cache answering a big wantlist at once would otherwise queue more
+    /// than the client may have queued, and the client would be cut off as slow.
+    pub fn client_message_within(
+        &mut self,
+        client: PeerId,
+        msg: &Message,
+        room: usize,
+        now: Instant,
+    ) -> Effects {
+        let rest = self.answer_from_cache(client, msg, room);
         let msg_on = rest.as_ref().unwrap_or(msg);
         if self.rates.is_on() {
             let router = &self.router;
@@ -168,20 +182,27 @@ impl Core {
 
     /// Answers the wants of `msg` the cache holds; returns the message without them,
     /// or `None` when the cache answered none (then `msg` goes on as it is).
-    fn answer_from_cache(&mut self, client: PeerId, msg: &Message) -> Option<Message> {
+    fn answer_from_cache(&mut self, client: PeerId, msg: &Message, room: usize) -> Option<Message> {
         let cache = self.cache.as_mut()?;
         let mut answered = vec![false; msg.wants.len()];
+        let mut room = room;
         for (i, w) in msg.wants.iter().enumerate() {
-            if w.cancel {
+            // Once a block does not fit, no later one is looked up (nor counted a hit).
+            if w.cancel || (w.kind == WantKind::Block && room == 0) {
                 continue;
             }
             if let Some(block) = cache.get(&w.cid) {
-                answered[i] = true;
                 match w.kind {
-                    WantKind::Block => self.cached.block_to_client(client, block),
+                    WantKind::Block if block.data.len() > room => room = 0,
+                    WantKind::Block => {
+                        room -= block.data.len();
+                        answered[i] = true;
+                        self.cached.block_to_client(client, block);
+                    }
                     WantKind::Have => {
+                        answered[i] = true;
                         self.cached
-                            .presence_to_client(client, w.cid, PresenceKind::Have)
+                            .presence_to_client(client, w.cid, PresenceKind::Have);
                     }
                 }
             }
@@ -330,7 +351,7 @@ impl Core {
             Ok(want) => {
                 let msg = one_want(want);
                 // The cache answers as it does bitswap clients, backends or none.
-                if self.answer_from_cache(me, &msg).is_some() {
+                if self.answer_from_cache(me, &msg, usize::MAX).is_some() {
                     None
                 } else if self.router.healthy_backends() == 0 {
                     if let Some(cancel) = self.fetches.close(id) {

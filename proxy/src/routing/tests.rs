@@ -667,3 +667,31 @@ fn without_a_want_rate_nothing_waits() {
     assert_eq!(wanted_of(&fx.outbox, &b).len(), 500);
     assert_eq!((c.wants_waiting(), fx.counts.delayed_wants), (0, 0));
 }
+
+#[test]
+fn the_cache_answers_no_more_than_the_clients_room_and_the_rest_goes_to_a_backend() {
+    let (now, b) = (Instant::now(), peer(1));
+    let mut c = Core::new(Router::new(Config::default()), None)
+        .with_cache(crate::cache::BlockCache::new(1 << 20));
+    c.backend_up(b, now);
+    let (x, y, z) = (raw_block(1), raw_block(2), raw_block(3));
+    let all = [x.clone(), y.clone(), z.clone()];
+    for blk in &all {
+        c.client_message(peer(10), &want_block(blk), now);
+    }
+    c.backend_message(b, &blocks(&all), now);
+    // Room for two of the three cached blocks: the third is asked of the backend.
+    let room = x.data.len() + y.data.len();
+    let msg = wants(
+        all.iter()
+            .map(|blk| want(blk.cid, WantKind::Block, true))
+            .collect(),
+    );
+    let fx = c.client_message_within(peer(11), &msg, room, now);
+    assert_eq!(blocks_to_client(&fx.outbox, &peer(11)), vec![x, y]);
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(z.cid, false)]);
+    // No room: every block goes to the backend; a HAVE is still answered.
+    let have = wants(vec![want(z.cid, WantKind::Have, true)]);
+    let fx = c.client_message_within(peer(12), &have, 0, now);
+    assert_eq!(fx.outbox.to_clients[&peer(12)].presences.len(), 1);
+}

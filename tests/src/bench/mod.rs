@@ -106,10 +106,12 @@ pub fn num_cpus() -> usize {
 /// shows that every benchmark still runs, and its figures say so.
 pub const RELEASE: bool = !cfg!(debug_assertions);
 
-/// A proxy built as this bench is, in front of `kubo` alone.
+/// A proxy built as this bench is, in front of `kubo` alone. Without the block cache:
+/// the figures are the cost of proxying, every block from kubo, whatever ran before.
 pub fn one_backend(kubo: &KuboNode) -> ProxyOptions {
     ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],
+        args: vec!["--block-cache-bytes".into(), "0".into()],
         release: RELEASE,
         ..Default::default()
     }
