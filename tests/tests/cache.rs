@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use kitsune_e2e::bitswap_client::BitswapClient;
 use kitsune_e2e::{
     KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir,
     write_random_file,
@@ -110,36 +109,4 @@ async fn a_scan_of_distinct_blocks_keeps_the_cache_within_its_bound() {
         backend_blocks(&p).await >= 49.0,
         "the 48 leaves and the root came from the backends"
     );
-}
-
-/// A client wanting a whole cached file at once is not cut off as slow: the cache
-/// answers what fits in half its buffer (`--max-client-buffer-bytes`) and the backends
-/// pace the rest. Before, the cache queued all of it at once, over the buffer, and
-/// the proxy disconnected the client (`rejected{reason="slow_client"}`).
-#[tokio::test]
-async fn a_whole_cached_file_wanted_at_once_fits_the_clients_buffer() {
-    let dir = scratch_dir("cache-room").unwrap();
-    let file = write_random_file(dir.path(), "f.bin", 16 * MIB, 62).unwrap();
-    let kubo = KuboNode::start(KuboOptions {
-        add: vec![file],
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
-    let p = proxy(&[&kubo], &["--max-client-buffer-bytes", "8388608"]).await;
-    let cids = kubo.dag_cids(&kubo.added["f.bin"]).await.unwrap();
-    let addr: libp2p::Multiaddr = p.tcp_addr.parse().unwrap();
-    for round in ["from the backend", "from the cache"] {
-        let mut c = BitswapClient::connect(&addr).await.unwrap();
-        let (blocks, _) = c
-            .fetch(&cids, 256, T)
-            .await
-            .unwrap_or_else(|e| panic!("{round}: {e}\n{}", p.proc.log_tail(20)));
-        assert_eq!(blocks.len(), cids.len(), "{round}");
-    }
-    assert_eq!(
-        metric(&p, "kitsune_rejected_total{reason=\"slow_client\"}").await,
-        0.0
-    );
-    assert!(metric(&p, "kitsune_block_cache_hits_total").await >= 16.0);
 }

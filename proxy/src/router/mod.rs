@@ -15,148 +15,28 @@
 //! client's wants would starve a Helia client's. So the proxy numbers wants itself,
 //! oldest first, and a client's priorities only order the wants within one message.
 
+mod answers;
 pub mod balancer;
+mod config;
 mod dispatch;
 mod outbox;
 mod shares;
 mod shedding;
+mod state;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cid::Cid;
 use libp2p::PeerId;
 
 use crate::bitswap::{Block, Message, PresenceKind, WantEntry, WantKind};
 pub use balancer::Policy;
+pub use config::{BUSY_GRACE, Config, Stats};
 pub use outbox::Outbox;
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub policy: Policy,
-    /// Wants one client may hold; more are refused (DONT_HAVE where asked).
-    pub max_wants_per_client: usize,
-    /// Wants outstanding at one backend. kubo queues at most 1024 wants per peer and
-    /// sees the proxy as one peer, so more would be silently dropped there.
-    pub max_inflight_per_backend: usize,
-    /// Wants waiting for a backend with room, across all backends.
-    pub max_queued_wants: usize,
-    /// How long a backend may take to answer before the want moves on. A backend that
-    /// answered anything within this time is busy, not hung: its wants get up to
-    /// [`BUSY_GRACE`] times this before they move.
-    pub want_timeout: Duration,
-    /// Wants all the clients of one address key may hold together (see `shares`).
-    pub max_wants_per_address: usize,
-    /// What an address key is (an IPv4 address, an IPv6 /64 by default).
-    pub address_key: crate::net::ip_limit::AddressKey,
-    /// Load shedding: a want that would wait longer than this in every backend's
-    /// queue (at its measured rate) is refused at once (see `shedding`). Zero: off.
-    pub shed_after: Duration,
-    /// New wants a second the clients of one address key may send; more wait (see
-    /// `routing::rate`). Zero: no limit.
-    pub wants_per_second_per_address: u32,
-}
-
-/// How many want timeouts a want may wait at a backend that keeps answering others.
-/// A deep queue at a slow but working backend is not a reason to give up on it (and
-/// with one backend, giving up means DONT_HAVE to the client). At each of those
-/// timeouts the want is sent again: a backend that dropped it (a CANCEL overtaking a
-/// later WANT across two streams, say) is reminded, one that holds it merges the copy.
-pub const BUSY_GRACE: u32 = 6;
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            policy: Policy::Rendezvous,
-            max_wants_per_client: 16 * 1024,
-            max_inflight_per_backend: 1000,
-            max_queued_wants: 256 * 1024,
-            want_timeout: Duration::from_secs(10),
-            max_wants_per_address: 64 * 1024,
-            address_key: crate::net::ip_limit::AddressKey::default(),
-            shed_after: Duration::ZERO,
-            wants_per_second_per_address: 0,
-        }
-    }
-}
-
-/// Counters the engine exports as metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stats {
-    pub blocks_delivered: u64,
-    pub haves_delivered: u64,
-    pub dont_haves_delivered: u64,
-    pub unsolicited_blocks: u64,
-    pub refused_wants: u64,
-    pub failovers: u64,
-    pub timeouts: u64,
-    /// Wants sent again to a busy backend that had not answered them in time.
-    pub refreshes: u64,
-    /// Wants a backend's stream failed to carry, moved on to the next backend.
-    pub undelivered_wants: u64,
-    /// Wants refused because the clients of their address key hold too many.
-    pub refused_address_wants: u64,
-    /// Wants refused because every backend's queue was too deep (load shedding).
-    pub shed_wants: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct ClientWant {
-    kind: WantKind,
-    send_dont_have: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Waiting for room at this backend (the first in its order).
-    Queued(PeerId),
-    /// Asked of this backend at this time, for this kind.
-    Sent {
-        backend: PeerId,
-        kind: WantKind,
-        at: Instant,
-    },
-    /// Every healthy backend said no (or none is up); parked until one joins or a
-    /// client asks again.
-    Exhausted,
-}
-
-#[derive(Debug)]
-struct Want {
-    /// Client → the kind it wants. A BTreeMap keeps fan-out order deterministic.
-    wanters: BTreeMap<PeerId, WantKind>,
-    state: State,
-    /// Backends that failed this want, in order.
-    tried: Vec<PeerId>,
-    /// The proxy's priority for it (see the module docs), kept across failovers.
-    priority: i32,
-}
-
-impl Want {
-    /// Block if any client wants the block; Have only if all want just HAVE.
-    fn kind(&self) -> WantKind {
-        if self.wanters.values().any(|k| *k == WantKind::Block) {
-            WantKind::Block
-        } else {
-            WantKind::Have
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Backend {
-    inflight: std::collections::HashSet<Cid>,
-    /// When it last answered anything (a block or a presence).
-    last_answer: Option<Instant>,
-    /// CIDs waiting for room here; entries may be stale (checked on pop).
-    queue: VecDeque<Cid>,
-    /// The live entries of `queue`.
-    queued: usize,
-    /// Its answer rate while saturated, for load shedding.
-    meter: shedding::Meter,
-}
+use state::{Backend, ClientWant, State, Want};
 
 pub struct Router {
     cfg: Config,
@@ -641,90 +521,6 @@ impl Router {
             }
             if roomy(b.inflight.capacity(), b.inflight.len()) {
                 b.inflight.shrink_to(2 * b.inflight.len());
-            }
-        }
-    }
-
-    /// Delivers a block from backend `from` (`None`: from preload's reverse path).
-    fn deliver(&mut self, from: Option<PeerId>, block: &Block, now: Instant) {
-        let Some(want) = self.wants.remove(&block.cid) else {
-            self.stats.unsolicited_blocks += 1;
-            return;
-        };
-        if let State::Sent { at, .. } = want.state
-            && from.is_some()
-        {
-            self.out.rtts.push(now.saturating_duration_since(at));
-        }
-        // Cancel wherever it is still pending, unless that is the sender (who has
-        // served it and dropped it from its ledger).
-        let cancel = !matches!(want.state, State::Sent { backend, .. } if Some(backend) == from);
-        self.release(block.cid, want.state, cancel, now);
-        for (client, kind) in want.wanters {
-            if let Some(w) = self.clients.get_mut(&client) {
-                if w.remove(&block.cid).is_some() {
-                    self.shares.removed(&client, 1);
-                }
-                if w.is_empty() {
-                    self.clients.remove(&client);
-                }
-            }
-            match kind {
-                WantKind::Block => {
-                    self.stats.blocks_delivered += 1;
-                    self.out.block_to_client(client, block.clone());
-                }
-                WantKind::Have => self.tell_client(client, block.cid, PresenceKind::Have),
-            }
-        }
-    }
-
-    /// Wants never delivered to `backend`: each still pending there moves on, as
-    /// after a DONT_HAVE (counted as an undelivered failover).
-    pub fn backend_undelivered(&mut self, backend: PeerId, cids: &[Cid], now: Instant) {
-        for cid in cids {
-            let pending_there = self
-                .wants
-                .get(cid)
-                .is_some_and(|w| matches!(w.state, State::Sent { backend: b, .. } if b == backend));
-            if pending_there {
-                self.stats.undelivered_wants += 1;
-                self.presence(backend, *cid, PresenceKind::DontHave, now);
-            }
-        }
-    }
-
-    fn presence(&mut self, from: PeerId, cid: Cid, kind: PresenceKind, now: Instant) {
-        let Some(want) = self.wants.get_mut(&cid) else {
-            return;
-        };
-        let State::Sent { backend, .. } = want.state else {
-            return;
-        };
-        if backend != from {
-            return; // a stale answer from a backend we already moved away from
-        }
-        match kind {
-            PresenceKind::Have => {
-                // HAVE answers the clients that asked only HAVE; block wanters wait on.
-                let have_only: Vec<PeerId> = want
-                    .wanters
-                    .iter()
-                    .filter(|(_, k)| **k == WantKind::Have)
-                    .map(|(c, _)| *c)
-                    .collect();
-                for client in have_only {
-                    self.tell_client(client, cid, PresenceKind::Have);
-                    self.remove_want(client, cid, now);
-                }
-            }
-            PresenceKind::DontHave => {
-                want.tried.push(from);
-                self.stats.failovers += 1;
-                let state = want.state;
-                want.state = State::Exhausted;
-                self.release(cid, state, true, now);
-                self.dispatch(cid, now);
             }
         }
     }
