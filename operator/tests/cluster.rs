@@ -108,6 +108,19 @@ async fn pool_size(metrics: std::net::SocketAddr, n: u32) -> Result<(), String> 
     }
 }
 
+/// Applies the test's EndpointSlice with these endpoints (server-side apply).
+async fn apply_slice(
+    slices: &Api<EndpointSlice>,
+    ssa: &PatchParams,
+    ns: &str,
+    ready: &[(&str, &str, bool, bool)],
+) {
+    slices
+        .patch("kubo-manual", ssa, &Patch::Apply(slice(ns, ready)))
+        .await
+        .unwrap();
+}
+
 fn slice(ns: &str, ready: &[(&str, &str, bool, bool)]) -> EndpointSlice {
     EndpointSlice {
         metadata: ObjectMeta {
@@ -273,21 +286,17 @@ async fn operator_against_a_real_cluster() {
     }
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let ips = fake_backend_ips();
-    slices
-        .patch(
-            "kubo-manual",
-            &ssa,
-            &Patch::Apply(slice(
-                &ns,
-                &[
-                    (ips[0].as_str(), "kubo-0", true, false),
-                    (ips[1].as_str(), "kubo-1", true, false),
-                    (ips[2].as_str(), "kubo-2", false, false),
-                ],
-            )),
-        )
-        .await
-        .unwrap();
+    apply_slice(
+        &slices,
+        &ssa,
+        &ns,
+        &[
+            (ips[0].as_str(), "kubo-0", true, false),
+            (ips[1].as_str(), "kubo-1", true, false),
+            (ips[2].as_str(), "kubo-2", false, false),
+        ],
+    )
+    .await;
 
     // 3. The KitsuneProxy, and one whose Secret is missing.
     let kps: Api<KitsuneProxy> = Api::namespaced(client.clone(), &ns);
@@ -447,20 +456,16 @@ async fn operator_against_a_real_cluster() {
 
     // 7. A backend starts terminating: the count follows, and the proxy's pool too.
     let changed = Instant::now();
-    slices
-        .patch(
-            "kubo-manual",
-            &ssa,
-            &Patch::Apply(slice(
-                &ns,
-                &[
-                    (ips[0].as_str(), "kubo-0", true, false),
-                    (ips[1].as_str(), "kubo-1", true, true),
-                ],
-            )),
-        )
-        .await
-        .unwrap();
+    apply_slice(
+        &slices,
+        &ssa,
+        &ns,
+        &[
+            (ips[0].as_str(), "kubo-0", true, false),
+            (ips[1].as_str(), "kubo-1", true, true),
+        ],
+    )
+    .await;
     eventually("one ready backend", || {
         let kps = kps.clone();
         async move {

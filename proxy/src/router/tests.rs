@@ -458,24 +458,30 @@ fn timeouts_move_wants_on_and_late_blocks_still_count_once() {
     assert_eq!(r.stats().timeouts, 1);
 }
 
+/// One backend, and one client wanting blocks `n` and `n + 1` of it at the start.
+fn one_backend_two_wants(n: u32) -> (Router, Instant, PeerId, PeerId, Block, Block) {
+    let t = Instant::now();
+    let backend = PeerId::random();
+    let mut r = router(&[backend], t);
+    let c = PeerId::random();
+    let (a, b) = (block(n), block(n + 1));
+    r.client_message(
+        c,
+        &wants(vec![
+            want(&a, WantKind::Block, true),
+            want(&b, WantKind::Block, true),
+        ]),
+        t,
+    );
+    (r, t, backend, c, a, b)
+}
+
 /// A backend that keeps answering other wants is busy, not hung: a want waiting in its
 /// queue stays for up to BUSY_GRACE timeouts, then moves like any other.
 #[test]
 fn a_busy_backend_keeps_its_wants_longer_than_a_silent_one() {
-    let t = Instant::now();
+    let (mut r, t, backend, c, slow, other) = one_backend_two_wants(30);
     let s = |n: u64| t + Duration::from_secs(n);
-    let backend = PeerId::random();
-    let mut r = router(&[backend], t);
-    let c = PeerId::random();
-    let (slow, other) = (block(30), block(31));
-    r.client_message(
-        c,
-        &wants(vec![
-            want(&slow, WantKind::Block, true),
-            want(&other, WantKind::Block, true),
-        ]),
-        t,
-    );
     r.take_outbox();
     // It answers one want at 9 s: busy. At 11 s the other want is past its timeout
     // but stays, and keeps staying while answers come.
@@ -544,20 +550,8 @@ fn a_busy_backend_keeps_its_wants_longer_than_a_silent_one() {
 /// the block it then sends reaches the client once: no DONT_HAVE.
 #[test]
 fn a_want_a_busy_backend_dropped_is_asked_again_and_served() {
-    let t = Instant::now();
+    let (mut r, t, backend, c, lost, other) = one_backend_two_wants(40);
     let s = |n: u64| t + Duration::from_secs(n);
-    let backend = PeerId::random();
-    let mut r = router(&[backend], t);
-    let c = PeerId::random();
-    let (lost, other) = (block(40), block(41));
-    r.client_message(
-        c,
-        &wants(vec![
-            want(&lost, WantKind::Block, true),
-            want(&other, WantKind::Block, true),
-        ]),
-        t,
-    );
     let first = r.take_outbox().to_backends[&backend].wants.clone();
     let priority = first.iter().find(|w| w.cid == lost.cid).unwrap().priority;
     r.backend_message(backend, &blocks(std::slice::from_ref(&other)), s(8));
