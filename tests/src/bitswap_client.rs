@@ -89,16 +89,7 @@ impl BitswapClient {
                 .build(),
             Some(source) => SwarmBuilder::with_new_identity()
                 .with_tokio()
-                .with_other_transport(|key| {
-                    use libp2p::core::Transport as _;
-                    let noise = noise::Config::new(key)
-                        .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-                    Ok(TcpFrom(source)
-                        .upgrade(libp2p::core::upgrade::Version::V1)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(Duration::from_secs(20)))
-                })?
+                .with_other_transport(|key| tcp_from_transport(key, source))?
                 .with_behaviour(behaviour)?
                 .with_swarm_config(idle)
                 .build(),
@@ -450,16 +441,7 @@ impl Peer {
     pub fn dial_from(addr: &Multiaddr, source: std::net::IpAddr) -> anyhow::Result<Self> {
         let mut swarm = SwarmBuilder::with_new_identity()
             .with_tokio()
-            .with_other_transport(|key| {
-                use libp2p::core::Transport as _;
-                let noise = noise::Config::new(key)
-                    .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
-                Ok(TcpFrom(source)
-                    .upgrade(libp2p::core::upgrade::Version::V1)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(20)))
-            })?
+            .with_other_transport(|key| tcp_from_transport(key, source))?
             .with_behaviour(|key| PeerBehaviour {
                 identify: identify::Behaviour::new(identify::Config::new(
                     "ipfs/0.1.0".into(),
@@ -542,4 +524,24 @@ pub async fn ended_by_peer(stream: &mut Stream, timeout: Duration) -> bool {
             Ok(Ok(_)) => {}
         }
     }
+}
+
+/// TCP from `source` (another loopback address: a client of another address key),
+/// noise and yamux.
+fn tcp_from_transport(
+    key: &libp2p::identity::Keypair,
+    source: std::net::IpAddr,
+) -> Result<
+    libp2p::core::transport::Boxed<(PeerId, libp2p::core::muxing::StreamMuxerBox)>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    use libp2p::core::Transport as _;
+    let noise = noise::Config::new(key)?;
+    Ok(TcpFrom(source)
+        .upgrade(libp2p::core::upgrade::Version::V1)
+        .authenticate(noise)
+        .multiplex(yamux::Config::default())
+        .timeout(Duration::from_secs(20))
+        .map(|(peer, muxer), _| (peer, libp2p::core::muxing::StreamMuxerBox::new(muxer)))
+        .boxed())
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use serde::Deserialize;
 
-use crate::process::{ChildProcess, ResultLine, read_reported};
+use crate::process::run_client;
 use crate::util::{node_command, scratch_dir};
 
 /// What to fetch.
@@ -127,18 +127,9 @@ pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<Fe
         cmd.env("NODE_EXTRA_CA_CERTS", ca);
     }
     let t0 = Instant::now();
-    let mut proc = ChildProcess::spawn("helia", cmd, dir.path())?;
-    // Node start-up (module loading) takes ~2 s, far more on a busy 2-core machine
-    let r: ResultLine<Connection> = proc
-        .result_line(opts.timeout + Duration::from_secs(90), 30)
-        .await?;
+    let (r, bytes, log) =
+        run_client::<Connection>("helia", cmd, dir.path(), &out, opts.timeout).await?;
     let wall = t0.elapsed();
-    let log = proc.log_tail(30);
-    let bytes = if r.ok {
-        read_reported(&out, r.bytes, &log)?
-    } else {
-        Vec::new()
-    };
     Ok(FetchResult {
         ok: r.ok,
         error: r.error,
@@ -238,16 +229,8 @@ pub async fn helia_http_run_pooled(
     if let Some(ca) = extra_ca {
         cmd.env("NODE_EXTRA_CA_CERTS", ca);
     }
-    let mut proc = ChildProcess::spawn("helia-http", cmd, dir.path())?;
-    let r: ResultLine<HttpOwn> = proc
-        .result_line(timeout + Duration::from_secs(90), 30)
-        .await?;
-    let log = proc.log_tail(30);
-    let bytes = if r.ok {
-        read_reported(&out, r.bytes, &log)?
-    } else {
-        Vec::new()
-    };
+    let (r, bytes, log) =
+        run_client::<HttpOwn>("helia-http", cmd, dir.path(), &out, timeout).await?;
     Ok(HttpFetchResult {
         ok: r.ok,
         error: r.error,

@@ -216,6 +216,30 @@ pub(crate) struct ResultLine<T> {
     pub own: T,
 }
 
+/// Runs a Node client in `dir` to its `RESULT` line: that line, the bytes it wrote to
+/// `out` when it succeeded (checked against the length it reported), and its log tail.
+/// `timeout` is the client's own budget; its start-up gets 90 s more (module loading
+/// takes ~2 s, far more on a busy 2-core machine).
+pub(crate) async fn run_client<T: DeserializeOwned>(
+    name: &str,
+    cmd: Command,
+    dir: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(ResultLine<T>, Vec<u8>, String)> {
+    let mut proc = ChildProcess::spawn(name, cmd, dir)?;
+    let r: ResultLine<T> = proc
+        .result_line(timeout + Duration::from_secs(90), 30)
+        .await?;
+    let log = proc.log_tail(30);
+    let bytes = if r.ok {
+        read_reported(out, r.bytes, &log)?
+    } else {
+        Vec::new()
+    };
+    Ok((r, bytes, log))
+}
+
 /// The file a Node client wrote its fetched bytes to, checked against the length it reported
 /// in its `RESULT` line. `log` goes into the errors.
 pub(crate) fn read_reported(out: &Path, reported: Option<u64>, log: &str) -> Result<Vec<u8>> {
