@@ -40,8 +40,15 @@ async fn world(scheme: &str, file_len: usize, args: &[&str]) -> World {
     let has = KuboNode::with_files(&[file]).await;
     let lacks = KuboNode::with_files(&[]).await;
     let port = free_port();
+    // Both ways to the shared port: with preload (`-p`) over http, without it
+    // (`--http-port`) over https.
+    let shared = if scheme == "https" {
+        "--http-port"
+    } else {
+        "-p"
+    };
     let mut extra: Vec<String> = vec![
-        "-p".into(),
+        shared.into(),
         port.to_string(),
         "--preload-bind".into(),
         "127.0.0.1".into(),
