@@ -197,13 +197,15 @@ pub struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    pub fn config(&self) -> crate::gateway::Config {
+    /// The gateway's configuration, its clients grouped by `address_key`.
+    pub fn config(&self, address_key: crate::net::ip_limit::AddressKey) -> crate::gateway::Config {
         crate::gateway::Config {
             max_concurrent: self.max_concurrent as usize,
             max_per_client: self.max_per_client as usize,
             timeout: self.timeout,
             max_car_blocks: self.max_car_blocks,
             max_car_bytes: self.max_car_bytes,
+            address_key,
         }
     }
 }
@@ -702,7 +704,7 @@ mod gateway_tests {
         ])
         .unwrap();
         assert!(cli.gateway.enabled);
-        let c = cli.gateway.config();
+        let c = cli.gateway.config(cli.limits.address_key());
         assert_eq!((c.max_per_client, c.timeout.as_secs()), (4, 30));
         assert_eq!(c.max_concurrent, 256);
         assert!(Cli::try_parse_from(["kitsune-proxy", "--gateway-max-per-client", "0"]).is_err());

@@ -94,10 +94,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .listen_on(addr.clone())
             .with_context(|| format!("listening on {addr}"))?;
     }
-    let mut gateway = cli
-        .gateway
-        .enabled
-        .then(|| gateway::Gateway::new(cli.gateway.config(), &mut registry));
+    let mut gateway = cli.gateway.enabled.then(|| {
+        gateway::Gateway::new(cli.gateway.config(cli.limits.address_key()), &mut registry)
+    });
     // Announced addresses replace the listen addresses in identify and on stdout.
     for addr in &cli.announce {
         swarm.add_external_address(addr.clone());
@@ -295,6 +294,7 @@ fn preload_setup(
             .context("building the preload HTTP client")?,
         permits: Arc::new(tokio::sync::Semaphore::new(cli.preload.max_concurrent)),
         per_address: quota::KeyedQuota::new(cli.preload.max_concurrent_per_address),
+        address_key: cli.limits.address_key(),
         trusted: Arc::new(cli.preload.trusted_proxies.clone()),
         timeout: cli.preload.timeout,
         metrics: metrics.clone(),

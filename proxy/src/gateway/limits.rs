@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::preload::IpKey;
+use ipnet::IpNet;
+
+use crate::net::ip_limit::AddressKey;
 
 /// Requests one client may have waiting, per slot of its bound.
 pub const WAITING_PER_SLOT: usize = 4;
@@ -24,10 +26,12 @@ pub const WAITING_PER_SLOT: usize = 4;
 pub struct Slots {
     total: Arc<Semaphore>,
     per_client: usize,
+    /// What one client is: an address key (`--ipv4-prefix-len`, `--ipv6-prefix-len`).
+    keying: AddressKey,
     /// Per client holding or waiting for a slot; an entry exists only while it does,
     /// and a client waits only once it holds all its slots, so the map never
     /// outgrows the total.
-    clients: Mutex<HashMap<IpKey, Client>>,
+    clients: Mutex<HashMap<IpNet, Client>>,
 }
 
 #[derive(Default)]
@@ -42,14 +46,14 @@ struct Client {
 pub struct Slot {
     _total: OwnedSemaphorePermit,
     slots: Arc<Slots>,
-    key: IpKey,
+    key: IpNet,
 }
 
 /// A request counted among its client's waiting ones; uncounted on drop (also when
 /// the request is dropped while it waits), and an idle entry removed.
 struct Waiter {
     slots: Arc<Slots>,
-    key: IpKey,
+    key: IpNet,
     counted: bool,
 }
 
@@ -69,9 +73,15 @@ impl Drop for Waiter {
 
 impl Slots {
     pub fn new(total: usize, per_client: usize) -> Arc<Self> {
+        Self::keyed(total, per_client, AddressKey::default())
+    }
+
+    /// [`Slots::new`] with clients grouped by `keying`.
+    pub fn keyed(total: usize, per_client: usize, keying: AddressKey) -> Arc<Self> {
         Arc::new(Self {
             total: Arc::new(Semaphore::new(total)),
             per_client,
+            keying,
             clients: Mutex::new(HashMap::new()),
         })
     }
@@ -80,7 +90,7 @@ impl Slots {
     /// frees before `deadline`. None when the total bound is reached, the client's
     /// wait list is full, or the deadline passes.
     pub async fn take(self: &Arc<Self>, ip: IpAddr, deadline: Instant) -> Option<Slot> {
-        let key = IpKey::of(ip);
+        let key = self.keying.of(ip);
         let mut waiter = Waiter {
             slots: self.clone(),
             key,
@@ -127,7 +137,7 @@ impl Slots {
     /// A slot for a request from `ip` now, or none when either bound is reached.
     pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
         let total = self.total.clone().try_acquire_owned().ok()?;
-        let key = IpKey::of(ip);
+        let key = self.keying.of(ip);
         let mut clients = self.clients.lock().expect("not poisoned");
         let c = clients.entry(key).or_default();
         if c.held >= self.per_client {
@@ -219,7 +229,7 @@ mod tests {
         }
         let wait_list_full = || {
             let c = slots.clients.lock().unwrap();
-            c.get(&IpKey::of(a)).map(|c| c.waiting)
+            c.get(&AddressKey::default().of(a)).map(|c| c.waiting)
         };
         while wait_list_full() != Some(2 * WAITING_PER_SLOT) {
             tokio::task::yield_now().await;
@@ -250,12 +260,15 @@ mod tests {
         // A waiting request whose client went away is no longer counted.
         let s = slots.clone();
         let w = tokio::spawn(async move { s.take(a, later()).await.map(|_| ()) });
-        while slots.clients.lock().unwrap()[&IpKey::of(a)].waiting != 1 {
+        while slots.clients.lock().unwrap()[&AddressKey::default().of(a)].waiting != 1 {
             tokio::task::yield_now().await;
         }
         w.abort();
         let _ = w.await;
-        assert_eq!(slots.clients.lock().unwrap()[&IpKey::of(a)].waiting, 0);
+        assert_eq!(
+            slots.clients.lock().unwrap()[&AddressKey::default().of(a)].waiting,
+            0
+        );
         drop(held);
         assert_eq!(slots.clients(), 0);
     }

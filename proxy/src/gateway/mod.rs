@@ -37,6 +37,8 @@ pub struct Config {
     pub timeout: Duration,
     pub max_car_blocks: usize,
     pub max_car_bytes: u64,
+    /// What one client is, for `max_per_client`.
+    pub address_key: crate::net::ip_limit::AddressKey,
 }
 
 /// Everything a gateway request needs.
@@ -103,7 +105,11 @@ impl Gateway {
         };
         router(GatewayState {
             fetcher: self.fetcher.clone(),
-            slots: limits::Slots::new(self.cfg.max_concurrent, self.cfg.max_per_client),
+            slots: limits::Slots::keyed(
+                self.cfg.max_concurrent,
+                self.cfg.max_per_client,
+                self.cfg.address_key,
+            ),
             cfg: self.cfg.clone(),
             trusted,
             metrics: self.metrics.clone(),

@@ -57,8 +57,10 @@ pub struct RefsState {
     pub http: reqwest::Client,
     /// Refs calls in flight; past it, 429.
     pub permits: Arc<Semaphore>,
-    /// Refs calls in flight per address key; past it, 429.
-    pub per_address: Arc<crate::quota::KeyedQuota<super::IpKey>>,
+    /// Refs calls in flight per address key (`--ipv4-prefix-len`, `--ipv6-prefix-len`);
+    /// past it, 429.
+    pub per_address: Arc<crate::quota::KeyedQuota<ipnet::IpNet>>,
+    pub address_key: crate::net::ip_limit::AddressKey,
     pub trusted: Arc<Vec<Cidr>>,
     /// The whole budget of one call at the backend, body included.
     pub timeout: Duration,
@@ -212,7 +214,7 @@ async fn refs(
             .filter_map(|v| v.to_str().ok()),
         &s.trusted,
     );
-    let Some(address_permit) = s.per_address.try_acquire(super::IpKey::of(client)) else {
+    let Some(address_permit) = s.per_address.try_acquire(s.address_key.of(client)) else {
         outcome("too_many_per_address");
         return too_many();
     };
@@ -380,7 +382,7 @@ struct Guard {
     metrics: Metrics,
     outcome: &'static str,
     _permit: OwnedSemaphorePermit,
-    _address_permit: crate::quota::Permit<super::IpKey>,
+    _address_permit: crate::quota::Permit<ipnet::IpNet>,
 }
 
 impl Guard {
