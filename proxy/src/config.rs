@@ -108,6 +108,12 @@ pub struct Cli {
     #[arg(long, env = "KITSUNE_BALANCE", value_enum, default_value_t = Balance::Rendezvous)]
     pub balance: Balance,
 
+    /// Fair queueing among clients when the backends are the bottleneck: clients are
+    /// served in turn by bytes, so a client with thousands of wants cannot starve one
+    /// with ten. false: oldest want first, whoever asked.
+    #[arg(long, env = "KITSUNE_FAIR_SCHEDULING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub fair_scheduling: bool,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "KITSUNE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -480,6 +486,7 @@ impl Cli {
     pub fn router_config(&self) -> crate::router::Config {
         crate::router::Config {
             policy: self.balance.into(),
+            fair_scheduling: self.fair_scheduling,
             max_wants_per_client: self.limits.max_wants_per_client,
             max_inflight_per_backend: self.limits.max_inflight_per_backend,
             max_queued_wants: self.limits.max_queued_wants,

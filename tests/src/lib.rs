@@ -28,6 +28,7 @@ mod ports;
 pub mod preload;
 mod process;
 mod proxy;
+pub mod relay;
 mod rpc;
 mod swarm;
 mod util;

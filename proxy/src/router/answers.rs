@@ -22,6 +22,7 @@ impl Router {
             && from.is_some()
         {
             self.out.rtts.push(now.saturating_duration_since(at));
+            self.fair.answered(want.tag);
         }
         // Cancel wherever it is still pending, unless that is the sender (who has
         // served it and dropped it from its ledger).
@@ -39,6 +40,7 @@ impl Router {
             match kind {
                 WantKind::Block => {
                     self.stats.blocks_delivered += 1;
+                    self.fair.delivered(&client, block.data.len());
                     self.out.block_to_client(client, block.clone());
                 }
                 WantKind::Have => self.tell_client(client, block.cid, PresenceKind::Have),
@@ -71,6 +73,7 @@ impl Router {
         if backend != from {
             return; // a stale answer from a backend we already moved away from
         }
+        self.fair.answered(want.tag);
         match kind {
             PresenceKind::Have => {
                 // HAVE answers the clients that asked only HAVE; block wanters wait on.

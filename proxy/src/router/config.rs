@@ -28,6 +28,8 @@ pub struct Config {
     /// New wants a second the clients of one address key may send; more wait (see
     /// `routing::rate`). Zero: no limit.
     pub wants_per_second_per_address: u32,
+    /// Fair queueing among clients, by bytes (see `fair`); off: oldest want first.
+    pub fair_scheduling: bool,
 }
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
@@ -49,6 +51,7 @@ impl Default for Config {
             address_key: crate::net::ip_limit::AddressKey::default(),
             shed_after: Duration::ZERO,
             wants_per_second_per_address: 0,
+            fair_scheduling: true,
         }
     }
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 use cid::Cid;
 use libp2p::PeerId;
 
-use super::{Backend, Config, Router, State, balancer, shedding};
+use std::cmp::Reverse;
+
+use super::{Backend, Config, Router, State, balancer, fair, shedding};
 use crate::bitswap::PresenceKind;
 use balancer::Policy;
 
@@ -31,9 +33,10 @@ impl Router {
         let first = choose_backend(&self.cfg, &self.backends, &order);
         self.turn = self.turn.wrapping_add(1);
         let want = self.wants.get_mut(&cid).expect("checked above");
+        let tag = want.tag;
         let backend = self.backends.get_mut(&first).expect("ranked from backends");
         if backend.inflight.len() < self.cfg.max_inflight_per_backend {
-            let (kind, priority) = (want.kind(), want.priority);
+            let (kind, priority) = (want.kind(), fair::priority(tag));
             backend.inflight.insert(cid);
             want.state = State::Sent {
                 backend: first,
@@ -50,7 +53,7 @@ impl Router {
                 return;
             };
             let backend = self.backends.get_mut(&at).expect("ranked from backends");
-            backend.queue.push_back(cid);
+            backend.queue.push(Reverse((tag, cid)));
             backend.queued += 1;
             backend.meter.saturated(now);
             self.wants.get_mut(&cid).expect("checked above").state = State::Queued(at);
@@ -132,7 +135,7 @@ impl Router {
         if let Some(b) = self.backends.get_mut(&backend)
             && b.queue.len() > 2 * self.queued + 64
         {
-            b.queue.retain(|c| {
+            b.queue.retain(|Reverse((_, c))| {
                 wants
                     .get(c)
                     .is_some_and(|w| w.state == State::Queued(backend))
@@ -166,7 +169,7 @@ impl Router {
             if b.inflight.len() >= self.cfg.max_inflight_per_backend {
                 return;
             }
-            let Some(cid) = b.queue.pop_front() else {
+            let Some(Reverse((_, cid))) = b.queue.pop() else {
                 return;
             };
             let Some(want) = self.wants.get_mut(&cid) else {

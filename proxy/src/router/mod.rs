@@ -12,13 +12,15 @@
 //! Priorities. Every client numbers its wants in its own space (kubo counts down from
 //! i32::MAX per connection, Helia and js-ipfs send 1), and the backend sees the proxy
 //! as one peer serving the highest priority first; forwarded as they are, a new kubo
-//! client's wants would starve a Helia client's. So the proxy numbers wants itself,
-//! oldest first, and a client's priorities only order the wants within one message.
+//! client's wants would starve a Helia client's. So the proxy orders wants itself, by
+//! fair queueing among clients (see `fair`; or oldest first when that is turned off),
+//! and a client's priorities only order the wants within one message.
 
 mod answers;
 pub mod balancer;
 mod config;
 mod dispatch;
+mod fair;
 mod outbox;
 mod shares;
 mod shedding;
@@ -26,6 +28,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
@@ -48,8 +51,8 @@ pub struct Router {
     /// Send order of wants, for timeouts; stale entries are skipped.
     deadlines: VecDeque<(Instant, Cid, PeerId)>,
     turn: u64,
-    /// The priority the next new want gets; counts down.
-    next_priority: i32,
+    /// The start tags of new wants: fair queueing among clients.
+    fair: fair::FairClock,
     out: Outbox,
     stats: Stats,
     shares: shares::AddressShares,
@@ -61,6 +64,7 @@ impl Router {
     pub fn new(cfg: Config) -> Self {
         Self {
             shares: shares::AddressShares::new(cfg.address_key, cfg.max_wants_per_address),
+            fair: fair::FairClock::new(cfg.fair_scheduling),
             cfg,
             clients: HashMap::new(),
             wants: HashMap::new(),
@@ -68,7 +72,6 @@ impl Router {
             queued: 0,
             deadlines: VecDeque::new(),
             turn: 0,
-            next_priority: i32::MAX,
             out: Outbox::default(),
             stats: Stats::default(),
             shed: Vec::new(),
@@ -161,49 +164,35 @@ impl Router {
                 self.remove_want(client, cid, now);
             }
         }
-        let priorities = self.number(&msg.wants);
-        for (entry, priority) in msg.wants.iter().zip(priorities) {
+        let tags = self.number(client, &msg.wants);
+        for (entry, tag) in msg.wants.iter().zip(tags) {
             if entry.cancel {
                 self.remove_want(client, entry.cid, now);
             } else {
-                self.add_want(client, entry, priority, now);
+                self.add_want(client, entry, tag, now);
             }
         }
     }
 
-    /// The proxy's priorities for a message's wants that are new to the proxy (0 for
-    /// the others, which keep theirs, and for cancels): below every want numbered
-    /// before, and among themselves in the client's order (highest first, then as
-    /// listed).
-    fn number(&mut self, entries: &[WantEntry]) -> Vec<i32> {
+    /// The start tags (see `fair`) of a message's wants that are new to the proxy
+    /// (`None` for the others, which keep theirs, and for cancels), taken in the
+    /// client's order: highest priority first, then as listed.
+    fn number(&mut self, client: PeerId, entries: &[WantEntry]) -> Vec<Option<u64>> {
         let mut rank: Vec<usize> = (0..entries.len())
             .filter(|&i| !entries[i].cancel && !self.wants.contains_key(&entries[i].cid))
             .collect();
         rank.sort_by_key(|&i| std::cmp::Reverse(entries[i].priority));
-        let first = self.reserve(rank.len());
-        let mut out = vec![0; entries.len()];
-        for (k, i) in rank.into_iter().enumerate() {
-            out[i] = first - k as i32;
+        let mut out = vec![None; entries.len()];
+        for i in rank {
+            out[i] = Some(self.fair.tag(client, entries[i].kind));
         }
         out
-    }
-
-    /// Reserves `n` priorities, counting down; returns the highest. Counting down
-    /// from i32::MAX lasts two billion new wants; then it starts over, and only the
-    /// wants in flight at that moment are out of order. Never below 1.
-    fn reserve(&mut self, n: usize) -> i32 {
-        let n = i32::try_from(n).unwrap_or(i32::MAX - 1);
-        if self.next_priority - 1 < n {
-            self.next_priority = i32::MAX;
-        }
-        let first = self.next_priority;
-        self.next_priority -= n;
-        first
     }
 
     /// The client is gone: its wants are cancelled (and cancelled at the backends
     /// where no one else wants them).
     pub fn client_disconnected(&mut self, client: PeerId, now: Instant) {
+        self.fair.forget(&client);
         if let Some(wants) = self.clients.remove(&client) {
             self.shares.removed(&client, wants.len());
             for cid in wants.into_keys() {
@@ -213,8 +202,8 @@ impl Router {
         self.shares.forget(&client);
     }
 
-    /// `priority` is the proxy's, used if this want is new to the proxy.
-    fn add_want(&mut self, client: PeerId, entry: &WantEntry, priority: i32, now: Instant) {
+    /// `tag` is the proxy's, used if this want is new to the proxy.
+    fn add_want(&mut self, client: PeerId, entry: &WantEntry, tag: Option<u64>, now: Instant) {
         let wants = self.clients.entry(client).or_default();
         let existing = wants.get(&entry.cid).copied();
         if existing.is_none() && wants.len() >= self.cfg.max_wants_per_client {
@@ -250,18 +239,14 @@ impl Router {
         match self.wants.get_mut(&entry.cid) {
             None => {
                 // Not numbered when the same message cancelled it first.
-                let priority = if priority > 0 {
-                    priority
-                } else {
-                    self.reserve(1)
-                };
+                let tag = tag.unwrap_or_else(|| self.fair.tag(client, kind));
                 self.wants.insert(
                     entry.cid,
                     Want {
                         wanters: BTreeMap::from([(client, kind)]),
                         state: State::Exhausted,
                         tried: Vec::new(),
-                        priority,
+                        tag,
                     },
                 );
                 self.dispatch(entry.cid, now);
@@ -280,7 +265,7 @@ impl Router {
                             kind: WantKind::Block,
                             at: now,
                         };
-                        let priority = want.priority;
+                        let priority = fair::priority(want.tag);
                         self.push_deadline(entry.cid, backend, now);
                         self.out.want(backend, entry.cid, WantKind::Block, priority);
                     }
@@ -349,7 +334,7 @@ impl Router {
             return;
         };
         let mut moved: Vec<Cid> = b.inflight.into_iter().collect();
-        moved.extend(b.queue);
+        moved.extend(b.queue.into_iter().map(|Reverse((_, cid))| cid));
         moved.sort();
         moved.dedup();
         for cid in moved {
@@ -478,7 +463,7 @@ impl Router {
                     if busy && at + timeout * BUSY_GRACE > now {
                         // Answering others: ask again and wait another round.
                         self.stats.refreshes += 1;
-                        self.out.want(backend, cid, kind, want.priority);
+                        self.out.want(backend, cid, kind, fair::priority(want.tag));
                         self.deadlines.push_back((now + timeout, cid, backend));
                         continue;
                     }

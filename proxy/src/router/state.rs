@@ -1,6 +1,7 @@
 //! The router's per-want and per-backend state.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
 
 use cid::Cid;
@@ -36,8 +37,8 @@ pub(super) struct Want {
     pub(super) state: State,
     /// Backends that failed this want, in order.
     pub(super) tried: Vec<PeerId>,
-    /// The proxy's priority for it (see the module docs), kept across failovers.
-    pub(super) priority: i32,
+    /// Its start tag in fair queueing (see `fair`), kept across failovers.
+    pub(super) tag: u64,
 }
 
 impl Want {
@@ -56,8 +57,9 @@ pub(super) struct Backend {
     pub(super) inflight: std::collections::HashSet<Cid>,
     /// When it last answered anything (a block or a presence).
     pub(super) last_answer: Option<Instant>,
-    /// CIDs waiting for room here; entries may be stale (checked on pop).
-    pub(super) queue: VecDeque<Cid>,
+    /// CIDs waiting for room here, lowest start tag first; entries may be stale
+    /// (checked on pop).
+    pub(super) queue: BinaryHeap<Reverse<(u64, Cid)>>,
     /// The live entries of `queue`.
     pub(super) queued: usize,
     /// Its answer rate while saturated, for load shedding.

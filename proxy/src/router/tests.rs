@@ -576,71 +576,65 @@ fn a_want_a_busy_backend_dropped_is_asked_again_and_served() {
 
 /// Clients' priorities live in their own spaces (kubo counts down from i32::MAX,
 /// Helia sends 1). The backend sees one peer, so the proxy numbers the wants itself:
-/// older wants first across clients, the client's order within one message, and a
-/// want keeps its number when it moves to another backend.
+/// a newcomer's want never goes behind another client's older one, the client's
+/// order holds within one message, and a want keeps its number when it moves to
+/// another backend. Oldest first across clients when fair scheduling is off.
 #[test]
-fn the_proxy_numbers_wants_oldest_first_whatever_the_clients_priorities() {
-    let t = Instant::now();
-    let bs = backends(2);
-    let mut r = router(&bs, t);
-    let (helia, kubo) = (PeerId::random(), PeerId::random());
-    let prio = |r: &mut Router| -> HashMap<Cid, i32> {
-        let out = r.take_outbox();
-        out.to_backends
-            .values()
-            .flat_map(|m| m.wants.iter())
-            .filter(|w| !w.cancel)
-            .map(|w| (w.cid, w.priority))
-            .collect()
-    };
-    let with = |b: &Block, p: i32| WantEntry {
-        priority: p,
-        ..want(b, WantKind::Block, true)
-    };
-    let (a, b, c, d, e) = (block(50), block(51), block(52), block(53), block(54));
-    r.client_message(helia, &wants(vec![with(&a, 1)]), t);
-    let pa = prio(&mut r)[&a.cid];
-    r.client_message(kubo, &wants(vec![with(&b, i32::MAX)]), t);
-    let pb = prio(&mut r)[&b.cid];
-    // One message: highest client priority first, ties in the order listed.
-    r.client_message(kubo, &wants(vec![with(&c, 3), with(&d, 9), with(&e, 3)]), t);
-    let p = prio(&mut r);
-    assert!(
-        pa > pb,
-        "the older Helia want goes ahead of the newer kubo one"
-    );
-    assert!(pb > p[&d.cid] && p[&d.cid] > p[&c.cid] && p[&c.cid] > p[&e.cid]);
-    assert!(p.values().all(|&v| v > 0));
+fn the_proxy_numbers_wants_itself_whatever_the_clients_priorities() {
+    for fair in [true, false] {
+        let t = Instant::now();
+        let bs = backends(2);
+        let cfg = Config {
+            fair_scheduling: fair,
+            ..Config::default()
+        };
+        let mut r = router_with(cfg, &bs, t);
+        let (helia, kubo) = (PeerId::random(), PeerId::random());
+        let prio = |r: &mut Router| -> HashMap<Cid, i32> {
+            let out = r.take_outbox();
+            out.to_backends
+                .values()
+                .flat_map(|m| m.wants.iter())
+                .filter(|w| !w.cancel)
+                .map(|w| (w.cid, w.priority))
+                .collect()
+        };
+        let with = |b: &Block, p: i32| WantEntry {
+            priority: p,
+            ..want(b, WantKind::Block, true)
+        };
+        let (a, b, c, d, e) = (block(50), block(51), block(52), block(53), block(54));
+        r.client_message(helia, &wants(vec![with(&a, 1)]), t);
+        let pa = prio(&mut r)[&a.cid];
+        r.client_message(kubo, &wants(vec![with(&b, i32::MAX)]), t);
+        let pb = prio(&mut r)[&b.cid];
+        // One message: highest client priority first, ties in the order listed.
+        r.client_message(kubo, &wants(vec![with(&c, 3), with(&d, 9), with(&e, 3)]), t);
+        let p = prio(&mut r);
+        if fair {
+            assert_eq!(pa, pb, "two clients' first wants start level");
+        } else {
+            assert!(
+                pa > pb,
+                "the older Helia want goes ahead of the newer kubo one"
+            );
+        }
+        assert!(pb > p[&d.cid] && p[&d.cid] > p[&c.cid] && p[&c.cid] > p[&e.cid]);
+        assert!(p.values().all(|&v| v > 0));
 
-    // DONT_HAVE from the first backend: the want moves with its number.
-    let first = order_for(&a, &bs)[0];
-    r.backend_message(first, &presence(&a, PresenceKind::DontHave), t);
-    let moved = r.take_outbox();
-    let next = order_for(&a, &bs)[1];
-    let w = &moved.to_backends[&next].wants;
-    assert_eq!((w[0].cid, w[0].priority), (a.cid, pa));
-}
-
-/// The count-down starts over before it would reach zero, and never hands out a
-/// number below 1.
-#[test]
-fn want_numbers_wrap_before_zero() {
-    let mut r = Router::new(Config::default());
-    r.next_priority = 3;
-    let entries: Vec<WantEntry> = (0..5)
-        .map(|i| want(&block(60 + i), WantKind::Block, true))
-        .collect();
-    let p = r.number(&entries);
-    assert_eq!(p, (0..5).map(|k| i32::MAX - k).collect::<Vec<_>>());
-    assert_eq!(r.next_priority, i32::MAX - 5);
-    let mut with_cancel = entries[..2].to_vec();
-    with_cancel.push(cancel(&block(60)));
-    assert_eq!(r.number(&with_cancel), vec![i32::MAX - 5, i32::MAX - 6, 0]);
+        // DONT_HAVE from the first backend: the want moves with its number.
+        let first = order_for(&a, &bs)[0];
+        r.backend_message(first, &presence(&a, PresenceKind::DontHave), t);
+        let moved = r.take_outbox();
+        let next = order_for(&a, &bs)[1];
+        let w = &moved.to_backends[&next].wants;
+        assert_eq!((w[0].cid, w[0].priority), (a.cid, pa));
+    }
 }
 
 /// Wants the proxy already holds keep their number (a full wantlist resent every
-/// few seconds does not use up numbers), and a want cancelled and wanted again in one
-/// message still gets one.
+/// few seconds charges its client nothing), and a want cancelled and wanted again in
+/// one message still gets one.
 #[test]
 fn only_new_wants_are_numbered() {
     let t = Instant::now();
@@ -650,31 +644,117 @@ fn only_new_wants_are_numbered() {
     let (x, y) = (block(70), block(71));
     r.client_message(c, &wants(vec![want(&x, WantKind::Block, true)]), t);
     r.take_outbox();
-    let before = r.next_priority;
-    assert_eq!(
-        r.number(&[
+    let numbered = r.number(
+        c,
+        &[
             want(&x, WantKind::Block, true),
-            want(&y, WantKind::Block, true)
-        ]),
-        vec![0, before]
+            want(&y, WantKind::Block, true),
+            cancel(&y),
+        ],
     );
-    r.next_priority = before;
+    assert!(numbered[0].is_none() && numbered[1].is_some() && numbered[2].is_none());
     r.client_message(
         c,
         &wants(vec![cancel(&x), want(&x, WantKind::Block, true)]),
         t,
     );
     let out = r.take_outbox();
-    let sent: Vec<(bool, i32)> = out.to_backends[&backend]
+    let sent: Vec<(bool, bool)> = out.to_backends[&backend]
         .wants
         .iter()
-        .map(|w| (w.cancel, w.priority))
+        .map(|w| (w.cancel, w.priority > 0))
         .collect();
-    assert_eq!(sent, vec![(true, 0), (false, before)]);
-    // Another client joining an existing want changes nothing at the backend.
+    assert_eq!(sent, vec![(true, false), (false, true)]);
+    // Another client joining an existing want changes nothing at the backend, and
+    // is not charged for it.
     r.client_message(d, &wants(vec![want(&x, WantKind::Block, true)]), t);
     assert!(r.take_outbox().is_empty());
-    assert_eq!(r.next_priority, before - 1);
+    assert_eq!(r.fair.lanes(), 1);
+}
+
+/// One backend with room for four wants; a client with a thousand wants, then one
+/// with ten. The backend serves the highest priority it holds first. Fair: the light
+/// client's ten go ahead of the heavy client's backlog, in the proxy's queue and in
+/// the priorities the backend sees. Off: they wait behind all of it.
+#[test]
+fn a_light_client_is_served_in_turn_beside_a_heavy_one() {
+    fn heavy_blocks_before_light_done(fair: bool) -> usize {
+        let t = Instant::now();
+        let backend = PeerId::random();
+        let cfg = Config {
+            max_inflight_per_backend: 4,
+            fair_scheduling: fair,
+            ..Config::default()
+        };
+        let mut r = router_with(cfg, &[backend], t);
+        let (heavy, light) = (PeerId::random(), PeerId::random());
+        let heavy_blocks: Vec<Block> = (0..1000).map(|i| block(10_000 + i)).collect();
+        let light_blocks: Vec<Block> = (0..10).map(|i| block(20_000 + i)).collect();
+        let all: HashMap<Cid, Block> = heavy_blocks
+            .iter()
+            .chain(&light_blocks)
+            .map(|b| (b.cid, b.clone()))
+            .collect();
+        let ask = |bs: &[Block]| wants(bs.iter().map(|b| want(b, WantKind::Block, true)).collect());
+        // What the backend holds: CID -> the priority it was asked with.
+        let mut at_backend: HashMap<Cid, i32> = HashMap::new();
+        let take = |r: &mut Router, at: &mut HashMap<Cid, i32>| -> Vec<(PeerId, Cid)> {
+            let out = r.take_outbox();
+            for w in out
+                .to_backends
+                .get(&backend)
+                .map_or(&[][..], |m| &m.wants[..])
+            {
+                if w.cancel {
+                    at.remove(&w.cid);
+                } else {
+                    at.insert(w.cid, w.priority);
+                }
+            }
+            out.to_clients
+                .iter()
+                .flat_map(|(c, m)| m.blocks.iter().map(|b| (*c, b.cid)))
+                .collect()
+        };
+        r.client_message(heavy, &ask(&heavy_blocks), t);
+        take(&mut r, &mut at_backend);
+        // The backend has served two of the heavy client's wants when the light one comes.
+        let mut heavy_served = 0;
+        for _ in 0..2 {
+            let next = *at_backend.iter().max_by_key(|(c, p)| (**p, **c)).unwrap().0;
+            at_backend.remove(&next);
+            r.backend_message(backend, &blocks(&[all[&next].clone()]), t);
+            heavy_served += take(&mut r, &mut at_backend).len();
+        }
+        r.client_message(light, &ask(&light_blocks), t);
+        take(&mut r, &mut at_backend);
+        let mut light_served = 0;
+        let mut heavy_before = 0;
+        while light_served < light_blocks.len() {
+            let next = *at_backend.iter().max_by_key(|(c, p)| (**p, **c)).unwrap().0;
+            at_backend.remove(&next);
+            r.backend_message(backend, &blocks(&[all[&next].clone()]), t);
+            for (client, _) in take(&mut r, &mut at_backend) {
+                if client == light {
+                    light_served += 1;
+                } else {
+                    heavy_before += 1;
+                }
+            }
+        }
+        assert_eq!(heavy_served, 2);
+        heavy_before
+    }
+    let fair = heavy_blocks_before_light_done(true);
+    assert!(
+        fair <= 10 + 4,
+        "{fair} heavy blocks served before the light client's ten"
+    );
+    let fifo = heavy_blocks_before_light_done(false);
+    assert!(
+        fifo >= 990,
+        "oldest first: {fifo} heavy blocks before the light client's ten"
+    );
 }
 
 #[test]

@@ -6,16 +6,13 @@
 //! 127.0.0.1, so the proxy dials kubo's swarm port on the relay's host, as it would a
 //! pod IP. What is measured is the proxy spreading load, not kubo's own speed.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use cid::Cid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::Section;
 use crate::bitswap_client::BitswapClient;
+use crate::relay::paced_relay;
 use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes};
 
 pub struct Config {
@@ -25,69 +22,6 @@ pub struct Config {
     pub clients: usize,
     /// MiB each client fetches per measurement.
     pub mib_per_client: usize,
-}
-
-/// Relays `127.0.0.<host>:<port>` to `127.0.0.1:<port>` for `ports`; bytes from the
-/// target are paced at `rate` bytes/s when `paced` says so for that port.
-async fn relay(
-    host: u8,
-    ports: &[(u16, bool)],
-    rate: f64,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let mut tasks = Vec::new();
-    for &(port, paced) in ports {
-        let at = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), port);
-        let l = TcpListener::bind(at)
-            .await
-            .with_context(|| format!("binding {at}"))?;
-        tasks.push(tokio::spawn(async move {
-            while let Ok((inbound, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let Ok(target) = TcpStream::connect(("127.0.0.1", port)).await else {
-                        return;
-                    };
-                    let _ = inbound.set_nodelay(true);
-                    let _ = target.set_nodelay(true);
-                    let (mut ir, mut iw) = inbound.into_split();
-                    let (mut tr, mut tw) = target.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut ir, &mut tw).await;
-                        let _ = tw.shutdown().await;
-                    });
-                    let _ = pace(&mut tr, &mut iw, if paced { rate } else { f64::INFINITY }).await;
-                    let _ = iw.shutdown().await;
-                    up.abort();
-                });
-            }
-        }));
-    }
-    Ok(tasks)
-}
-
-/// Copies `r` to `w` at no more than `rate` bytes/s (a token bucket of 64 KiB).
-async fn pace(
-    r: &mut (impl AsyncReadExt + Unpin),
-    w: &mut (impl AsyncWriteExt + Unpin),
-    rate: f64,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let start = Instant::now();
-    let mut sent = 0f64;
-    loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        w.write_all(&buf[..n]).await?;
-        sent += n as f64;
-        if rate.is_finite() {
-            let due = Duration::from_secs_f64((sent - 64.0 * 1024.0).max(0.0) / rate);
-            let ahead = due.saturating_sub(start.elapsed());
-            if !ahead.is_zero() {
-                tokio::time::sleep(ahead).await;
-            }
-        }
-    }
 }
 
 pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
@@ -124,7 +58,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let mut via = Vec::new();
     for (i, k) in kubos.iter().enumerate() {
         let host = 20 + i as u8;
-        relays.extend(relay(host, &[(k.api_port, false), (k.swarm_port, true)], rate).await?);
+        relays.extend(paced_relay(host, &[(k.api_port, false), (k.swarm_port, true)], rate).await?);
         via.push(format!("/ip4/127.0.0.{host}/tcp/{}", k.api_port));
     }
     let mut base = None;
