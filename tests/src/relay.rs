@@ -58,27 +58,33 @@ pub async fn paced_relay(
     Ok(tasks)
 }
 
-/// Copies `r` to `w` at no more than `rate` bytes/s (a token bucket of 64 KiB).
+/// Copies `r` to `w` at no more than `rate` bytes/s: a token bucket of 64 KiB, so an
+/// idle link banks at most that much credit.
 pub async fn pace(
     r: &mut (impl AsyncReadExt + Unpin),
     w: &mut (impl AsyncWriteExt + Unpin),
     rate: f64,
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
-    let start = Instant::now();
-    let mut sent = 0f64;
+    let burst = Duration::from_secs_f64(if rate.is_finite() {
+        64.0 * 1024.0 / rate
+    } else {
+        0.0
+    });
+    // When every byte passed so far is paid for.
+    let mut paid_until = Instant::now();
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
             return Ok(());
         }
         w.write_all(&buf[..n]).await?;
-        sent += n as f64;
         if rate.is_finite() {
-            let due = Duration::from_secs_f64((sent - 64.0 * 1024.0).max(0.0) / rate);
-            let ahead = due.saturating_sub(start.elapsed());
-            if !ahead.is_zero() {
-                tokio::time::sleep(ahead).await;
+            let now = Instant::now();
+            paid_until = paid_until.max(now.checked_sub(burst).unwrap_or(now))
+                + Duration::from_secs_f64(n as f64 / rate);
+            if paid_until > now {
+                tokio::time::sleep(paid_until - now).await;
             }
         }
     }

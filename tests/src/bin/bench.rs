@@ -15,7 +15,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these benchmarks (comma-separated): throughput, http, clients, scaling,
-    /// affinity, propagation, footprint, soak.
+    /// fairness, affinity, propagation, footprint, soak.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report. Default: docs/PERFORMANCE.md for a full run, nowhere
@@ -94,6 +94,15 @@ async fn main() -> anyhow::Result<()> {
             mib_per_client: if q { 2 } else { 8 },
         };
         record("scaling", bench::scaling::run(&cfg).await);
+    }
+    if wants("fairness") {
+        let cfg = bench::fairness::Config {
+            runs: if q { 2 } else { 10 },
+            heavy_mib: if q { 8 } else { 32 },
+            light_mib: if q { 1 } else { 2 },
+            pace_mib: if q { 16.0 } else { 4.0 },
+        };
+        record("fairness", bench::fairness::run(&cfg).await);
     }
     if wants("affinity") {
         let cfg = bench::affinity::Config { quick: q };
