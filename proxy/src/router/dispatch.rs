@@ -46,7 +46,7 @@ impl Router {
             self.push_deadline(cid, first, now);
             self.out.want(first, cid, kind, priority);
         } else if self.queued < self.cfg.max_queued_wants {
-            let Some(at) = self.queue_for(first, &order) else {
+            let Some(at) = self.queue_for(first, &order, self.below_average(&cid)) else {
                 self.stats.shed_wants += 1;
                 self.shed.push(cid);
                 self.exhaust(cid);
@@ -66,8 +66,11 @@ impl Router {
 
     /// Where a want with no room anywhere waits: `first`, unless load shedding is on
     /// and its queue takes longer than `shed_after`; then the next backend in `order`
-    /// whose queue does not. `None`: every one is too deep, the want is shed.
-    fn queue_for(&self, first: PeerId, order: &[PeerId]) -> Option<PeerId> {
+    /// whose queue does not. `None`: every one is too deep, the want is shed, unless
+    /// `spare` (its client holds fewer wants than the average client: with fair
+    /// scheduling it goes ahead of the deep backlogs, which are not its own), and then
+    /// it queues at `first`.
+    fn queue_for(&self, first: PeerId, order: &[PeerId], spare: bool) -> Option<PeerId> {
         if self.cfg.shed_after.is_zero() {
             return Some(first);
         }
@@ -81,6 +84,21 @@ impl Router {
             .chain(order.iter().filter(|p| **p != first))
             .find(|p| fits(p))
             .copied()
+            .or(spare.then_some(first))
+    }
+
+    /// Whether some client wanting `cid` holds fewer wants than the clients' average.
+    /// Fair scheduling serves such a client before the deep backlogs of the heavy
+    /// ones, so the depth of a backend's queue is no measure of its wait; without
+    /// fair scheduling it waits behind all of it, and it is not spared.
+    fn below_average(&self, cid: &Cid) -> bool {
+        let (total, clients) = (self.shares.total(), self.clients.len());
+        self.cfg.fair_scheduling
+            && self.wants.get(cid).is_some_and(|w| {
+                w.wanters
+                    .keys()
+                    .any(|c| self.client_wants(c).saturating_mul(clients) < total)
+            })
     }
 
     /// No backend can be asked: DONT_HAVE to the clients that asked for one; park.

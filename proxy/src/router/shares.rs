@@ -20,6 +20,8 @@ pub(super) struct AddressShares {
     of_client: HashMap<PeerId, IpNet>,
     /// Wants held by the clients of each key.
     held: HashMap<IpNet, usize>,
+    /// Wants held by all clients, whatever their address.
+    total: usize,
 }
 
 impl AddressShares {
@@ -46,12 +48,14 @@ impl AddressShares {
     }
 
     pub(super) fn added(&mut self, client: &PeerId) {
+        self.total += 1;
         if let Some(k) = self.of_client.get(client) {
             *self.held.entry(*k).or_default() += 1;
         }
     }
 
     pub(super) fn removed(&mut self, client: &PeerId, n: usize) {
+        self.total = self.total.saturating_sub(n);
         if let Some(k) = self.of_client.get(client)
             && let Some(h) = self.held.get_mut(k)
         {
@@ -65,6 +69,11 @@ impl AddressShares {
     /// The client is gone (its wants already removed).
     pub(super) fn forget(&mut self, client: &PeerId) {
         self.of_client.remove(client);
+    }
+
+    /// Wants held by all clients together.
+    pub(super) fn total(&self) -> usize {
+        self.total
     }
 
     /// Wants held under `ip`'s key (for tests and introspection).

@@ -1348,14 +1348,15 @@ fn one_slow_backend(cfg: Config, t: Instant) -> (Router, PeerId, PeerId) {
 fn a_want_that_would_wait_past_shed_after_everywhere_is_answered_at_once() {
     let t = Instant::now();
     // 5 outstanding at 1 a second: 6 s for a new want, over a bound of 4 s.
-    let (mut r, b, _) = one_slow_backend(shedding(Duration::from_secs(4), 2), t);
+    // The new wants come from the client whose backlog it is (a heavyer one is
+    // spared: see the next test).
+    let (mut r, b, heavy) = one_slow_backend(shedding(Duration::from_secs(4), 2), t);
     let now = t + Duration::from_secs(1);
-    let light = PeerId::random();
     let x = block(100);
-    r.client_message(light, &wants(vec![want(&x, WantKind::Block, true)]), now);
+    r.client_message(heavy, &wants(vec![want(&x, WantKind::Block, true)]), now);
     let out = r.take_outbox();
     assert_eq!(
-        dont_haves_to(&out, &light),
+        dont_haves_to(&out, &heavy),
         vec![x.cid],
         "DONT_HAVE at once"
     );
@@ -1369,22 +1370,57 @@ fn a_want_that_would_wait_past_shed_after_everywhere_is_answered_at_once() {
     assert!(r.take_shed().is_empty(), "taken once");
     // One that did not ask for DONT_HAVE is shed all the same, silently.
     let y = block(101);
-    r.client_message(light, &wants(vec![want(&y, WantKind::Block, false)]), now);
-    assert!(dont_haves_to(&r.take_outbox(), &light).is_empty());
+    r.client_message(heavy, &wants(vec![want(&y, WantKind::Block, false)]), now);
+    assert!(dont_haves_to(&r.take_outbox(), &heavy).is_empty());
     assert_eq!(r.stats().shed_wants, 2);
     // Once the queue is short enough for the bound, wants queue again: the backend
     // answers two (each frees a slot the queue fills), leaving 3 outstanding.
     let later = now + Duration::from_millis(100);
     r.backend_message(b, &blocks(&[block(1), block(2)]), later);
     let z = block(102);
-    r.client_message(light, &wants(vec![want(&z, WantKind::Block, true)]), later);
+    r.client_message(heavy, &wants(vec![want(&z, WantKind::Block, true)]), later);
     let out = r.take_outbox();
     assert!(
-        dont_haves_to(&out, &light).is_empty(),
+        dont_haves_to(&out, &heavy).is_empty(),
         "4 s at 1 a second: it fits"
     );
     assert_eq!(r.wants[&z.cid].state, State::Queued(b));
     assert_eq!(r.stats().shed_wants, 2);
+}
+
+/// With fair scheduling, a client holding fewer wants than the average goes ahead of
+/// the heavy backlog that makes the queue deep: it is not shed for it, while the
+/// heavy client's next want is. Without fair scheduling it would wait behind all of
+/// it, and is shed like any other.
+#[test]
+fn a_light_client_is_not_shed_for_a_heavy_clients_backlog() {
+    for fair in [true, false] {
+        let t = Instant::now();
+        let cfg = Config {
+            fair_scheduling: fair,
+            ..shedding(Duration::from_secs(4), 2)
+        };
+        let (mut r, b, heavy) = one_slow_backend(cfg, t);
+        let now = t + Duration::from_secs(1);
+        let light = PeerId::random();
+        let (x, y) = (block(100), block(101));
+        r.client_message(light, &wants(vec![want(&x, WantKind::Block, true)]), now);
+        r.client_message(heavy, &wants(vec![want(&y, WantKind::Block, true)]), now);
+        let out = r.take_outbox();
+        assert_eq!(dont_haves_to(&out, &heavy), vec![y.cid], "fair: {fair}");
+        if fair {
+            assert!(dont_haves_to(&out, &light).is_empty());
+            assert_eq!(r.wants[&x.cid].state, State::Queued(b));
+            assert_eq!(r.stats().shed_wants, 1);
+            // It is next: the first slot that frees takes it, ahead of the backlog.
+            r.backend_message(b, &blocks(&[block(1)]), now);
+            let sent = sent_wants(&r.take_outbox(), &b);
+            assert_eq!(sent, vec![(x.cid, false, WantKind::Block)]);
+        } else {
+            assert_eq!(dont_haves_to(&out, &light), vec![x.cid]);
+            assert_eq!(r.stats().shed_wants, 2);
+        }
+    }
 }
 
 #[test]

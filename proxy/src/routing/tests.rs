@@ -524,6 +524,9 @@ fn a_fetch_shed_for_a_deep_queue_ends_as_shed_not_as_dont_have() {
     let cfg = Config {
         max_inflight_per_backend: 1,
         shed_after: Duration::from_secs(1),
+        // Oldest first: the fetch waits behind the whole queue (fair scheduling
+        // would put it, a lighter client, ahead of it and not shed it).
+        fair_scheduling: false,
         ..Config::default()
     };
     let mut c = Core::new(Router::new(cfg), None);
