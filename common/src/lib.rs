@@ -3,6 +3,7 @@ pub mod backoff;
 pub mod clock;
 pub mod key;
 pub mod logging;
+pub mod metrics;
 pub mod shutdown;
 pub mod throttle;
 #[cfg(feature = "tls")]

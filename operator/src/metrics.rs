@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use kitsune_common::metrics::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -37,41 +38,22 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the metrics and registers them under the `kitsune_operator` prefix.
     pub fn new(registry: &mut Registry) -> Self {
-        let m = Self {
-            reconciles: Counter::default(),
-            failures: Family::default(),
-            duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0]),
-            leader: Gauge::default(),
-            ready_backends: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("kitsune_operator");
-        r.register(
-            "reconciles",
-            "KitsuneProxy reconciles started",
-            m.reconciles.clone(),
-        );
-        r.register(
-            "reconcile_failures",
-            "Failed KitsuneProxy reconciles, by reason",
-            m.failures.clone(),
-        );
-        r.register_with_unit(
-            "reconcile_duration",
-            "How long one reconcile took",
-            Unit::Seconds,
-            m.duration.clone(),
-        );
-        r.register(
-            "leader",
-            "1 while this replica holds the write lease",
-            m.leader.clone(),
-        );
-        r.register(
-            "ready_backends",
-            "Live kubo backends per KitsuneProxy",
-            m.ready_backends.clone(),
-        );
-        m
+        let mut r = Registrar::new(registry, "kitsune_operator");
+        Self {
+            reconciles: r.add("reconciles", "KitsuneProxy reconciles started"),
+            failures: r.add(
+                "reconcile_failures",
+                "Failed KitsuneProxy reconciles, by reason",
+            ),
+            duration: r.register_with_unit(
+                "reconcile_duration",
+                "How long one reconcile took",
+                Unit::Seconds,
+                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0]),
+            ),
+            leader: r.add("leader", "1 while this replica holds the write lease"),
+            ready_backends: r.add("ready_backends", "Live kubo backends per KitsuneProxy"),
+        }
     }
 
     /// Counts a reconcile and times it until the returned guard drops.

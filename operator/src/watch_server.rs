@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kitsune_common::metrics::Registrar;
 use kitsune_common::watch::{self, Snapshot, WatchEvent};
 use kube::api::{Api, PostParams};
 use prometheus_client::metrics::counter::Counter;
@@ -91,27 +92,21 @@ pub struct WatchMetrics {
 
 impl WatchMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        let r = registry.sub_registry_with_prefix("kitsune_operator_watch");
-        r.register("subscribers", "Open watch streams", m.subscribers.clone());
-        r.register("snapshots", "Snapshots sent", m.snapshots.clone());
-        r.register("heartbeats", "Heartbeats sent", m.heartbeats.clone());
-        r.register(
-            "refused",
-            "Watch requests refused (401, 403, 404, 503)",
-            m.refused.clone(),
-        );
-        r.register(
-            "snapshot_version",
-            "Version of the last snapshot sent, by KitsuneProxy",
-            m.version.clone(),
-        );
-        r.register(
-            "last_message_timestamp_seconds",
-            "Unix time of the last line (snapshot or heartbeat) sent, by KitsuneProxy",
-            m.last_message.clone(),
-        );
-        m
+        let mut r = Registrar::new(registry, "kitsune_operator_watch");
+        Self {
+            subscribers: r.add("subscribers", "Open watch streams"),
+            snapshots: r.add("snapshots", "Snapshots sent"),
+            heartbeats: r.add("heartbeats", "Heartbeats sent"),
+            refused: r.add("refused", "Watch requests refused (401, 403, 404, 503)"),
+            version: r.add(
+                "snapshot_version",
+                "Version of the last snapshot sent, by KitsuneProxy",
+            ),
+            last_message: r.add(
+                "last_message_timestamp_seconds",
+                "Unix time of the last line (snapshot or heartbeat) sent, by KitsuneProxy",
+            ),
+        }
     }
 }
 
@@ -187,20 +182,10 @@ async fn watch_handler(
     let Some(rx) = s.index.read().expect("index lock").subscribe(&key) else {
         return refuse(&s, StatusCode::NOT_FOUND, "no such KitsuneProxy\n");
     };
-    let stream = futures::stream::unfold(
-        Stream::new(
-            labels,
-            rx,
-            s.synced.clone(),
-            s.heartbeat,
-            s.metrics.clone(),
-            s.shutdown.clone(),
-        ),
-        |mut st| async move {
-            let line = st.next_line().await?;
-            Some((Ok::<Bytes, Infallible>(line), st))
-        },
-    );
+    let stream = futures::stream::unfold(Stream::new(labels, rx, &s), |mut st| async move {
+        let line = st.next_line().await?;
+        Some((Ok::<Bytes, Infallible>(line), st))
+    });
     (
         [
             (header::CONTENT_TYPE, watch::CONTENT_TYPE),
@@ -234,25 +219,19 @@ impl Drop for Subscribed {
 }
 
 impl Stream {
-    fn new(
-        labels: ProxyLabels,
-        rx: tokio_watch::Receiver<Snapshot>,
-        synced: tokio_watch::Receiver<bool>,
-        heartbeat: Duration,
-        metrics: WatchMetrics,
-        shutdown: tokio_util::sync::CancellationToken,
-    ) -> Self {
-        metrics.subscribers.inc();
+    /// A stream of `rx` for the proxy `labels` names, paced and ended as `s` says.
+    fn new(labels: ProxyLabels, rx: tokio_watch::Receiver<Snapshot>, s: &WatchState) -> Self {
+        s.metrics.subscribers.inc();
         Self {
             labels,
-            shutdown,
-            _subscribed: Subscribed(metrics.subscribers.clone()),
             rx,
-            synced,
-            heartbeat,
-            metrics,
+            synced: s.synced.clone(),
+            heartbeat: s.heartbeat,
+            metrics: s.metrics.clone(),
+            shutdown: s.shutdown.clone(),
             sent_first: false,
             version: 0,
+            _subscribed: Subscribed(s.metrics.subscribers.clone()),
         }
     }
 

@@ -21,15 +21,17 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, ObjectReference, Pod, PodSpec, Secret, Service, ServiceAccount,
+    Container, Namespace, Pod, PodSpec, Secret, Service, ServiceAccount,
 };
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kitsune_operator::crd::KitsuneProxy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
+
+mod support;
 
 const NAME: &str = "preload";
 
@@ -122,48 +124,13 @@ async fn apply_slice(
 }
 
 fn slice(ns: &str, ready: &[(&str, &str, bool, bool)]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("kubo-manual".into()),
-            namespace: Some(ns.into()),
-            labels: Some(BTreeMap::from([
-                ("kubernetes.io/service-name".into(), "kubo".into()),
-                // Not the EndpointSlice controller's: it leaves this slice alone.
-                (
-                    "endpointslice.kubernetes.io/managed-by".into(),
-                    "kitsune-cluster-test".into(),
-                ),
-            ])),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            ready
-                .iter()
-                .map(|(ip, pod, ready, terminating)| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(*ready),
-                        serving: Some(*ready),
-                        terminating: Some(*terminating),
-                    }),
-                    target_ref: Some(ObjectReference {
-                        kind: Some("Pod".into()),
-                        name: Some(pod.to_string()),
-                        namespace: Some(ns.into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(vec![EndpointPort {
-            name: Some("rpc".into()),
-            port: Some(5001),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-    }
+    let mut s = support::kubo_slice(ns, "kubo-manual", ready);
+    // Not the EndpointSlice controller's: it leaves this slice alone.
+    s.metadata.labels.get_or_insert_default().insert(
+        "endpointslice.kubernetes.io/managed-by".into(),
+        "kitsune-cluster-test".into(),
+    );
+    s
 }
 
 fn condition(kp: &KitsuneProxy, type_: &str) -> Option<(String, String)> {

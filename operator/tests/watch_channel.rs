@@ -9,9 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kitsune_operator::crd::KitsuneProxy;
 use kitsune_operator::index::{Index, SharedIndex};
 use kitsune_operator::watch_server::{self, Authenticator, WatchMetrics, WatchState};
@@ -20,6 +18,8 @@ use kitsune_proxy::engine::{Command, Handle};
 use kitsune_proxy::sources::watch::{self as client, WatchConfig, WatchStatus};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 struct Tokens(HashMap<String, String>);
 
@@ -33,39 +33,15 @@ fn kp() -> KitsuneProxy {
     serde_yaml::from_str(include_str!("../../manifests/examples/kitsuneproxy.yaml")).unwrap()
 }
 
+/// The Service `kubo`'s slice in `ipfs`: ready endpoints at `ips`, of pods `kubo-<ip>`.
 fn slice(ips: &[&str]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some("kubo-1".into()),
-            namespace: Some("ipfs".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), "kubo".to_string())].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: Some(
-            ips.iter()
-                .map(|ip| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    target_ref: Some(ObjectReference {
-                        kind: Some("Pod".into()),
-                        name: Some(format!("kubo-{ip}")),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-        ports: Some(vec![EndpointPort {
-            name: Some("rpc".into()),
-            port: Some(5001),
-            ..Default::default()
-        }]),
-    }
+    let pods: Vec<String> = ips.iter().map(|ip| format!("kubo-{ip}")).collect();
+    let endpoints: Vec<_> = ips
+        .iter()
+        .zip(&pods)
+        .map(|(ip, pod)| (*ip, pod.as_str(), true, false))
+        .collect();
+    support::kubo_slice("ipfs", "kubo-1", &endpoints)
 }
 
 struct Operator {

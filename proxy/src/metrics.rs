@@ -2,6 +2,7 @@
 //! The original's names are kept where the meaning is the same; no label ever holds a
 //! client peer ID or a CID, so cardinality stays bounded.
 
+use kitsune_common::metrics::Registrar;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -105,188 +106,112 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            upstream_peers: Gauge::default(),
-            downstream_peers: Gauge::default(),
-            messages_recv: Counter::default(),
-            messages_sent: Counter::default(),
-            downstream_block_rtt_ms: Histogram::new([
-                1.0, 5.0, 25.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
-            ]),
-            wants_in_flight: Gauge::default(),
-            wants_queued: Gauge::default(),
-            client_frame_bytes: Gauge::default(),
-            blocks_forwarded: Family::default(),
-            bytes_forwarded: Family::default(),
-            presences_sent: Family::default(),
-            backends: Family::default(),
-            rejected: Family::default(),
-            failovers: Counter::default(),
-            want_timeouts: Counter::default(),
-            want_refreshes: Counter::default(),
-            backend_blocks: Family::default(),
-            refs_requests: Family::default(),
-            reverse_wants: Family::default(),
-            preload_dag_blocks: Histogram::new([
-                1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
-            ]),
-            preload_sessions: Gauge::default(),
-            preload_blocks_tracked: Gauge::default(),
-            cache_hits: Counter::default(),
-            cache_misses: Counter::default(),
-            cache_evictions: Counter::default(),
-            cache_bytes: Gauge::default(),
-            cache_blocks: Gauge::default(),
-            wants_delayed: Counter::default(),
-            wants_waiting: Gauge::default(),
-        };
-        let r = registry.sub_registry_with_prefix("kitsune");
-        r.register(
-            "bitswap_upstream_peers",
-            "Connected client peers (per peer, not per connection)",
-            m.upstream_peers.clone(),
-        );
-        r.register(
-            "bitswap_downstream_peers",
-            "Connected backend peers",
-            m.downstream_peers.clone(),
-        );
-        r.register(
-            "bitswap_messages_recv",
-            "Bitswap messages received (per message, not per stream)",
-            m.messages_recv.clone(),
-        );
-        r.register(
-            "bitswap_messages_sent",
-            "Bitswap messages sent",
-            m.messages_sent.clone(),
-        );
-        r.register(
-            "bitswap_downstream_block_rtt_ms",
-            "Milliseconds from sending a want to a backend to receiving the block",
-            m.downstream_block_rtt_ms.clone(),
-        );
-        r.register(
-            "bitswap_wants_in_flight",
-            "Distinct CIDs wanted by clients and not yet answered",
-            m.wants_in_flight.clone(),
-        );
-        r.register(
-            "bitswap_wants_queued",
-            "Wants waiting for room at a backend",
-            m.wants_queued.clone(),
-        );
-        r.register(
-            "bitswap_client_frame_bytes",
-            "Bytes of large client frames being received or decoded, of --max-client-frame-bytes",
-            m.client_frame_bytes.clone(),
-        );
-        r.register(
-            "bitswap_blocks_forwarded",
-            "Blocks forwarded, by direction",
-            m.blocks_forwarded.clone(),
-        );
-        r.register(
-            "bitswap_bytes_forwarded",
-            "Block bytes forwarded, by direction",
-            m.bytes_forwarded.clone(),
-        );
-        r.register(
-            "bitswap_presences_sent",
-            "HAVE and DONT_HAVE sent to clients",
-            m.presences_sent.clone(),
-        );
-        r.register(
-            "backends",
-            "Configured backends by state",
-            m.backends.clone(),
-        );
-        r.register(
-            "rejected",
-            "Things refused from remote peers, by reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "bitswap_failovers",
-            "Wants moved to another backend (DONT_HAVE, timeout, lost backend)",
-            m.failovers.clone(),
-        );
-        r.register(
-            "bitswap_want_timeouts",
-            "Wants moved on because their backend did not answer in time",
-            m.want_timeouts.clone(),
-        );
-        r.register(
-            "bitswap_want_refreshes",
-            "Wants sent again to a busy backend that had not answered them in time",
-            m.want_refreshes.clone(),
-        );
-        r.register(
-            "backend_blocks_received",
-            "Blocks received from each connected backend, by its peer ID",
-            m.backend_blocks.clone(),
-        );
-        r.register(
-            "preload_refs_requests",
-            "Preload /api/v0/refs calls by outcome (ok, bad_request, too_many_requests, too_many_per_address, no_backend, backend_error, backend_timeout, client_gone, error)",
-            m.refs_requests.clone(),
-        );
-        r.register(
-            "preload_reverse_wants",
-            "Backend wants during preload: forwarded to the uploader, or refused with DONT_HAVE",
-            m.reverse_wants.clone(),
-        );
-        r.register(
-            "preload_dag_blocks",
-            "CIDs in each finished preload's DAG",
-            m.preload_dag_blocks.clone(),
-        );
-        r.register(
-            "preload_sessions",
-            "Preloads open (in flight or lingering)",
-            m.preload_sessions.clone(),
-        );
-        r.register(
-            "preload_blocks_tracked",
-            "CIDs held by all open preloads",
-            m.preload_blocks_tracked.clone(),
-        );
-        r.register(
-            "block_cache_hits",
-            "Client wants answered from the block cache, without asking a backend",
-            m.cache_hits.clone(),
-        );
-        r.register(
-            "block_cache_misses",
-            "Client wants the block cache did not hold",
-            m.cache_misses.clone(),
-        );
-        r.register(
-            "block_cache_evictions",
-            "Blocks evicted from the block cache to keep its byte bound",
-            m.cache_evictions.clone(),
-        );
-        r.register(
-            "block_cache_bytes",
-            "Bytes the block cache holds (block data plus per-entry overhead)",
-            m.cache_bytes.clone(),
-        );
-        r.register(
-            "block_cache_blocks",
-            "Blocks the block cache holds",
-            m.cache_blocks.clone(),
-        );
-        r.register(
-            "bitswap_wants_delayed",
-            "New client wants held back for their address's wants-per-second budget",
-            m.wants_delayed.clone(),
-        );
-        r.register(
-            "bitswap_wants_waiting",
-            "Client wants held back now, waiting for their address's budget",
-            m.wants_waiting.clone(),
-        );
-        m
+        let mut r = Registrar::new(registry, "kitsune");
+        Self {
+            upstream_peers: r.add(
+                "bitswap_upstream_peers",
+                "Connected client peers (per peer, not per connection)",
+            ),
+            downstream_peers: r.add("bitswap_downstream_peers", "Connected backend peers"),
+            messages_recv: r.add(
+                "bitswap_messages_recv",
+                "Bitswap messages received (per message, not per stream)",
+            ),
+            messages_sent: r.add("bitswap_messages_sent", "Bitswap messages sent"),
+            downstream_block_rtt_ms: r.register(
+                "bitswap_downstream_block_rtt_ms",
+                "Milliseconds from sending a want to a backend to receiving the block",
+                Histogram::new([
+                    1.0, 5.0, 25.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0,
+                ]),
+            ),
+            wants_in_flight: r.add(
+                "bitswap_wants_in_flight",
+                "Distinct CIDs wanted by clients and not yet answered",
+            ),
+            wants_queued: r.add(
+                "bitswap_wants_queued",
+                "Wants waiting for room at a backend",
+            ),
+            client_frame_bytes: r.add(
+                "bitswap_client_frame_bytes",
+                "Bytes of large client frames being received or decoded, of \
+                 --max-client-frame-bytes",
+            ),
+            blocks_forwarded: r.add("bitswap_blocks_forwarded", "Blocks forwarded, by direction"),
+            bytes_forwarded: r.add(
+                "bitswap_bytes_forwarded",
+                "Block bytes forwarded, by direction",
+            ),
+            presences_sent: r.add(
+                "bitswap_presences_sent",
+                "HAVE and DONT_HAVE sent to clients",
+            ),
+            backends: r.add("backends", "Configured backends by state"),
+            rejected: r.add("rejected", "Things refused from remote peers, by reason"),
+            failovers: r.add(
+                "bitswap_failovers",
+                "Wants moved to another backend (DONT_HAVE, timeout, lost backend)",
+            ),
+            want_timeouts: r.add(
+                "bitswap_want_timeouts",
+                "Wants moved on because their backend did not answer in time",
+            ),
+            want_refreshes: r.add(
+                "bitswap_want_refreshes",
+                "Wants sent again to a busy backend that had not answered them in time",
+            ),
+            backend_blocks: r.add(
+                "backend_blocks_received",
+                "Blocks received from each connected backend, by its peer ID",
+            ),
+            refs_requests: r.add(
+                "preload_refs_requests",
+                "Preload /api/v0/refs calls by outcome (ok, bad_request, too_many_requests, \
+                 too_many_per_address, no_backend, backend_error, backend_timeout, client_gone, \
+                 error)",
+            ),
+            reverse_wants: r.add(
+                "preload_reverse_wants",
+                "Backend wants during preload: forwarded to the uploader, or refused with \
+                 DONT_HAVE",
+            ),
+            preload_dag_blocks: r.register(
+                "preload_dag_blocks",
+                "CIDs in each finished preload's DAG",
+                Histogram::new([
+                    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0,
+                ]),
+            ),
+            preload_sessions: r.add("preload_sessions", "Preloads open (in flight or lingering)"),
+            preload_blocks_tracked: r
+                .add("preload_blocks_tracked", "CIDs held by all open preloads"),
+            cache_hits: r.add(
+                "block_cache_hits",
+                "Client wants answered from the block cache, without asking a backend",
+            ),
+            cache_misses: r.add(
+                "block_cache_misses",
+                "Client wants the block cache did not hold",
+            ),
+            cache_evictions: r.add(
+                "block_cache_evictions",
+                "Blocks evicted from the block cache to keep its byte bound",
+            ),
+            cache_bytes: r.add(
+                "block_cache_bytes",
+                "Bytes the block cache holds (block data plus per-entry overhead)",
+            ),
+            cache_blocks: r.add("block_cache_blocks", "Blocks the block cache holds"),
+            wants_delayed: r.add(
+                "bitswap_wants_delayed",
+                "New client wants held back for their address's wants-per-second budget",
+            ),
+            wants_waiting: r.add(
+                "bitswap_wants_waiting",
+                "Client wants held back now, waiting for their address's budget",
+            ),
+        }
     }
 
     pub fn refs_outcome(&self, outcome: &'static str) {

@@ -1,12 +1,14 @@
 //! Helia 7 clients: bitswap (`tests/harness/helia/fetch.mjs`: dial one peer, fetch one CID)
 //! and HTTP only (`http-fetch.mjs`: trustless gateway, delegated routing).
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
-use crate::process::run_client;
+use crate::process::{ClientRun, run_client};
 use crate::util::{node_command, scratch_dir};
 
 /// What to fetch.
@@ -42,16 +44,13 @@ impl Default for HeliaOptions {
     }
 }
 
-/// Outcome of one Helia run (the script's `RESULT` line, plus the fetched bytes).
-#[derive(Clone, Debug, Default)]
-pub struct FetchResult {
-    pub ok: bool,
-    /// Error reported by the client when `ok` is false.
-    pub error: Option<String>,
-    /// The fetched file (`Cat`) or root block (`Blocks`); empty on failure.
-    pub bytes: Vec<u8>,
-    /// Fetch time in the client, ms (after the dial).
-    pub ms: u64,
+/// Outcome of one Helia run over bitswap: the fetched file (`Cat`) or root block
+/// (`Blocks`), and the connection it came over.
+pub type FetchResult = ClientRun<Connection>;
+
+/// Helia's own fields in its `RESULT` line: the connection used.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Connection {
     /// Dial time (connection + security + muxer upgrade), ms; `None` if the dial failed.
     pub dial_ms: Option<u64>,
     /// Remote peer ID and address of the connection used.
@@ -60,20 +59,6 @@ pub struct FetchResult {
     /// Negotiated stream muxer / encryption protocol, e.g. `/yamux/1.0.0`, `/noise`.
     pub muxer: Option<String>,
     pub encryption: Option<String>,
-    /// Wall time of the whole client process (Node start-up included).
-    pub wall: Duration,
-    /// Tail of the client's stdout/stderr.
-    pub log: String,
-}
-
-/// Helia's own fields in its `RESULT` line.
-#[derive(Deserialize)]
-struct Connection {
-    dial_ms: Option<u64>,
-    peer: Option<String>,
-    remote_addr: Option<String>,
-    muxer: Option<String>,
-    encryption: Option<String>,
 }
 
 /// Fetch `cid` from the peer at `maddr` (`/ip4/127.0.0.1/tcp/P[/ws]/p2p/ID`) with Helia, UnixFS
@@ -92,57 +77,49 @@ pub async fn helia_fetch(maddr: &str, cid: &str, timeout: Duration) -> Result<Fe
 
 /// [`helia_fetch`] with options. Error unless the fetch succeeded.
 pub async fn helia_fetch_with(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<FetchResult> {
-    let r = helia_run(maddr, cid, opts).await?;
-    if !r.ok {
-        bail!(
-            "helia fetch of {cid} from {maddr} failed: {}\n{}",
-            r.error.as_deref().unwrap_or("?"),
-            r.log
-        );
-    }
-    Ok(r)
+    helia_run(maddr, cid, opts)
+        .await?
+        .succeeded(format_args!("helia fetch of {cid} from {maddr}"))
 }
 
 /// Run the Helia client once. `Ok` with `ok: false` when the fetch failed (for tests that
 /// expect failure); `Err` only when the client itself could not run properly.
 pub async fn helia_run(maddr: &str, cid: &str, opts: &HeliaOptions) -> Result<FetchResult> {
-    let dir = scratch_dir("helia")?;
+    let mode = match opts.mode {
+        FetchMode::Cat => "cat",
+        FetchMode::Blocks => "blocks",
+    };
+    let args = ["--mode", mode, "--muxers", &opts.muxers.join(",")];
+    let ca = opts.extra_ca.as_deref();
+    run_helia("helia", "fetch.mjs", maddr, cid, &args, ca, opts.timeout).await
+}
+
+/// Runs `helia/<script> <from> <cid> --out FILE --timeout SECONDS <args>` to its
+/// `RESULT` line; `extra_ca` is trusted besides Node's own roots.
+async fn run_helia<T: DeserializeOwned>(
+    name: &str,
+    script: &str,
+    from: &str,
+    cid: &str,
+    args: &[&str],
+    extra_ca: Option<&Path>,
+    timeout: Duration,
+) -> Result<ClientRun<T>> {
+    let dir = scratch_dir(name)?;
     let out = dir.path().join("out.bin");
     let mut cmd = node_command("helia");
-    cmd.arg("fetch.mjs")
-        .arg(maddr)
+    cmd.arg(script)
+        .arg(from)
         .arg(cid)
         .arg("--out")
         .arg(&out)
-        .arg("--mode")
-        .arg(match opts.mode {
-            FetchMode::Cat => "cat",
-            FetchMode::Blocks => "blocks",
-        })
         .arg("--timeout")
-        .arg(format!("{:.3}", opts.timeout.as_secs_f64()))
-        .arg("--muxers")
-        .arg(opts.muxers.join(","));
-    if let Some(ca) = &opts.extra_ca {
+        .arg(format!("{:.3}", timeout.as_secs_f64()))
+        .args(args);
+    if let Some(ca) = extra_ca {
         cmd.env("NODE_EXTRA_CA_CERTS", ca);
     }
-    let t0 = Instant::now();
-    let (r, bytes, log) =
-        run_client::<Connection>("helia", cmd, dir.path(), &out, opts.timeout).await?;
-    let wall = t0.elapsed();
-    Ok(FetchResult {
-        ok: r.ok,
-        error: r.error,
-        bytes,
-        ms: r.ms.unwrap_or(0),
-        dial_ms: r.own.dial_ms,
-        peer: r.own.peer,
-        remote_addr: r.own.remote_addr,
-        muxer: r.own.muxer,
-        encryption: r.own.encryption,
-        wall,
-        log,
-    })
+    run_client(name, cmd, dir.path(), &out, timeout).await
 }
 
 /// How the HTTP-only client ([`helia_http_fetch`]) finds its gateway.
@@ -154,110 +131,80 @@ pub enum HttpRouting {
     Delegated,
 }
 
-/// Outcome of one run of `tests/harness/helia/http-fetch.mjs`.
-#[derive(Clone, Debug, Default)]
-pub struct HttpFetchResult {
-    pub ok: bool,
-    pub error: Option<String>,
-    /// The file bytes (UnixFS cat); empty on failure.
-    pub bytes: Vec<u8>,
-    /// Fetch time in the client, ms.
-    pub ms: u64,
+/// Outcome of one run of `tests/harness/helia/http-fetch.mjs`: the file bytes (UnixFS
+/// cat), and the requests the client made.
+pub type HttpFetchResult = ClientRun<HttpTraffic>;
+
+/// `http-fetch.mjs`'s own fields in its `RESULT` line.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct HttpTraffic {
     /// HTTP requests the client made: `/ipfs/...` and `/routing/v1/...`.
-    pub ipfs_requests: u64,
-    pub routing_requests: u64,
+    #[serde(default)]
+    pub requests: RequestCounts,
     /// Every origin (`scheme://host:port`) the client sent a request to.
+    #[serde(default)]
     pub origins: Vec<String>,
-    pub log: String,
 }
 
-#[derive(Deserialize, Default)]
-struct HttpRequests {
-    ipfs: u64,
-    routing: u64,
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RequestCounts {
+    pub ipfs: u64,
+    pub routing: u64,
 }
 
-#[derive(Deserialize)]
-struct HttpOwn {
-    #[serde(default)]
-    requests: HttpRequests,
-    #[serde(default)]
-    origins: Vec<String>,
+/// How to run the HTTP-only client ([`helia_http_run`]).
+#[derive(Clone, Debug)]
+pub struct HttpOptions<'a> {
+    pub routing: HttpRouting,
+    /// A PEM CA bundle Node trusts besides its own, for https.
+    pub extra_ca: Option<&'a Path>,
+    /// The fetch budget inside the client (Node start-up not included).
+    pub timeout: Duration,
+    /// HTTP connections per origin (over TLS, HTTP/2 multiplexes every request on
+    /// them); 0: Node's own fetch, unbounded.
+    pub connections: usize,
+}
+
+impl Default for HttpOptions<'_> {
+    fn default() -> Self {
+        Self {
+            routing: HttpRouting::Gateway,
+            extra_ca: None,
+            timeout: Duration::from_secs(60),
+            connections: 6,
+        }
+    }
 }
 
 /// Helia 7 over HTTP only (a light Helia with the trustless-gateway block broker, no
-/// libp2p): UnixFS cat of `cid` from `url` (`http://` or `https://`), found as `routing`
-/// says. `extra_ca`: a PEM CA bundle Node trusts besides its own, for https. `Ok` with
-/// `ok: false` when the fetch failed; `Err` when the client could not run properly.
+/// libp2p): UnixFS cat of `cid` from `url` (`http://` or `https://`), found and run as
+/// `opts` says. `Ok` with `ok: false` when the fetch failed; `Err` when the client
+/// could not run properly.
 pub async fn helia_http_run(
     url: &str,
     cid: &str,
-    routing: HttpRouting,
-    extra_ca: Option<&std::path::Path>,
-    timeout: Duration,
+    opts: &HttpOptions<'_>,
 ) -> Result<HttpFetchResult> {
-    helia_http_run_pooled(url, cid, routing, extra_ca, timeout, 6).await
-}
-
-/// [`helia_http_run`] with `connections` HTTP connections per origin (over TLS, HTTP/2
-/// multiplexes every request on them); 0: Node's own fetch, unbounded.
-pub async fn helia_http_run_pooled(
-    url: &str,
-    cid: &str,
-    routing: HttpRouting,
-    extra_ca: Option<&std::path::Path>,
-    timeout: Duration,
-    connections: usize,
-) -> Result<HttpFetchResult> {
-    let dir = scratch_dir("helia-http")?;
-    let out = dir.path().join("out.bin");
-    let mut cmd = node_command("helia");
-    cmd.arg("http-fetch.mjs")
-        .arg(url)
-        .arg(cid)
-        .arg("--out")
-        .arg(&out)
-        .arg("--routing")
-        .arg(match routing {
-            HttpRouting::Gateway => "gateway",
-            HttpRouting::Delegated => "delegated",
-        })
-        .arg("--timeout")
-        .arg(format!("{:.3}", timeout.as_secs_f64()))
-        .arg("--connections")
-        .arg(connections.to_string());
-    if let Some(ca) = extra_ca {
-        cmd.env("NODE_EXTRA_CA_CERTS", ca);
-    }
-    let (r, bytes, log) =
-        run_client::<HttpOwn>("helia-http", cmd, dir.path(), &out, timeout).await?;
-    Ok(HttpFetchResult {
-        ok: r.ok,
-        error: r.error,
-        bytes,
-        ms: r.ms.unwrap_or(0),
-        ipfs_requests: r.own.requests.ipfs,
-        routing_requests: r.own.requests.routing,
-        origins: r.own.origins,
-        log,
-    })
+    let routing = match opts.routing {
+        HttpRouting::Gateway => "gateway",
+        HttpRouting::Delegated => "delegated",
+    };
+    let connections = opts.connections.to_string();
+    let args = ["--routing", routing, "--connections", &connections];
+    let (ca, timeout) = (opts.extra_ca, opts.timeout);
+    run_helia("helia-http", "http-fetch.mjs", url, cid, &args, ca, timeout).await
 }
 
 /// [`helia_http_run`], an error (with the client's log) unless the fetch succeeded.
 pub async fn helia_http_fetch(
     url: &str,
     cid: &str,
-    routing: HttpRouting,
-    extra_ca: Option<&std::path::Path>,
-    timeout: Duration,
+    opts: &HttpOptions<'_>,
 ) -> Result<HttpFetchResult> {
-    let r = helia_http_run(url, cid, routing, extra_ca, timeout).await?;
-    if !r.ok {
-        bail!(
-            "helia HTTP fetch of {cid} from {url} ({routing:?}) failed: {}\n{}",
-            r.error.as_deref().unwrap_or("?"),
-            r.log
-        );
-    }
-    Ok(r)
+    helia_http_run(url, cid, opts)
+        .await?
+        .succeeded(format_args!(
+            "helia HTTP fetch of {cid} from {url} ({:?})",
+            opts.routing
+        ))
 }

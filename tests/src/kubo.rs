@@ -11,7 +11,7 @@ use tokio::process::Command;
 use crate::ports::free_port;
 use crate::process::ChildProcess;
 use crate::rpc::RpcClient;
-use crate::util::{python_bin, scratch_dir, source_dir};
+use crate::util::{python_bin, scratch_dir, source_dir, write_random_file};
 
 /// How to start a [`KuboNode`].
 #[derive(Clone, Debug)]
@@ -85,6 +85,20 @@ impl KuboNode {
         })
         .await
         .expect("kubo starts")
+    }
+
+    /// A kubo node set as `opts` that also holds random files `(name, length, seed)`, as
+    /// [`crate::write_random_file`] writes them; panics if it does not start.
+    pub async fn with_random_files(files: &[(&str, usize, u64)], opts: KuboOptions) -> Self {
+        let dir = scratch_dir("files").expect("a scratch dir");
+        let mut add = opts.add;
+        for (name, len, seed) in files {
+            add.push(write_random_file(dir.path(), name, *len, *seed).expect("a random file"));
+        }
+        // The node has added them once it is up: `dir` may go.
+        Self::start(KuboOptions { add, ..opts })
+            .await
+            .expect("kubo starts")
     }
 
     /// Start a node on fresh ports in a fresh temp dir and wait until its RPC API serves.

@@ -34,13 +34,14 @@ mod swarm;
 mod util;
 
 pub use helia::{
-    FetchMode, FetchResult, HeliaOptions, HttpFetchResult, HttpRouting, helia_fetch,
-    helia_fetch_with, helia_http_fetch, helia_http_run, helia_http_run_pooled, helia_run,
+    Connection, FetchMode, FetchResult, HeliaOptions, HttpFetchResult, HttpOptions, HttpRouting,
+    HttpTraffic, RequestCounts, helia_fetch, helia_fetch_with, helia_http_fetch, helia_http_run,
+    helia_run,
 };
 pub use jsipfs::{JsIpfsDaemon, JsIpfsOptions, JsIpfsResult, jsipfs_client, jsipfs_run};
 pub use kubo::{KuboNode, KuboOptions};
 pub use ports::free_port;
-pub use process::ChildProcess;
+pub use process::{ChildProcess, ClientRun};
 pub use proxy::{Proxy, ProxyOptions, binary, run_proxy_to_exit};
 pub use rpc::RpcClient;
 pub use swarm::tcp_swarm;

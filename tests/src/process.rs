@@ -216,8 +216,40 @@ pub(crate) struct ResultLine<T> {
     pub own: T,
 }
 
-/// Runs a Node client in `dir` to its `RESULT` line: that line, the bytes it wrote to
-/// `out` when it succeeded (checked against the length it reported), and its log tail.
+/// Outcome of one Node client run: what every client reports (its `RESULT` line, the
+/// bytes it fetched), then the client's own fields (`T`).
+#[derive(Clone, Debug, Default)]
+pub struct ClientRun<T> {
+    pub ok: bool,
+    /// Error reported by the client when `ok` is false.
+    pub error: Option<String>,
+    /// What the client fetched; empty on failure.
+    pub bytes: Vec<u8>,
+    /// Fetch time in the client, ms.
+    pub ms: u64,
+    /// Wall time of the whole client process (Node start-up included).
+    pub wall: Duration,
+    /// Tail of the client's stdout/stderr.
+    pub log: String,
+    pub own: T,
+}
+
+impl<T> ClientRun<T> {
+    /// The run, or (with the client's log) an error naming `what` unless it succeeded.
+    pub fn succeeded(self, what: impl std::fmt::Display) -> Result<Self> {
+        if !self.ok {
+            bail!(
+                "{what} failed: {}\n{}",
+                self.error.as_deref().unwrap_or("?"),
+                self.log
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Runs a Node client in `dir` to its `RESULT` line, with the bytes it wrote to `out`
+/// when it succeeded (checked against the length it reported) and its log tail.
 /// `timeout` is the client's own budget; its start-up gets 90 s more (module loading
 /// takes ~2 s, far more on a busy 2-core machine).
 pub(crate) async fn run_client<T: DeserializeOwned>(
@@ -226,7 +258,8 @@ pub(crate) async fn run_client<T: DeserializeOwned>(
     dir: &Path,
     out: &Path,
     timeout: Duration,
-) -> Result<(ResultLine<T>, Vec<u8>, String)> {
+) -> Result<ClientRun<T>> {
+    let t0 = Instant::now();
     let mut proc = ChildProcess::spawn(name, cmd, dir)?;
     let r: ResultLine<T> = proc
         .result_line(timeout + Duration::from_secs(90), 30)
@@ -237,7 +270,15 @@ pub(crate) async fn run_client<T: DeserializeOwned>(
     } else {
         Vec::new()
     };
-    Ok((r, bytes, log))
+    Ok(ClientRun {
+        ok: r.ok,
+        error: r.error,
+        bytes,
+        ms: r.ms.unwrap_or(0),
+        wall: t0.elapsed(),
+        log,
+        own: r.own,
+    })
 }
 
 /// The file a Node client wrote its fetched bytes to, checked against the length it reported

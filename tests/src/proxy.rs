@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
+use crate::kubo::KuboNode;
 use crate::ports::free_port;
 use crate::process::ChildProcess;
 use crate::util::{repo_root, scratch_dir};
@@ -193,6 +194,20 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A proxy with the flags `args` in front of `backends`, once it is connected to every
+    /// one; panics if it does not start or connect within `timeout`.
+    pub async fn in_front_of(backends: &[&KuboNode], args: &[&str], timeout: Duration) -> Self {
+        let proxy = Self::start(ProxyOptions {
+            backends: backends.iter().map(|k| k.api_multiaddr.clone()).collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        })
+        .await
+        .expect("proxy starts");
+        proxy.wait_backends(backends.len(), timeout).await.unwrap();
+        proxy
     }
 
     /// Waits until `/metrics` shows `n` connected backends.

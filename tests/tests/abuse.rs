@@ -10,7 +10,7 @@ use std::time::Duration;
 use cid::Cid;
 use futures::AsyncWriteExt;
 use kitsune_e2e::bitswap_client::{BitswapClient, Peer, PeerState, ended_by_peer, want};
-use kitsune_e2e::{KuboNode, KuboOptions, Proxy, ProxyOptions, scratch_dir, write_random_file};
+use kitsune_e2e::{KuboNode, KuboOptions, Proxy};
 use kitsune_proxy::bitswap::{MAX_FRAME_BYTES, Message, PresenceKind, WantEntry};
 use libp2p::Multiaddr;
 use multihash_codetable::{Code, MultihashDigest};
@@ -48,32 +48,14 @@ struct Setup {
 }
 
 async fn setup(name: &str) -> Setup {
-    setup_with(name, Vec::new()).await
+    setup_with(name, &[]).await
 }
 
 /// `setup` with more proxy flags.
-async fn setup_with(name: &str, args: Vec<String>) -> Setup {
-    let dir = scratch_dir(name).unwrap();
-    let file = write_random_file(dir.path(), "ok.bin", MIB, 42).unwrap();
-    let kubo = KuboNode::start(KuboOptions {
-        add: vec![file],
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        args,
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    proxy.wait_backends(1, T).await.unwrap();
-    let root = kubo.added["ok.bin"].clone();
-    let mut cids: Vec<Cid> = vec![root.parse().unwrap()];
-    for c in kubo.refs_recursive(&root).await.unwrap() {
-        cids.push(c.parse().unwrap());
-    }
+async fn setup_with(name: &str, args: &[&str]) -> Setup {
+    let kubo = KuboNode::with_random_files(&[("ok.bin", MIB, 42)], KuboOptions::default()).await;
+    let proxy = Proxy::in_front_of(&[&kubo], args, T).await;
+    let cids = kubo.dag_cids(&kubo.added["ok.bin"]).await.unwrap();
     let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
     // Warm up: one fetch through the proxy, so the baseline includes a served client.
     served(&addr, &cids).await;
@@ -420,14 +402,10 @@ async fn large_frames_that_stall_are_bounded_in_total_and_cut_in_time() {
     // Small bounds so the test is quick: 8 MiB of large-frame room over all clients,
     // and a frame must arrive within 3 s of its first byte.
     const ROOM: usize = 8 * MIB;
+    let room = ROOM.to_string();
     let mut s = setup_with(
         "stalled-frames",
-        vec![
-            "--max-client-frame-bytes".into(),
-            ROOM.to_string(),
-            "--frame-timeout".into(),
-            "3s".into(),
-        ],
+        &["--max-client-frame-bytes", &room, "--frame-timeout", "3s"],
     )
     .await;
     let before = s.rejected("slow_frame").await;
@@ -601,12 +579,7 @@ async fn twenty_peers_of_one_address_flooding_wants_leave_another_address_served
     // cache: the warm-up's blocks would answer the client without a want queued.
     let mut s = setup_with(
         "address-want-flood",
-        vec![
-            "--shed-after".into(),
-            "0".into(),
-            "--block-cache-bytes".into(),
-            "0".into(),
-        ],
+        &["--shed-after", "0", "--block-cache-bytes", "0"],
     )
     .await;
     // 20 peers from 127.0.0.1, each with the most wants one client may hold, all for
@@ -801,40 +774,34 @@ async fn refs_flood(
 
 #[tokio::test]
 async fn one_address_flooding_preload_leaves_another_address_served() {
-    let dir = scratch_dir("preload-flood").unwrap();
-    let file = write_random_file(dir.path(), "ok.bin", MIB, 43).unwrap();
-    let kubo = KuboNode::start(KuboOptions {
-        add: vec![file],
-        // The absent DAGs' calls end at the backend after this.
-        fetch_timeout: Duration::from_secs(10),
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
+    let kubo = KuboNode::with_random_files(
+        &[("ok.bin", MIB, 43)],
+        KuboOptions {
+            // The absent DAGs' calls end at the backend after this.
+            fetch_timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .await;
     let port = kitsune_e2e::free_port();
-    let mut proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        args: vec![
-            "-p".into(),
-            port.to_string(),
-            "--preload-bind".into(),
-            "127.0.0.1".into(),
-            "--preload-timeout".into(),
-            "15s".into(),
+    let mut proxy = Proxy::in_front_of(
+        &[&kubo],
+        &[
+            "-p",
+            &port.to_string(),
+            "--preload-bind",
+            "127.0.0.1",
+            "--preload-timeout",
+            "15s",
             // The bitswap client's blocks come from the backend each time.
-            "--block-cache-bytes".into(),
-            "0".into(),
+            "--block-cache-bytes",
+            "0",
         ],
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    proxy.wait_backends(1, T).await.unwrap();
+        T,
+    )
+    .await;
     let root = kubo.added["ok.bin"].clone();
-    let mut cids: Vec<Cid> = vec![root.parse().unwrap()];
-    for c in kubo.refs_recursive(&root).await.unwrap() {
-        cids.push(c.parse().unwrap());
-    }
+    let cids = kubo.dag_cids(&root).await.unwrap();
     let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
     // The well-behaved client: refs calls and a bitswap fetch from 127.0.0.2.
     let http = reqwest::Client::builder()
@@ -940,29 +907,23 @@ async fn one_address_flooding_preload_leaves_another_address_served() {
 #[tokio::test]
 async fn an_address_over_its_want_rate_is_slowed_and_another_is_not() {
     const RATE: usize = 10;
-    let dir = scratch_dir("want-rate").unwrap();
-    let big = write_random_file(dir.path(), "big.bin", 32 * MIB, 44).unwrap();
-    let small = write_random_file(dir.path(), "small.bin", MIB, 45).unwrap();
-    let kubo = KuboNode::start(KuboOptions {
-        add: vec![big, small],
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        args: vec![
-            "--wants-per-second-per-address".into(),
-            RATE.to_string(),
+    let kubo = KuboNode::with_random_files(
+        &[("big.bin", 32 * MIB, 44), ("small.bin", MIB, 45)],
+        KuboOptions::default(),
+    )
+    .await;
+    let proxy = Proxy::in_front_of(
+        &[&kubo],
+        &[
+            "--wants-per-second-per-address",
+            &RATE.to_string(),
             // Every want goes to the backend, none is answered from memory.
-            "--block-cache-bytes".into(),
-            "0".into(),
+            "--block-cache-bytes",
+            "0",
         ],
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    proxy.wait_backends(1, T).await.unwrap();
+        T,
+    )
+    .await;
     let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
     let big_cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
     let small_cids = kubo.dag_cids(&kubo.added["small.bin"]).await.unwrap();
@@ -1025,33 +986,24 @@ async fn an_address_over_its_want_rate_is_slowed_and_another_is_not() {
 
 #[tokio::test]
 async fn wants_that_would_wait_on_a_silent_backend_are_shed_at_once() {
-    let dir = scratch_dir("shed").unwrap();
-    let file = write_random_file(dir.path(), "f.bin", MIB, 46).unwrap();
-    let mut kubo = KuboNode::start(KuboOptions {
-        add: vec![file],
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
+    let mut kubo = KuboNode::with_random_files(&[("f.bin", MIB, 46)], KuboOptions::default()).await;
     let port = kitsune_e2e::free_port();
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        args: vec![
-            "-p".into(),
-            port.to_string(),
-            "--preload-bind".into(),
-            "127.0.0.1".into(),
-            "--gateway".into(),
-            "--shed-after".into(),
-            "5s".into(),
-            "--block-cache-bytes".into(),
-            "0".into(),
+    let proxy = Proxy::in_front_of(
+        &[&kubo],
+        &[
+            "-p",
+            &port.to_string(),
+            "--preload-bind",
+            "127.0.0.1",
+            "--gateway",
+            "--shed-after",
+            "5s",
+            "--block-cache-bytes",
+            "0",
         ],
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    proxy.wait_backends(1, T).await.unwrap();
+        T,
+    )
+    .await;
     let addr: Multiaddr = proxy.tcp_addr.parse().unwrap();
     let cids = kubo.dag_cids(&kubo.added["f.bin"]).await.unwrap();
     let shed = || async {

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use kitsune_e2e::{
-    KuboNode, KuboOptions, Proxy, ProxyOptions, helia_fetch, random_bytes, scratch_dir,
-    write_random_file,
+    KuboNode, KuboOptions, Proxy, helia_fetch, random_bytes, scratch_dir, write_random_file,
 };
 
 const MIB: usize = 1 << 20;
@@ -42,23 +41,11 @@ async fn two_backends(len: usize, seed: u64) -> (KuboNode, KuboNode, String) {
     (k1, k2, root)
 }
 
-async fn proxy(backends: &[&KuboNode], args: &[&str]) -> Proxy {
-    let p = Proxy::start(ProxyOptions {
-        backends: backends.iter().map(|k| k.api_multiaddr.clone()).collect(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    p.wait_backends(backends.len(), T).await.unwrap();
-    p
-}
-
 #[tokio::test]
 async fn a_file_fetched_twice_is_served_from_the_cache_the_second_time() {
     let (k1, k2, root) = two_backends(4 * MIB, 61).await;
     // The default cache (128 MiB) holds the whole file.
-    let p = proxy(&[&k1, &k2], &[]).await;
+    let p = Proxy::in_front_of(&[&k1, &k2], &[], T).await;
     let first = helia_fetch(&p.tcp_addr, &root, T).await.unwrap();
     assert!(first.ok, "{:?}", first.error);
     assert!(first.bytes == random_bytes(4 * MIB, 61));
@@ -93,7 +80,8 @@ async fn a_scan_of_distinct_blocks_keeps_the_cache_within_its_bound() {
     // A 1 MiB cache and a 12 MiB file: every block distinct, many times the bound.
     const BOUND: usize = MIB;
     let (k1, k2, root) = two_backends(12 * MIB, 62).await;
-    let p = proxy(&[&k1, &k2], &["--block-cache-bytes", &BOUND.to_string()]).await;
+    let bound = BOUND.to_string();
+    let p = Proxy::in_front_of(&[&k1, &k2], &["--block-cache-bytes", &bound], T).await;
     let got = helia_fetch(&p.tcp_addr, &root, T).await.unwrap();
     assert!(got.ok, "{:?}", got.error);
     assert!(got.bytes == random_bytes(12 * MIB, 62));

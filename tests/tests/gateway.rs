@@ -11,8 +11,8 @@ use std::time::Duration;
 use cid::Cid;
 use kitsune_e2e::pki::{TestCa, install_tls_files};
 use kitsune_e2e::{
-    HttpRouting, KuboNode, Proxy, ProxyOptions, free_port, helia_http_fetch, helia_http_run,
-    helia_http_run_pooled, random_bytes, scratch_dir, write_random_file,
+    HttpOptions, HttpRouting, KuboNode, Proxy, ProxyOptions, free_port, helia_http_fetch,
+    helia_http_run, random_bytes, scratch_dir, write_random_file,
 };
 use multihash_codetable::{Code, MultihashDigest};
 
@@ -468,15 +468,22 @@ async fn helia_over_http_only_fetches_20_mib_through_the_gateway() {
     let plain = w.base.replacen("https://", "http://", 1);
     for url in [&plain, &w.base] {
         let before = served_200(&w, "ipfs", "raw").await;
-        let got = helia_http_fetch(url, root, HttpRouting::Gateway, w.ca.as_deref(), T)
-            .await
-            .unwrap();
+        let opts = HttpOptions {
+            extra_ca: w.ca.as_deref(),
+            timeout: T,
+            ..Default::default()
+        };
+        let got = helia_http_fetch(url, root, &opts).await.unwrap();
         assert!(got.bytes == expected, "differs over {url}");
-        assert_eq!(got.origins, vec![url.clone()], "only the proxy was asked");
+        assert_eq!(
+            got.own.origins,
+            vec![url.clone()],
+            "only the proxy was asked"
+        );
         assert!(
-            got.ipfs_requests >= blocks,
+            got.own.requests.ipfs >= blocks,
             "{} < {blocks}",
-            got.ipfs_requests
+            got.own.requests.ipfs
         );
         let served = served_200(&w, "ipfs", "raw").await - before;
         assert!(
@@ -485,15 +492,11 @@ async fn helia_over_http_only_fetches_20_mib_through_the_gateway() {
         );
     }
     // Without the CA the https fetch fails: the client really checked the certificate.
-    let r = helia_http_run(
-        &w.base,
-        root,
-        HttpRouting::Gateway,
-        None,
-        Duration::from_secs(20),
-    )
-    .await
-    .unwrap();
+    let opts = HttpOptions {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let r = helia_http_run(&w.base, root, &opts).await.unwrap();
     assert!(!r.ok, "a client not trusting the CA must fail\n{}", r.log);
 }
 
@@ -502,21 +505,25 @@ async fn helia_over_http_only_fetches_20_mib_through_the_gateway() {
 async fn delegated_routing_through_the_proxy(scheme: &str) {
     let w = world(scheme, 20 * MIB, &[]).await;
     let root = &w.has.added["f.bin"];
-    let got = helia_http_fetch(&w.base, root, HttpRouting::Delegated, w.ca.as_deref(), T)
-        .await
-        .unwrap();
+    let opts = HttpOptions {
+        routing: HttpRouting::Delegated,
+        extra_ca: w.ca.as_deref(),
+        timeout: T,
+        ..Default::default()
+    };
+    let got = helia_http_fetch(&w.base, root, &opts).await.unwrap();
     assert!(got.bytes == random_bytes(20 * MIB, SEED), "differs");
     assert_eq!(
-        got.origins,
+        got.own.origins,
         vec![w.base.clone()],
         "only the proxy was asked"
     );
-    assert!(got.routing_requests >= 1);
+    assert!(got.own.requests.routing >= 1);
     let blocks = w.has.dag_cids(root).await.unwrap().len() as u64;
     assert!(
-        got.ipfs_requests >= blocks,
+        got.own.requests.ipfs >= blocks,
         "{} < {blocks}",
-        got.ipfs_requests
+        got.own.requests.ipfs
     );
     let json = served_200(&w, "providers", "json").await;
     let ndjson = served_200(&w, "providers", "ndjson").await;
@@ -545,9 +552,12 @@ async fn helia_with_the_proxy_as_its_only_router_fetches_20_mib_over_https() {
 async fn helia_on_nodes_own_fetch_gets_every_block_past_its_slots_by_waiting() {
     let w = world("http", 20 * MIB, &["--max-connections-per-ip", "1024"]).await;
     let root = &w.has.added["f.bin"];
-    let got = helia_http_run_pooled(&w.base, root, HttpRouting::Gateway, None, T, 0)
-        .await
-        .unwrap();
+    let opts = HttpOptions {
+        timeout: T,
+        connections: 0,
+        ..Default::default()
+    };
+    let got = helia_http_run(&w.base, root, &opts).await.unwrap();
     assert!(got.ok, "{}", got.log);
     assert!(got.bytes == random_bytes(20 * MIB, SEED), "differs");
     let refused = "kitsune_gateway_requests_total{route=\"ipfs\",format=\"raw\",status=\"429\"}";

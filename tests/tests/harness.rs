@@ -108,16 +108,16 @@ async fn helia_fetches_1mib_from_kubo_over_tcp_and_ws() {
             "helia <- kubo {maddr}: {} bytes in {} ms (dial {:?} ms, wall {:?}, {:?}/{:?})",
             r.bytes.len(),
             r.ms,
-            r.dial_ms,
+            r.own.dial_ms,
             r.wall,
-            r.muxer,
-            r.encryption
+            r.own.muxer,
+            r.own.encryption
         );
         assert!(r.bytes == data, "bytes differ over {maddr}");
-        assert_eq!(r.peer.as_deref(), Some(a.peer_id.as_str()));
-        assert_eq!(r.muxer.as_deref(), Some("/yamux/1.0.0"));
-        assert_eq!(r.encryption.as_deref(), Some("/noise"));
-        assert!(r.dial_ms.is_some());
+        assert_eq!(r.own.peer.as_deref(), Some(a.peer_id.as_str()));
+        assert_eq!(r.own.muxer.as_deref(), Some("/yamux/1.0.0"));
+        assert_eq!(r.own.encryption.as_deref(), Some("/noise"));
+        assert!(r.own.dial_ms.is_some());
     }
 
     // root block only, and mplex instead of yamux
@@ -134,7 +134,7 @@ async fn helia_fetches_1mib_from_kubo_over_tcp_and_ws() {
     .await
     .unwrap();
     assert_eq!(r.bytes, a.block_get(&cid).await.unwrap());
-    assert_eq!(r.muxer.as_deref(), Some("/mplex/6.7.0"));
+    assert_eq!(r.own.muxer.as_deref(), Some("/mplex/6.7.0"));
 }
 
 #[tokio::test]
@@ -151,7 +151,7 @@ async fn helia_failures_are_reported() {
     };
     let r = helia_run(&dead, cid, &opts).await.unwrap();
     assert!(!r.ok);
-    assert!(r.dial_ms.is_none(), "{r:?}");
+    assert!(r.own.dial_ms.is_none(), "{r:?}");
     assert!(
         helia_fetch(&dead, cid, Duration::from_secs(5))
             .await
@@ -162,7 +162,7 @@ async fn helia_failures_are_reported() {
     let a = KuboNode::start(KuboOptions::default()).await.unwrap();
     let r = helia_run(&a.tcp_addr, cid, &opts).await.unwrap();
     assert!(!r.ok, "{r:?}");
-    assert!(r.dial_ms.is_some(), "dial must have worked: {r:?}");
+    assert!(r.own.dial_ms.is_some(), "dial must have worked: {r:?}");
 }
 
 #[tokio::test]
@@ -284,7 +284,7 @@ async fn jsipfs_daemon_serves_kubo_and_helia() {
     let small_cid = j.add_bytes(&small).await.unwrap();
     let r = helia_fetch(&j.tcp_addr, &small_cid, T).await.unwrap();
     assert!(r.bytes == small);
-    assert_eq!(r.muxer.as_deref(), Some("/mplex/6.7.0"));
+    assert_eq!(r.own.muxer.as_deref(), Some("/mplex/6.7.0"));
 
     // js-ipfs <- kubo over bitswap
     let kdata = random_bytes(MIB, 8);

@@ -264,8 +264,8 @@ async fn helia_fetches_byte_identical_over_wss_trusting_the_test_ca() {
         .await
         .unwrap();
     assert!(got.bytes == random_bytes(4 * MIB, 161), "differs over wss");
-    assert_eq!(got.peer.as_deref(), Some(proxy.peer_id.as_str()));
-    let remote = got.remote_addr.unwrap_or_default();
+    assert_eq!(got.own.peer.as_deref(), Some(proxy.peer_id.as_str()));
+    let remote = got.own.remote_addr.unwrap_or_default();
     assert!(
         remote.contains("/tls/ws") || remote.contains("/wss"),
         "{remote}"

@@ -69,30 +69,18 @@ async fn exits_0_once_drained(proxy: &mut Proxy) {
 }
 
 /// A kubo holding a 64 MiB file `big.bin` of seed `seed`, and a proxy in front of it.
-async fn kubo_of_64_mib_behind_a_proxy(seed: u64) -> (tempfile::TempDir, KuboNode, Proxy) {
-    let dir = kitsune_e2e::scratch_dir("drain").unwrap();
-    let file = kitsune_e2e::write_random_file(dir.path(), "big.bin", 64 * MIB, seed).unwrap();
-    let kubo = KuboNode::start(KuboOptions {
-        add: vec![file],
-        ..Default::default()
-    })
-    .await
-    .expect("kubo starts");
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![kubo.api_multiaddr.clone()],
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
-    proxy.wait_backends(1, T).await.unwrap();
-    (dir, kubo, proxy)
+async fn kubo_of_64_mib_behind_a_proxy(seed: u64) -> (KuboNode, Proxy) {
+    let kubo =
+        KuboNode::with_random_files(&[("big.bin", 64 * MIB, seed)], KuboOptions::default()).await;
+    let proxy = Proxy::in_front_of(&[&kubo], &[], T).await;
+    (kubo, proxy)
 }
 
 /// A rollout's SIGTERM while a client is mid-transfer: the proxy stops taking
 /// connections and fails `/readyz` at once, finishes the transfer it has, then exits 0.
 #[tokio::test]
 async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
-    let (_dir, kubo, mut proxy) = kubo_of_64_mib_behind_a_proxy(20).await;
+    let (kubo, mut proxy) = kubo_of_64_mib_behind_a_proxy(20).await;
     let cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
 
     let addr: libp2p::Multiaddr = proxy.tcp_addr.parse().unwrap();
@@ -152,7 +140,7 @@ async fn sigterm_mid_transfer_drains_the_fetch_then_exits() {
 /// 64 MiB file, under way when the proxy gets SIGTERM, completes byte-identical.
 #[tokio::test]
 async fn sigterm_mid_helia_fetch_drains_it() {
-    let (_dir, kubo, mut proxy) = kubo_of_64_mib_behind_a_proxy(21).await;
+    let (kubo, mut proxy) = kubo_of_64_mib_behind_a_proxy(21).await;
     let (addr, cid) = (proxy.tcp_addr.clone(), kubo.added["big.bin"].clone());
     let fetch = tokio::spawn(async move { kitsune_e2e::helia_fetch(&addr, &cid, T).await });
     proxy.wait_blocks_sent(10.0, T).await.unwrap();

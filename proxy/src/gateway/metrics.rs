@@ -1,6 +1,9 @@
 //! The gateway's metrics. Labels are fixed words and status codes (never a CID or
 //! a client), so the series stay few.
 
+use std::time::Instant;
+
+use kitsune_common::metrics::Registrar;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -48,47 +51,39 @@ pub struct ReasonLabels {
 
 impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            requests: Family::default(),
-            bytes_served: Family::default(),
-            latency: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ])
-            }),
-            in_flight: Gauge::default(),
-            car_aborted: Family::default(),
-        };
-        let r = registry.sub_registry_with_prefix("kitsune_gateway");
-        r.register(
-            "requests",
-            "Gateway HTTP requests by route, format and status",
-            m.requests.clone(),
-        );
-        r.register(
-            "bytes_served",
-            "Body bytes the gateway sent, by format",
-            m.bytes_served.clone(),
-        );
-        r.register(
-            "response_seconds",
-            "Seconds from a gateway request to its response head, by route",
-            m.latency.clone(),
-        );
-        r.register(
-            "requests_in_flight",
-            "Gateway requests being served (streaming CAR bodies included)",
-            m.in_flight.clone(),
-        );
-        r.register(
-            "car_aborted",
-            "CAR responses aborted mid-stream, by reason",
-            m.car_aborted.clone(),
-        );
-        m
+        let mut r = Registrar::new(registry, "kitsune_gateway");
+        Self {
+            requests: r.add(
+                "requests",
+                "Gateway HTTP requests by route, format and status",
+            ),
+            bytes_served: r.add("bytes_served", "Body bytes the gateway sent, by format"),
+            latency: r.register(
+                "response_seconds",
+                "Seconds from a gateway request to its response head, by route",
+                Family::new_with_constructor(|| {
+                    Histogram::new([
+                        0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    ])
+                }),
+            ),
+            in_flight: r.add(
+                "requests_in_flight",
+                "Gateway requests being served (streaming CAR bodies included)",
+            ),
+            car_aborted: r.add("car_aborted", "CAR responses aborted mid-stream, by reason"),
+        }
     }
 
-    pub fn request(&self, route: &'static str, format: &'static str, status: u16) {
+    /// Counts a request answered with `status` and observes its time to the response
+    /// head, from `started`.
+    pub fn answered(
+        &self,
+        route: &'static str,
+        format: &'static str,
+        status: u16,
+        started: Instant,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
@@ -96,6 +91,9 @@ impl GatewayMetrics {
                 status,
             })
             .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     pub fn served(&self, format: &'static str, bytes: usize) {

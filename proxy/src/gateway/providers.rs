@@ -72,11 +72,8 @@ pub(super) async fn providers(
         .is_some_and(|a| a.contains("application/x-ndjson"));
     let format = if ndjson { "ndjson" } else { "json" };
     let r = providers_inner(&s, peer, &method, &cid, &headers, ndjson).await;
-    s.metrics.request("providers", format, r.status().as_u16());
     s.metrics
-        .latency
-        .get_or_create(&super::metrics::RouteLabels { route: "providers" })
-        .observe(started.elapsed().as_secs_f64());
+        .answered("providers", format, r.status().as_u16(), started);
     r
 }
 

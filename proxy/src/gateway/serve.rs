@@ -134,11 +134,8 @@ pub(super) async fn ipfs(
     let started = Instant::now();
     let guard = InFlight::new(&s.metrics);
     let (format, r) = ipfs_inner(&s, peer, &method, &rest, &uri, &headers, guard).await;
-    s.metrics.request("ipfs", format, r.status().as_u16());
     s.metrics
-        .latency
-        .get_or_create(&super::metrics::RouteLabels { route: "ipfs" })
-        .observe(started.elapsed().as_secs_f64());
+        .answered("ipfs", format, r.status().as_u16(), started);
     r
 }
 

@@ -69,16 +69,17 @@ pub async fn build(
         )
         .await?
         .with_bandwidth_metrics(registry)
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(conn_limits),
-            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip)
-                .with_keying(limits.address_key())
-                .with_real_client(real_client),
-            // Only external addresses are announced (the engine adds the public
-            // listeners): preload mode's loopback WebSocket listener must not leak.
-            identify: identify::Behaviour::new(identify_config(key).with_hide_listen_addrs(true)),
-            ping: ping::Behaviour::default(),
-            bitswap: bitswap::Behaviour::default(),
+        .with_behaviour(|key| {
+            Behaviour::new(
+                key,
+                conn_limits,
+                ip_limit::Behaviour::new(limits.max_connections_per_ip)
+                    .with_keying(limits.address_key())
+                    .with_real_client(real_client),
+                // Only external addresses are announced (the engine adds the public
+                // listeners): preload mode's loopback WebSocket listener must not leak.
+                true,
+            )
         })?
         .with_swarm_config(|c| swarm_config(c, limits))
         .build();
@@ -104,21 +105,40 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
             yamux::Config::default,
         )?
         .with_dns()?
-        .with_behaviour(|key| Behaviour {
-            limits: connection_limits::Behaviour::new(conn_limits),
-            ip_limit: ip_limit::Behaviour::new(limits.max_connections_per_ip),
-            identify: identify::Behaviour::new(identify_config(key)),
-            ping: ping::Behaviour::default(),
-            bitswap: bitswap::Behaviour::default(),
+        .with_behaviour(|key| {
+            Behaviour::new(
+                key,
+                conn_limits,
+                ip_limit::Behaviour::new(limits.max_connections_per_ip),
+                false,
+            )
         })?
         .with_swarm_config(|c| swarm_config(c, limits))
         .build();
     Ok(swarm)
 }
 
-/// Both hosts identify as kubo does, with Kitsune's agent version.
-fn identify_config(key: &libp2p::identity::Keypair) -> identify::Config {
-    identify::Config::new("ipfs/0.1.0".into(), key.public()).with_agent_version(AGENT.into())
+impl Behaviour {
+    /// Either host's behaviour: identify as kubo does, with Kitsune's agent version
+    /// (and, with `hide_listen_addrs`, announcing external addresses only), ping, and
+    /// bitswap behind these connection limits.
+    fn new(
+        key: &Keypair,
+        limits: connection_limits::ConnectionLimits,
+        ip_limit: ip_limit::Behaviour,
+        hide_listen_addrs: bool,
+    ) -> Self {
+        let identify = identify::Config::new("ipfs/0.1.0".into(), key.public())
+            .with_agent_version(AGENT.into())
+            .with_hide_listen_addrs(hide_listen_addrs);
+        Self {
+            limits: connection_limits::Behaviour::new(limits),
+            ip_limit,
+            identify: identify::Behaviour::new(identify),
+            ping: ping::Behaviour::default(),
+            bitswap: bitswap::Behaviour::default(),
+        }
+    }
 }
 
 /// Both hosts: idle connections close after `--idle-timeout`; inbound streams still

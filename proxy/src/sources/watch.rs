@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use kitsune_common::backoff::Backoff;
 use kitsune_common::clock::unix_now;
+use kitsune_common::metrics::Registrar;
 use kitsune_common::throttle::Throttle;
 use kitsune_common::watch::{self, Snapshot, WatchEvent};
 use prometheus_client::metrics::counter::Counter;
@@ -96,34 +97,24 @@ pub struct WatchStatus {
 
 impl WatchStatus {
     pub fn register(registry: &mut Registry) -> Self {
-        let s = Self::default();
-        let r = registry.sub_registry_with_prefix("kitsune_watch");
-        r.register(
-            "snapshot_version",
-            "Version of the last backend snapshot applied",
-            s.version.clone(),
-        );
-        r.register(
-            "last_message_timestamp_seconds",
-            "Unix time of the last line (snapshot or heartbeat) from the operator",
-            s.last_message.clone(),
-        );
-        r.register(
-            "connected",
-            "1 while the watch stream is open",
-            s.connected.clone(),
-        );
-        r.register(
-            "reconnects",
-            "Watch streams that ended and were retried",
-            s.reconnects.clone(),
-        );
-        r.register(
-            "snapshots_refused",
-            "Backend snapshots refused for naming more backends than --max-backends",
-            s.refused.clone(),
-        );
-        s
+        let mut r = Registrar::new(registry, "kitsune_watch");
+        Self {
+            synced: Arc::default(),
+            version: r.add(
+                "snapshot_version",
+                "Version of the last backend snapshot applied",
+            ),
+            last_message: r.add(
+                "last_message_timestamp_seconds",
+                "Unix time of the last line (snapshot or heartbeat) from the operator",
+            ),
+            connected: r.add("connected", "1 while the watch stream is open"),
+            reconnects: r.add("reconnects", "Watch streams that ended and were retried"),
+            refused: r.add(
+                "snapshots_refused",
+                "Backend snapshots refused for naming more backends than --max-backends",
+            ),
+        }
     }
 }
 

@@ -31,6 +31,14 @@ impl World {
             .open(&[root], ip(from), self.backend, None, self.now)
             .unwrap();
     }
+
+    /// The world's backend wants these blocks (an update, not a full wantlist);
+    /// returns what goes out.
+    fn backend_wants_blocks(&mut self, cids: &[Cid]) -> Outbox {
+        let wants: Vec<WantEntry> = cids.iter().map(|c| want(*c, WantKind::Block)).collect();
+        self.r.backend_wants(self.backend, false, &wants);
+        self.r.take_outbox()
+    }
 }
 
 fn world() -> World {
@@ -45,6 +53,14 @@ fn world() -> World {
         bystander,
         now: Instant::now(),
     }
+}
+
+/// A world with a refs call open, from `from`, for the DAG of one raw block: that block.
+fn world_preloading(from: &str) -> (World, Block) {
+    let mut w = world();
+    let root = raw_block(1);
+    w.open(root.cid, from);
+    (w, root)
 }
 
 fn client_wants(out: &Outbox, client: &PeerId) -> Vec<(Cid, bool)> {
@@ -65,8 +81,7 @@ fn backend_presences(out: &Outbox, backend: &PeerId) -> Vec<Presence> {
 fn an_unrelated_backend_want_gets_dont_have_and_reaches_no_client() {
     let mut w = world();
     let other = raw_block(1).cid;
-    w.r.backend_wants(w.backend, false, &[want(other, WantKind::Block)]);
-    let out = w.r.take_outbox();
+    let out = w.backend_wants_blocks(&[other]);
     assert!(out.to_clients.is_empty(), "never broadcast: {out:?}");
     assert_eq!(
         backend_presences(&out, &w.backend),
@@ -87,11 +102,9 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
     w.open(root.cid, "198.51.100.1");
 
     // The backend's want for a leaf before the root arrives: not (yet) in the DAG.
-    w.r.backend_wants(w.backend, false, &[want(l1.cid, WantKind::Block)]);
-    assert!(w.r.take_outbox().to_clients.is_empty());
+    assert!(w.backend_wants_blocks(&[l1.cid]).to_clients.is_empty());
 
-    w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
-    let out = w.r.take_outbox();
+    let out = w.backend_wants_blocks(&[root.cid]);
     assert_eq!(client_wants(&out, &w.uploader), vec![(root.cid, false)]);
     assert!(client_wants(&out, &w.bystander).is_empty());
 
@@ -132,9 +145,7 @@ fn the_dag_goes_from_the_uploader_to_the_backend_and_nowhere_else() {
 
 #[test]
 fn only_the_backend_the_refs_went_to_may_fetch() {
-    let mut w = world();
-    let root = raw_block(1);
-    w.open(root.cid, "198.51.100.1");
+    let (mut w, root) = world_preloading("198.51.100.1");
     let other_backend = PeerId::random();
     w.r.backend_wants(other_backend, false, &[want(root.cid, WantKind::Block)]);
     let out = w.r.take_outbox();
@@ -144,11 +155,8 @@ fn only_the_backend_the_refs_went_to_may_fetch() {
 
 #[test]
 fn a_want_whose_uploader_is_not_connected_ends_at_once_with_dont_have() {
-    let mut w = world();
-    let root = raw_block(1);
-    w.open(root.cid, "192.0.2.50");
-    w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
-    let out = w.r.take_outbox();
+    let (mut w, root) = world_preloading("192.0.2.50");
+    let out = w.backend_wants_blocks(&[root.cid]);
     assert!(out.to_clients.is_empty(), "nobody there");
     let p = backend_presences(&out, &w.backend);
     assert_eq!(p.len(), 1);
@@ -161,21 +169,15 @@ fn a_want_whose_uploader_is_not_connected_ends_at_once_with_dont_have() {
     let late = PeerId::random();
     w.r.client_connected(late, conn(), ip("::ffff:192.0.2.50"));
     assert!(w.r.take_outbox().to_clients.is_empty());
-    w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
-    let out = w.r.take_outbox();
+    let out = w.backend_wants_blocks(&[root.cid]);
     assert_eq!(client_wants(&out, &late), vec![(root.cid, false)]);
 }
 
 #[test]
 fn a_second_uploader_connection_joins_an_outstanding_want() {
-    let mut w = world();
-    let root = raw_block(1);
-    w.open(root.cid, "198.51.100.1");
-    w.r.backend_wants(w.backend, false, &[want(root.cid, WantKind::Block)]);
-    assert_eq!(
-        client_wants(&w.r.take_outbox(), &w.uploader),
-        vec![(root.cid, false)]
-    );
+    let (mut w, root) = world_preloading("198.51.100.1");
+    let out = w.backend_wants_blocks(&[root.cid]);
+    assert_eq!(client_wants(&out, &w.uploader), vec![(root.cid, false)]);
     let second = PeerId::random();
     w.r.client_connected(second, conn(), ip("198.51.100.1"));
     assert_eq!(
@@ -192,12 +194,7 @@ fn dont_have_from_every_target_goes_back_and_cancels_go_out() {
     w.r.client_connected(nat_peer, conn(), ip("198.51.100.1"));
     w.r.open(&[a.cid, b.cid], ip("198.51.100.1"), w.backend, None, w.now)
         .unwrap();
-    w.r.backend_wants(
-        w.backend,
-        false,
-        &[want(a.cid, WantKind::Block), want(b.cid, WantKind::Block)],
-    );
-    let out = w.r.take_outbox();
+    let out = w.backend_wants_blocks(&[a.cid, b.cid]);
     assert_eq!(client_wants(&out, &w.uploader).len(), 2);
     assert_eq!(
         client_wants(&out, &nat_peer).len(),
@@ -227,8 +224,7 @@ fn dont_have_from_every_target_goes_back_and_cancels_go_out() {
     // A backend CANCEL goes to the clients.
     let c = raw_block(3);
     w.open(c.cid, "198.51.100.1");
-    w.r.backend_wants(w.backend, false, &[want(c.cid, WantKind::Block)]);
-    w.r.take_outbox();
+    w.backend_wants_blocks(&[c.cid]);
     w.r.backend_wants(w.backend, false, &[cancel(c.cid)]);
     let out = w.r.take_outbox();
     assert_eq!(client_wants(&out, &w.uploader), vec![(c.cid, true)]);
@@ -243,12 +239,7 @@ fn expiry_and_full_wantlists_withdraw_wants() {
     let id =
         w.r.open(&[a.cid, b.cid], ip("198.51.100.1"), w.backend, None, w.now)
             .unwrap();
-    w.r.backend_wants(
-        w.backend,
-        false,
-        &[want(a.cid, WantKind::Block), want(b.cid, WantKind::Block)],
-    );
-    w.r.take_outbox();
+    w.backend_wants_blocks(&[a.cid, b.cid]);
     // A full wantlist without `a` drops it.
     w.r.backend_wants(w.backend, true, &[want(b.cid, WantKind::Block)]);
     let out = w.r.take_outbox();
@@ -264,8 +255,7 @@ fn expiry_and_full_wantlists_withdraw_wants() {
     assert_eq!(backend_presences(&out, &w.backend).len(), 1);
     assert_eq!(w.r.wants_outstanding(), 0);
     // And afterwards the same want is refused.
-    w.r.backend_wants(w.backend, false, &[want(b.cid, WantKind::Block)]);
-    assert!(w.r.take_outbox().to_clients.is_empty());
+    assert!(w.backend_wants_blocks(&[b.cid]).to_clients.is_empty());
 }
 
 #[test]
@@ -276,8 +266,7 @@ fn a_leaving_uploader_and_a_lost_backend_clean_up() {
     let lone = PeerId::random();
     w.r.client_connected(lone, c1, ip("192.0.2.9"));
     w.open(a.cid, "192.0.2.9");
-    w.r.backend_wants(w.backend, false, &[want(a.cid, WantKind::Block)]);
-    w.r.take_outbox();
+    w.backend_wants_blocks(&[a.cid]);
     w.r.client_disconnected(lone, c1);
     // No uploader left: the backend is told at once rather than waiting.
     assert_eq!(w.r.wants_outstanding(), 0);
@@ -285,7 +274,7 @@ fn a_leaving_uploader_and_a_lost_backend_clean_up() {
     assert_eq!((p[0].cid, p[0].kind), (a.cid, PresenceKind::DontHave));
     let b = raw_block(2);
     w.open(b.cid, "198.51.100.1");
-    w.r.backend_wants(w.backend, false, &[want(b.cid, WantKind::Block)]);
+    w.backend_wants_blocks(&[b.cid]);
     assert_eq!(w.r.wants_outstanding(), 1);
     w.r.backend_down(w.backend);
     assert_eq!(w.r.wants_outstanding(), 0);
