@@ -11,6 +11,8 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::ProxyOptions;
+
 /// The relay's receive buffer towards the target.
 const RECV_BUFFER: u32 = 64 * 1024;
 
@@ -87,5 +89,24 @@ pub async fn pace(
                 tokio::time::sleep(paid_until - now).await;
             }
         }
+    }
+}
+
+/// A proxy for one backend whose RPC port `api_port` is relayed on `127.0.0.<host>`:
+/// no block cache (every block comes from the backend), and no want times out or is
+/// shed (a paced backend is slow by design). `extra` flags follow.
+pub fn proxy_behind_relay(host: u8, api_port: u16, extra: &[&str]) -> ProxyOptions {
+    let base = [
+        "--block-cache-bytes",
+        "0",
+        "--want-timeout",
+        "60s",
+        "--shed-after",
+        "0",
+    ];
+    ProxyOptions {
+        backends: vec![format!("/ip4/127.0.0.{host}/tcp/{api_port}")],
+        args: base.iter().chain(extra).map(|s| s.to_string()).collect(),
+        ..Default::default()
     }
 }

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use kitsune_e2e::bitswap_client::BitswapClient;
-use kitsune_e2e::relay::paced_relay;
-use kitsune_e2e::{KuboNode, Proxy, ProxyOptions, random_bytes};
+use kitsune_e2e::relay::{paced_relay, proxy_behind_relay};
+use kitsune_e2e::{KuboNode, Proxy, random_bytes};
 
 const MIB: usize = 1 << 20;
 /// The slow backend's pace (kubo → proxy), bytes a second.
@@ -39,23 +39,9 @@ async fn a_light_client_beside_a_heavy_one_on_a_slow_backend() {
     )
     .await
     .expect("relay binds");
-    let proxy = Proxy::start(ProxyOptions {
-        backends: vec![format!("/ip4/127.0.0.{host}/tcp/{}", kubo.api_port)],
-        args: [
-            // Every fetch goes to the backend (no cache), and no want gives up on it.
-            "--block-cache-bytes",
-            "0",
-            "--want-timeout",
-            "60s",
-            "--shed-after",
-            "0",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Default::default()
-    })
-    .await
-    .expect("proxy starts");
+    let proxy = Proxy::start(proxy_behind_relay(host, kubo.api_port, &[]))
+        .await
+        .expect("proxy starts");
     proxy
         .wait_backends(1, Duration::from_secs(30))
         .await

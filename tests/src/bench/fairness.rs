@@ -7,7 +7,7 @@ use cid::Cid;
 
 use super::{Section, ms, percentile};
 use crate::bitswap_client::BitswapClient;
-use crate::relay::paced_relay;
+use crate::relay::{paced_relay, proxy_behind_relay};
 use crate::{KuboNode, Proxy, ProxyOptions, random_bytes};
 
 pub struct Config {
@@ -49,22 +49,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     )
     .await?;
     for fair in [true, false] {
+        let flag = if fair { "true" } else { "false" };
         let proxy = Proxy::start(ProxyOptions {
-            backends: vec![format!("/ip4/127.0.0.{host}/tcp/{}", kubo.api_port)],
             release: super::RELEASE,
-            args: [
-                "--block-cache-bytes",
-                "0",
-                "--want-timeout",
-                "60s",
-                "--shed-after",
-                "0",
-                "--fair-scheduling",
-                if fair { "true" } else { "false" },
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
+            ..proxy_behind_relay(host, kubo.api_port, &["--fair-scheduling", flag])
         })
         .await?;
         proxy.wait_backends(1, Duration::from_secs(30)).await?;
