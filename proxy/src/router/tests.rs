@@ -806,11 +806,11 @@ fn per_backend_inflight_is_bounded_and_the_queue_drains() {
 fn wants_per_client_are_bounded() {
     let t = Instant::now();
     let bs = backends(1);
-    let mut r = Router::new(Config {
+    let cfg = Config {
         max_wants_per_client: 3,
         ..Config::default()
-    });
-    r.backend_up(bs[0], t);
+    };
+    let mut r = router_with(cfg, &bs, t);
     let c = PeerId::random();
     let all: Vec<Block> = (0..5).map(block).collect();
     r.client_message(
@@ -1092,11 +1092,11 @@ fn an_offered_block_answers_waiting_clients_and_cancels_at_the_backend() {
 fn want_cancel_churn_leaves_no_stale_growth() {
     let t = Instant::now();
     let bs = backends(1);
-    let mut r = Router::new(Config {
+    let cfg = Config {
         max_inflight_per_backend: 2,
         ..Config::default()
-    });
-    r.backend_up(bs[0], t);
+    };
+    let mut r = router_with(cfg, &bs, t);
     let c = PeerId::random();
     // Fill the backend, so further wants queue.
     r.client_message(
@@ -1247,12 +1247,12 @@ fn a_full_first_choice_sends_wants_on_before_any_queue() {
 fn one_address_with_many_peers_gets_its_share_and_no_more() {
     let t = Instant::now();
     let bs = backends(1);
-    let mut r = Router::new(Config {
+    let cfg = Config {
         max_wants_per_client: 4,
         max_wants_per_address: 10,
         ..Config::default()
-    });
-    r.backend_up(bs[0], t);
+    };
+    let mut r = router_with(cfg, &bs, t);
     let flood: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
     let same_64: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
     // Twenty peers from one /64, each asking for 4 distinct absent blocks.
