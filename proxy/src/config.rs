@@ -379,6 +379,16 @@ pub struct Limits {
         default_value_t = 0
     )]
     pub wants_per_second_per_address: u32,
+    /// Block bytes a second the clients of one address key are delivered (a token
+    /// bucket holding one second's worth, which may go into debt for the blocks of
+    /// wants already out); over it their new wants wait until it is paid back. 0: no
+    /// limit.
+    #[arg(
+        long,
+        env = "KITSUNE_BYTES_PER_SECOND_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub bytes_per_second_per_address: u64,
 }
 
 impl Limits {
@@ -488,6 +498,7 @@ impl Cli {
             address_key: self.limits.address_key(),
             shed_after: self.limits.shed_after,
             wants_per_second_per_address: self.limits.wants_per_second_per_address,
+            bytes_per_second_per_address: self.limits.bytes_per_second_per_address,
         }
     }
 }

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub cache_blocks: Gauge,
     /// New wants held back by `--wants-per-second-per-address`.
     pub wants_delayed: Counter,
+    /// New wants held back by `--bytes-per-second-per-address`.
+    pub wants_delayed_bytes: Counter,
     /// Wants held back now.
     pub wants_waiting: Gauge,
 }
@@ -138,6 +140,7 @@ impl Metrics {
             cache_bytes: Gauge::default(),
             cache_blocks: Gauge::default(),
             wants_delayed: Counter::default(),
+            wants_delayed_bytes: Counter::default(),
             wants_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("kitsune");
@@ -280,6 +283,11 @@ impl Metrics {
             "bitswap_wants_delayed",
             "New client wants held back for their address's wants-per-second budget",
             m.wants_delayed.clone(),
+        );
+        r.register(
+            "bitswap_wants_delayed_bytes",
+            "New client wants held back while their address's bytes-per-second budget was in debt",
+            m.wants_delayed_bytes.clone(),
         );
         r.register(
             "bitswap_wants_waiting",

@@ -28,6 +28,9 @@ pub struct Config {
     /// New wants a second the clients of one address key may send; more wait (see
     /// `routing::rate`). Zero: no limit.
     pub wants_per_second_per_address: u32,
+    /// Block bytes a second the clients of one address key are delivered; over it
+    /// their new wants wait (see `routing::rate`). Zero: no limit.
+    pub bytes_per_second_per_address: u64,
 }
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
@@ -49,6 +52,7 @@ impl Default for Config {
             address_key: crate::net::ip_limit::AddressKey::default(),
             shed_after: Duration::ZERO,
             wants_per_second_per_address: 0,
+            bytes_per_second_per_address: 0,
         }
     }
 }
