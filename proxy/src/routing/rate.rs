@@ -383,7 +383,7 @@ impl WantRates {
             // its cap the router refuses it either way, so it need not wait.
             let free = w.cancel || held(&w.cid);
             let admitted = !free && waiting.is_empty() && budget.admits(now);
-            if admitted && w.kind == WantKind::Block {
+            if admitted && w.kind == WantKind::Block && budget.bytes.is_some() {
                 reserved.insert(w.cid, (budget.reserve(now), now));
             }
             if free || admitted || holds + waiting.len() >= self.max_per_client {
@@ -448,7 +448,7 @@ impl WantRates {
                 };
                 if !waiting.is_empty() && budget.admits(now) {
                     if let Some(w) = waiting.pop() {
-                        if w.kind == WantKind::Block {
+                        if w.kind == WantKind::Block && budget.bytes.is_some() {
                             let n = budget.reserve(now);
                             self.reserved
                                 .entry(*client)
