@@ -88,6 +88,16 @@ impl Bucket {
         self.tokens < 0.0
     }
 
+    /// How long until what it owes is paid back (zero when it owes nothing).
+    pub fn until_paid(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 0.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
     /// Whether it is full again (and so need not be kept).
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
