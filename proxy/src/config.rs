@@ -379,10 +379,10 @@ pub struct Limits {
         default_value_t = 0
     )]
     pub wants_per_second_per_address: u32,
-    /// Block bytes a second the clients of one address key are delivered (a token
-    /// bucket holding one second's worth, which may go into debt for the blocks of
-    /// wants already out); over it their new wants wait until it is paid back. 0: no
-    /// limit.
+    /// Block bytes a second the clients of one address key are sent, over bitswap
+    /// and the HTTP gateway (a token bucket holding one second's worth); over it
+    /// their new wants wait, and gateway responses pause, until it is paid back. 0:
+    /// no limit.
     #[arg(
         long,
         env = "KITSUNE_BYTES_PER_SECOND_PER_ADDRESS",
