@@ -385,6 +385,16 @@ pub struct Limits {
         default_value_t = 0
     )]
     pub wants_per_second_per_address: u32,
+    /// Block bytes a second the clients of one address key are sent, over bitswap
+    /// and the HTTP gateway (a token bucket holding one second's worth); over it
+    /// their new wants wait, and gateway responses pause, until it is paid back. 0:
+    /// no limit.
+    #[arg(
+        long,
+        env = "KITSUNE_BYTES_PER_SECOND_PER_ADDRESS",
+        default_value_t = 0
+    )]
+    pub bytes_per_second_per_address: u64,
 }
 
 impl Limits {
@@ -495,6 +505,7 @@ impl Cli {
             address_key: self.limits.address_key(),
             shed_after: self.limits.shed_after,
             wants_per_second_per_address: self.limits.wants_per_second_per_address,
+            bytes_per_second_per_address: self.limits.bytes_per_second_per_address,
         }
     }
 }

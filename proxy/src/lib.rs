@@ -96,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut gateway = cli.gateway.enabled.then(|| {
         gateway::Gateway::new(cli.gateway.config(cli.limits.address_key()), &mut registry)
+            .with_byte_rate(cli.limits.bytes_per_second_per_address)
     });
     // Announced addresses replace the listen addresses in identify and on stdout.
     for addr in &cli.announce {

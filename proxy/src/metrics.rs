@@ -100,6 +100,8 @@ pub struct Metrics {
     pub cache_blocks: Gauge,
     /// New wants held back by `--wants-per-second-per-address`.
     pub wants_delayed: Counter,
+    /// New wants held back by `--bytes-per-second-per-address`.
+    pub wants_delayed_bytes: Counter,
     /// Wants held back now.
     pub wants_waiting: Gauge,
 }
@@ -206,6 +208,11 @@ impl Metrics {
             wants_delayed: r.add(
                 "bitswap_wants_delayed",
                 "New client wants held back for their address's wants-per-second budget",
+            ),
+            wants_delayed_bytes: r.add(
+                "bitswap_wants_delayed_bytes",
+                "New client wants held back while their address's bytes-per-second budget \
+                 was in debt",
             ),
             wants_waiting: r.add(
                 "bitswap_wants_waiting",

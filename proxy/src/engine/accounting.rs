@@ -81,6 +81,7 @@ pub fn effects(m: &Metrics, fx: &Effects) {
         reason("too_many_wants_per_address", c.refused_address_wants);
         reason("shed", c.shed_wants);
         add(&m.wants_delayed, c.delayed_wants);
+        add(&m.wants_delayed_bytes, c.delayed_bytes_wants);
         add(&m.cache_hits, c.cache_hits);
         add(&m.cache_misses, c.cache_misses);
         add(&m.cache_evictions, c.cache_evictions);

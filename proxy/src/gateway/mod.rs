@@ -10,6 +10,7 @@ pub mod car;
 pub mod fetch;
 pub mod limits;
 pub mod metrics;
+pub mod pace;
 mod providers;
 pub mod request;
 mod serve;
@@ -46,6 +47,8 @@ pub struct Config {
 pub struct GatewayState {
     pub fetcher: Fetcher,
     pub slots: Arc<limits::Slots>,
+    /// `--bytes-per-second-per-address` for responses.
+    pub pace: Arc<pace::Pace>,
     pub cfg: Arc<Config>,
     pub trusted: Arc<Vec<Cidr>>,
     pub metrics: GatewayMetrics,
@@ -65,17 +68,25 @@ pub struct Gateway {
     pub fetcher: Fetcher,
     pub commands: Option<mpsc::Receiver<FetchCmd>>,
     pub metrics: GatewayMetrics,
+    pub pace: Arc<pace::Pace>,
 }
 
 impl Gateway {
     pub fn new(cfg: Config, registry: &mut prometheus_client::registry::Registry) -> Self {
         let (fetcher, commands) = Fetcher::channel(1024);
         Self {
+            pace: pace::Pace::new(0, cfg.address_key),
             cfg: Arc::new(cfg),
             fetcher,
             commands: Some(commands),
             metrics: GatewayMetrics::register(registry),
         }
+    }
+
+    /// Paces responses to `bytes_per_second` per address key (0: no limit).
+    pub fn with_byte_rate(mut self, bytes_per_second: u64) -> Self {
+        self.pace = pace::Pace::new(bytes_per_second, self.cfg.address_key);
+        self
     }
 
     /// The engine's part; the core holds at most a window of fetches per request.
@@ -110,6 +121,7 @@ impl Gateway {
                 self.cfg.max_per_client,
                 self.cfg.address_key,
             ),
+            pace: self.pace.clone(),
             cfg: self.cfg.clone(),
             trusted,
             metrics: self.metrics.clone(),

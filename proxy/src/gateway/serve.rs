@@ -244,10 +244,11 @@ async fn ipfs_inner(
     let body = match (format, head) {
         (_, true) => Body::empty(),
         (Format::Raw, false) => {
+            s.pace.wait(client, root.data.len()).await;
             s.metrics.served("raw", root.data.len());
             Body::from(root.data.clone())
         }
-        (Format::Car(p), false) => car_body(s, root.clone(), p, deadline, slot, guard),
+        (Format::Car(p), false) => car_body(s, root.clone(), p, client, deadline, slot, guard),
     };
     let mut r = Response::new(body);
     let h = r.headers_mut();
@@ -322,6 +323,7 @@ fn car_body(
     s: &GatewayState,
     root: Block,
     p: CarParams,
+    client: IpAddr,
     deadline: Instant,
     slot: Slot,
     guard: InFlight,
@@ -330,7 +332,7 @@ fn car_body(
     let s = s.clone();
     tokio::spawn(async move {
         let _held = (slot, guard);
-        if let Err(why) = walk(&s, root, p, deadline, &tx).await {
+        if let Err(why) = walk(&s, root, p, client, deadline, &tx).await {
             tracing::debug!(?why, "gateway: CAR aborted");
             s.metrics
                 .car_aborted
@@ -348,6 +350,7 @@ async fn walk(
     s: &GatewayState,
     root: Block,
     p: CarParams,
+    client: IpAddr,
     deadline: Instant,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), Abort> {
@@ -371,6 +374,7 @@ async fn walk(
             if blocks > s.cfg.max_car_blocks || bytes > s.cfg.max_car_bytes {
                 return Err(Abort::TooBig);
             }
+            s.pace.wait(client, block.data.len()).await;
             send(car::section_head(&block.cid, block.data.len())).await?;
             send(block.data.clone()).await?;
         }

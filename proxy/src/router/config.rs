@@ -30,6 +30,9 @@ pub struct Config {
     pub wants_per_second_per_address: u32,
     /// Fair queueing among clients, by bytes (see `fair`); off: oldest want first.
     pub fair_scheduling: bool,
+    /// Block bytes a second the clients of one address key are delivered; over it
+    /// their new wants wait (see `routing::rate`). Zero: no limit.
+    pub bytes_per_second_per_address: u64,
 }
 
 /// How many want timeouts a want may wait at a backend that keeps answering others.
@@ -52,6 +55,7 @@ impl Default for Config {
             shed_after: Duration::ZERO,
             wants_per_second_per_address: 0,
             fair_scheduling: true,
+            bytes_per_second_per_address: 0,
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct Counts {
     pub shed_wants: u64,
     /// New wants held back for their address's wants-per-second budget.
     pub delayed_wants: u64,
+    /// New wants held back because their address's bytes-per-second budget was in
+    /// debt.
+    pub delayed_bytes_wants: u64,
 }
 
 impl Counts {
@@ -100,6 +103,7 @@ impl Counts {
             reverse_no_uploader: d(self.reverse_no_uploader, earlier.reverse_no_uploader),
             shed_wants: d(self.shed_wants, earlier.shed_wants),
             delayed_wants: d(self.delayed_wants, earlier.delayed_wants),
+            delayed_bytes_wants: d(self.delayed_bytes_wants, earlier.delayed_bytes_wants),
         }
     }
 }

@@ -41,7 +41,8 @@ pub struct Core {
     cached: Outbox,
     /// The gateway's fetches, one client of the router.
     fetches: Fetches,
-    /// Per-address wants-per-second budgets; new wants over them wait here.
+    /// Per-address wants-per-second and bytes-per-second budgets; new wants over
+    /// them wait here.
     rates: rate::WantRates,
 }
 
@@ -49,7 +50,10 @@ impl Core {
     pub fn new(router: Router, reverse: Option<Reverse>) -> Self {
         let cfg = router.config();
         let rates = rate::WantRates::new(
-            cfg.wants_per_second_per_address,
+            rate::Rates {
+                wants_per_second: cfg.wants_per_second_per_address,
+                bytes_per_second: cfg.bytes_per_second_per_address,
+            },
             cfg.address_key,
             cfg.max_wants_per_client,
         );
@@ -115,6 +119,7 @@ impl Core {
             self.router.client_address(client, ip);
             self.rates.client_connected(client, ip);
         }
+        // No block reaches a client on a connect: nothing to charge.
         self.effects()
     }
 
@@ -132,9 +137,9 @@ impl Core {
         }
         if last {
             self.router.client_disconnected(client, now);
-            self.rates.client_gone(&client);
+            self.rates.client_gone(&client, now);
         }
-        self.effects()
+        self.effects_at(now)
     }
 
     /// A client's message: its wantlist goes to the router. In preload mode its blocks
@@ -155,6 +160,9 @@ impl Core {
         room: usize,
         now: Instant,
     ) -> Effects {
+        // The cache answers no more than the address's bytes budget holds: a cached
+        // file would otherwise come at once, whatever the budget.
+        let room = room.min(self.rates.bytes_room(&client, now));
         let rest = self.answer_from_cache(client, msg, room);
         let msg_on = rest.as_ref().unwrap_or(msg);
         if self.rates.is_on() {
@@ -177,7 +185,7 @@ impl Core {
                 self.router.offer_block(&block, now);
             }
         }
-        self.effects()
+        self.effects_at(now)
     }
 
     /// Answers the wants of `msg` the cache holds; returns the message without them,
@@ -237,7 +245,7 @@ impl Core {
             ..Message::default()
         };
         self.router.client_message(client, &msg, now);
-        self.effects()
+        self.effects_at(now)
     }
 
     // ---------------------------------------------------------------- backends
@@ -247,7 +255,7 @@ impl Core {
     /// that keeps the connection out of libp2p's idle timeout. Parked wants follow.
     pub fn backend_up(&mut self, backend: PeerId, now: Instant) -> Effects {
         self.router.backend_up(backend, now);
-        let mut effects = self.effects();
+        let mut effects = self.effects_at(now);
         effects.outbox.to_backends.entry(backend).or_default().full = true;
         effects
     }
@@ -262,7 +270,7 @@ impl Core {
         now: Instant,
     ) -> Effects {
         self.router.backend_undelivered(backend, &cids, now);
-        self.effects()
+        self.effects_at(now)
     }
 
     /// A backend is gone: its forward wants move on, its reverse wants end.
@@ -271,7 +279,7 @@ impl Core {
         if let Some(r) = &mut self.reverse {
             r.backend_down(backend);
         }
-        self.effects()
+        self.effects_at(now)
     }
 
     /// A backend's message: blocks and presences answer clients' wants; its own wants
@@ -293,7 +301,7 @@ impl Core {
             }
             None => self.router.backend_message(backend, msg, now),
         }
-        self.effects()
+        self.effects_at(now)
     }
 
     // ---------------------------------------------------------------- preload
@@ -329,7 +337,7 @@ impl Core {
         if let Some(r) = &mut self.reverse {
             r.close(id, now);
         }
-        self.effects()
+        self.effects_at(now)
     }
 
     // ---------------------------------------------------------------- HTTP fetches
@@ -364,7 +372,7 @@ impl Core {
                 }
             }
         };
-        let mut effects = self.effects();
+        let mut effects = self.effects_at(now);
         effects.fetched.extend(refused.map(|why| (id, why)));
         effects
     }
@@ -375,7 +383,7 @@ impl Core {
             let me = self.fetches.client_id();
             self.router.client_message(me, &one_want(cancel), now);
         }
-        self.effects()
+        self.effects_at(now)
     }
 
     // ---------------------------------------------------------------- time
@@ -403,10 +411,22 @@ impl Core {
         if let Some(r) = &mut self.reverse {
             ended = r.tick(now).iter().map(|s| s.dag_size()).collect();
         }
-        let mut effects = self.effects();
+        let mut effects = self.effects_at(now);
         effects.preload_dag_sizes = ended;
         effects.fetched.extend(expired);
         effects
+    }
+
+    /// [`Self::effects`], with the blocks it delivers charged to their clients'
+    /// bytes budgets.
+    fn effects_at(&mut self, now: Instant) -> Effects {
+        let fx = self.effects();
+        if self.rates.is_on() {
+            for (client, msg) in &fx.outbox.to_clients {
+                self.rates.delivered(client, msg, now);
+            }
+        }
+        fx
     }
 
     /// What the last event decided: both paths' messages, merged per peer, and the
@@ -419,7 +439,9 @@ impl Core {
         if let Some(cache) = &self.cache {
             totals.add_cache(&cache.stats());
         }
-        totals.delayed_wants = self.rates.delayed();
+        let delayed = self.rates.delayed();
+        totals.delayed_wants = delayed.for_wants;
+        totals.delayed_bytes_wants = delayed.for_bytes;
         if let Some(r) = &mut self.reverse {
             outbox.merge(r.take_outbox());
             totals.add_reverse(&r.stats());

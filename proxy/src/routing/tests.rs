@@ -671,6 +671,131 @@ fn without_a_want_rate_nothing_waits() {
     assert_eq!((c.wants_waiting(), fx.counts.delayed_wants), (0, 0));
 }
 
+// ------------------------------------------------------------------ byte rates
+
+fn byte_limited(per_second: u64, cache: Option<crate::cache::BlockCache>) -> Core {
+    let cfg = Config {
+        bytes_per_second_per_address: per_second,
+        ..Config::default()
+    };
+    Core::new(Router::new(cfg), None).with_cache(cache)
+}
+
+#[test]
+fn an_address_over_its_byte_rate_waits_and_other_addresses_do_not() {
+    let (mut c, t, b) = (byte_limited(1_000_000, None), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let (heavy, other) = (peer(2), peer(4));
+    c.client_connected(heavy, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    c.client_connected(other, ConnectionId::new_unchecked(3), ip(BYSTANDER_IP));
+    let big: Vec<Block> = (0..7).map(|i| crate::fixtures::block(i, 300_000)).collect();
+    // Five wants at once: each that goes on reserves a block's worth (256 KiB)
+    // of the 1 MB budget; the fourth puts it in debt, the fifth waits (counted for
+    // the bytes budget, not refused).
+    let five = wants(
+        big[0..5]
+            .iter()
+            .map(|blk| want(blk.cid, WantKind::Block, true))
+            .collect(),
+    );
+    let fx = c.client_message(heavy, &five, t);
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 4);
+    assert!(fx.outbox.to_clients.is_empty(), "no DONT_HAVE");
+    assert_eq!(
+        (fx.counts.delayed_bytes_wants, fx.counts.delayed_wants),
+        (1, 0)
+    );
+    assert_eq!(c.wants_waiting(), 1);
+    // The four blocks are bigger than reserved: the debt grows to 200 kB
+    // (4 × 300 kB delivered against the 1 MB burst).
+    let fx = c.backend_message(b, &blocks(&big[0..4]), t);
+    assert_eq!(blocks_to_client(&fx.outbox, &heavy).len(), 4);
+    // A cancel of a waiting want passes and withdraws it; asked again, it waits.
+    let cancel = wants(vec![crate::fixtures::cancel(big[4].cid)]);
+    c.client_message(heavy, &cancel, t);
+    assert_eq!(c.wants_waiting(), 0);
+    c.client_message(heavy, &want_block(&big[4]), t);
+    assert_eq!(c.wants_waiting(), 1);
+    // Another address is served at once, block after block.
+    for blk in &big[5..7] {
+        let fx = c.client_message(other, &want_block(blk), t);
+        assert_eq!(wanted_of(&fx.outbox, &b), vec![(blk.cid, false)]);
+        let fx = c.backend_message(b, &blocks(std::slice::from_ref(blk)), t);
+        assert_eq!(blocks_to_client(&fx.outbox, &other), vec![blk.clone()]);
+    }
+    // The debt is paid in 0.2 s at 1 MB/s: the waiting want goes on then.
+    let fx = c.tick(t + Duration::from_millis(150));
+    assert!(wanted_of(&fx.outbox, &b).is_empty());
+    let fx = c.tick(t + Duration::from_millis(250));
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(big[4].cid, false)]);
+    assert_eq!(c.wants_waiting(), 0);
+}
+
+#[test]
+fn a_want_that_ends_without_a_block_gives_its_reservation_back() {
+    let (mut c, t, b) = (byte_limited(100_000, None), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let heavy = peer(2);
+    c.client_connected(heavy, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    let (absent, next) = (raw_block(1), raw_block(2));
+    // The first want reserves 256 KiB of a 100 kB budget: the next one waits.
+    c.client_message(heavy, &want_block(&absent), t);
+    let fx = c.client_message(heavy, &want_block(&next), t);
+    assert!(wanted_of(&fx.outbox, &b).is_empty());
+    // The only backend has no such block: the client is told, the reservation is
+    // given back, and the waiting want goes on at the next tick, not seconds later.
+    let fx = c.backend_message(b, &presence(absent.cid, PresenceKind::DontHave), t);
+    assert_eq!(fx.outbox.to_clients[&heavy].presences.len(), 1);
+    let fx = c.tick(t + Duration::from_millis(100));
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(next.cid, false)]);
+}
+
+#[test]
+fn the_cache_answers_within_the_byte_budget_and_is_charged_to_it() {
+    let cache = crate::cache::BlockCache::new(1 << 20);
+    let (mut c, t, b) = (byte_limited(100_000, cache), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let heavy = peer(2);
+    c.client_connected(heavy, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    let big: Vec<Block> = (0..3).map(|i| crate::fixtures::block(i, 60_000)).collect();
+    // The cache holds all three (another client, of no address, fetched them).
+    for blk in &big {
+        c.client_message(peer(10), &want_block(blk), t);
+    }
+    c.backend_message(b, &blocks(&big), t);
+    // The first comes from the cache and is charged: 40 kB left.
+    let fx = c.client_message(heavy, &want_block(&big[0]), t);
+    assert_eq!(blocks_to_client(&fx.outbox, &heavy), vec![big[0].clone()]);
+    // The second is more than is left: the cache does not answer it, a backend
+    // does (the budget is not in debt, so the want goes on), and that is charged.
+    let fx = c.client_message(heavy, &want_block(&big[1]), t);
+    assert!(blocks_to_client(&fx.outbox, &heavy).is_empty());
+    assert_eq!(wanted_of(&fx.outbox, &b), vec![(big[1].cid, false)]);
+    let fx = c.backend_message(b, &blocks(&big[1..2]), t);
+    assert_eq!(blocks_to_client(&fx.outbox, &heavy), vec![big[1].clone()]);
+    // In debt now: the third, though cached, waits.
+    let fx = c.client_message(heavy, &want_block(&big[2]), t);
+    assert!(fx.outbox.is_empty());
+    assert_eq!((fx.counts.delayed_bytes_wants, c.wants_waiting()), (1, 1));
+}
+
+#[test]
+fn without_a_byte_rate_nothing_is_charged_or_waits() {
+    let (mut c, t, b) = (byte_limited(0, None), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let x = peer(2);
+    c.client_connected(x, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    let big: Vec<Block> = (0..20)
+        .map(|i| crate::fixtures::block(i, 100_000))
+        .collect();
+    for blk in &big {
+        let fx = c.client_message(x, &want_block(blk), t);
+        assert_eq!(wanted_of(&fx.outbox, &b).len(), 1);
+        c.backend_message(b, &blocks(std::slice::from_ref(blk)), t);
+    }
+    assert_eq!(c.wants_waiting(), 0);
+}
+
 #[test]
 fn the_cache_answers_no_more_than_the_clients_room_and_the_rest_goes_to_a_backend() {
     let (now, b) = (Instant::now(), peer(1));
