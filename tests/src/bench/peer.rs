@@ -32,7 +32,8 @@ struct Balancer {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
     targets: usize,
-    tid: u32,
+    /// The balancer thread's CPU-time clock.
+    clock: libc::clockid_t,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -43,15 +44,12 @@ impl Balancer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicUsize::new(0));
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (count, n) = (accepted.clone(), targets.len());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let thread = std::thread::spawn(move || {
-            // SAFETY: gettid only returns the calling thread's ID.
-            let _ = tid_tx.send(unsafe { libc::gettid() } as u32);
             rt.block_on(async move {
                 let Ok(l) = TcpListener::from_std(listener) else {
                     return;
@@ -84,14 +82,35 @@ impl Balancer {
                 }
             });
         });
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: the thread is alive (it runs until `stop`); the call only writes `clock`.
+        let rc = unsafe {
+            libc::pthread_getcpuclockid(
+                std::os::unix::thread::JoinHandleExt::as_pthread_t(&thread),
+                &mut clock,
+            )
+        };
+        anyhow::ensure!(rc == 0, "pthread_getcpuclockid: {rc}");
         Ok(Self {
             addr,
             accepted,
             targets: n,
-            tid: tid_rx.recv().context("balancer thread")?,
+            clock,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// CPU seconds the balancer thread has used. (`/proc/<tid>/stat` would not do: it
+    /// counts the whole process, the client included.)
+    fn cpu_seconds(&self) -> f64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `clock` is the live balancer thread's clock; the call only writes `t`.
+        unsafe { libc::clock_gettime(self.clock, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
     }
 
     /// The target the next connection will land on.
@@ -181,8 +200,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         b.pid().context("kubo B pid")?,
         c.pid().context("kubo C pid")?,
         proxy.proc.pid(),
-        balancer.tid,
     ];
+    let cpu_now = || {
+        let p = pids.map(cpu_seconds);
+        [p[0], p[1], p[2], p[3], balancer.cpu_seconds()]
+    };
     let ways: [(&str, libp2p::Multiaddr); 3] = [
         ("direct from A", a.tcp_addr.parse()?),
         ("through the balancer", via_balancer.clone()),
@@ -195,13 +217,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     for _ in 0..cfg.runs {
         for (i, (_, to)) in ways.iter().enumerate() {
             let mut client = BitswapClient::connect(to).await?;
-            let before = pids.map(cpu_seconds);
+            let before = cpu_now();
             let (_, stats) = client
                 .fetch(&cids, cfg.window, timeout)
                 .await
                 .with_context(|| format!("fetch {}", ways[i].0))?;
-            let after = pids.map(cpu_seconds);
-            for k in 0..pids.len() {
+            let after = cpu_now();
+            for k in 0..after.len() {
                 cpu[i][k] += after[k] - before[k];
             }
             gib[i] += stats.bytes as f64 / (1u64 << 30) as f64;
