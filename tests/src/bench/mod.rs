@@ -8,11 +8,14 @@ pub mod fairness;
 pub mod floor;
 pub mod footprint;
 pub mod http;
+pub mod peer;
 pub mod propagation;
 pub mod report;
 pub mod scaling;
+pub mod small_blocks;
 pub mod soak;
 pub mod throughput;
+pub mod zipf;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these benchmarks (comma-separated): throughput, http, clients, scaling,
-    /// fairness, affinity, propagation, footprint, soak.
+    /// fairness, affinity, propagation, footprint, soak, zipf, small_blocks, peer.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report. Default: docs/PERFORMANCE.md for a full run, nowhere
@@ -118,6 +118,34 @@ async fn main() -> anyhow::Result<()> {
     if wants("footprint") {
         let cfg = bench::footprint::Config { quick: q };
         record("footprint", bench::footprint::run(&cfg).await);
+    }
+    if wants("zipf") {
+        let cfg = bench::zipf::Config {
+            blocks: if q { 40 } else { 400 },
+            block_kib: if q { 16 } else { 64 },
+            requests: if q { 600 } else { 20_000 },
+            clients: if q { 3 } else { 8 },
+            window: 8,
+            cache_percent: 15,
+        };
+        record("zipf", bench::zipf::run(&cfg).await);
+    }
+    if wants("small_blocks") {
+        let cfg = bench::small_blocks::Config {
+            blocks: if q { 300 } else { 5000 },
+            runs: if q { 1 } else { a.runs },
+            window: 256,
+        };
+        record("small_blocks", bench::small_blocks::run(&cfg).await);
+    }
+    if wants("peer") {
+        let cfg = bench::peer::Config {
+            size_mib: if q { 4 } else { a.size_mib },
+            runs: if q { 1 } else { a.runs },
+            window: 256,
+            fail_after: Duration::from_secs(5),
+        };
+        record("peer", bench::peer::run(&cfg).await);
     }
     if wants("soak") && !q {
         let cfg = bench::soak::Config {
