@@ -46,7 +46,7 @@ impl Router {
             self.push_deadline(cid, first, now);
             self.out.want(first, cid, kind, priority);
         } else if self.queued < self.cfg.max_queued_wants {
-            let Some(at) = self.queue_for(first, &order, self.below_average(&cid)) else {
+            let Some(at) = self.queue_for(first, &order, self.spared(&cid, &first)) else {
                 self.stats.shed_wants += 1;
                 self.shed.push(cid);
                 self.exhaust(cid);
@@ -67,9 +67,7 @@ impl Router {
     /// Where a want with no room anywhere waits: `first`, unless load shedding is on
     /// and its queue takes longer than `shed_after`; then the next backend in `order`
     /// whose queue does not. `None`: every one is too deep, the want is shed, unless
-    /// `spare` (its client holds fewer wants than the average client: with fair
-    /// scheduling it goes ahead of the deep backlogs, which are not its own), and then
-    /// it queues at `first`.
+    /// `spare` (see [`Router::spared`]), and then it queues at `first`.
     fn queue_for(&self, first: PeerId, order: &[PeerId], spare: bool) -> Option<PeerId> {
         if self.cfg.shed_after.is_zero() {
             return Some(first);
@@ -87,17 +85,24 @@ impl Router {
             .or(spare.then_some(first))
     }
 
-    /// Whether some client wanting `cid` holds fewer wants than the clients' average.
-    /// Fair scheduling serves such a client before the deep backlogs of the heavy
-    /// ones, so the depth of a backend's queue is no measure of its wait; without
-    /// fair scheduling it waits behind all of it, and it is not spared.
-    fn below_average(&self, cid: &Cid) -> bool {
+    /// Whether fair scheduling gets `cid` answered in time at `backend` even though its
+    /// queue is deep: some client wanting it holds fewer wants than the clients'
+    /// average (so the deep backlog is not its own, and fair order serves it first),
+    /// and its own wants, served in turn with every other client's at the backend's
+    /// measured rate, take no longer than `shed_after`. A silent backend spares none.
+    /// Without fair scheduling a want waits behind the whole queue: none is spared.
+    fn spared(&self, cid: &Cid, backend: &PeerId) -> bool {
+        let Some(rate) = self.backends.get(backend).and_then(|b| b.meter.rate()) else {
+            return false;
+        };
         let (total, clients) = (self.shares.total(), self.clients.len());
+        let budget = rate * self.cfg.shed_after.as_secs_f64();
         self.cfg.fair_scheduling
             && self.wants.get(cid).is_some_and(|w| {
-                w.wanters
-                    .keys()
-                    .any(|c| self.client_wants(c).saturating_mul(clients) < total)
+                w.wanters.keys().any(|c| {
+                    let held = self.client_wants(c);
+                    held.saturating_mul(clients) < total && (held * clients) as f64 <= budget
+                })
             })
     }
 

@@ -1391,7 +1391,7 @@ fn a_want_that_would_wait_past_shed_after_everywhere_is_answered_at_once() {
 /// With fair scheduling, a client holding fewer wants than the average goes ahead of
 /// the heavy backlog that makes the queue deep: it is not shed for it, while the
 /// heavy client's next want is. Without fair scheduling it would wait behind all of
-/// it, and is shed like any other.
+/// it, and is shed like any other; so it is at a backend that answers nothing.
 #[test]
 fn a_light_client_is_not_shed_for_a_heavy_clients_backlog() {
     for fair in [true, false] {
@@ -1421,6 +1421,27 @@ fn a_light_client_is_not_shed_for_a_heavy_clients_backlog() {
             assert_eq!(r.stats().shed_wants, 2);
         }
     }
+}
+
+#[test]
+fn at_a_silent_backend_even_a_light_client_is_shed() {
+    let t = Instant::now();
+    let b = PeerId::random();
+    let mut r = router_with(shedding(Duration::from_secs(4), 2), &[b], t);
+    let heavy = PeerId::random();
+    let all: Vec<WantEntry> = (0..6)
+        .map(|i| want(&block(i), WantKind::Block, true))
+        .collect();
+    r.client_message(heavy, &wants(all), t);
+    // A whole window saturated and not one answer: it serves nothing a second.
+    r.tick(t + Duration::from_secs(1));
+    assert_eq!(r.backends[&b].meter.rate(), Some(0.0));
+    r.take_outbox();
+    let light = PeerId::random();
+    let x = block(100);
+    let now = t + Duration::from_secs(1);
+    r.client_message(light, &wants(vec![want(&x, WantKind::Block, true)]), now);
+    assert_eq!(dont_haves_to(&r.take_outbox(), &light), vec![x.cid]);
 }
 
 #[test]
