@@ -73,6 +73,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
             // No block cache: what grows is the clients' cost, not cached blocks.
             "--block-cache-bytes",
             "0",
+            // All wants arrive at once by design; shedding would answer the tail of
+            // that queue DONT_HAVE, and every client is to fetch here.
+            "--shed-after",
+            "0",
         ]
         .map(String::from)
         .to_vec(),
@@ -88,7 +92,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
              noise, yamux; all in the load generator's process, dialing from {SOURCES} \
              loopback addresses, {DIALING} dials at a time) connect and stay idle; then, at a \
              barrier, each fetches its own file. The proxy runs with the per-address \
-             connection limit lifted, a 30 min idle timeout and no block cache. Its VmRSS \
+             connection limit lifted, a 30 min idle timeout, no block cache and no load \
+             shedding (all the wants come at once, on purpose). Its VmRSS \
              from /proc is read {} s after each phase: before any client, with all connected \
              and idle (identify done, no bitswap stream), and with all still connected after \
              their fetch (a bitswap stream open each way); each difference over the clients \
