@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod clients;
+pub mod crowd;
 pub mod fairness;
 pub mod floor;
 pub mod footprint;

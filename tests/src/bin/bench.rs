@@ -14,8 +14,8 @@ struct Args {
     /// A quick pass that fits in CI: small sizes, few runs, a 1-minute soak is skipped.
     #[arg(long)]
     quick: bool,
-    /// Run only these benchmarks (comma-separated): throughput, http, clients, scaling,
-    /// fairness, affinity, propagation, footprint, soak, zipf, small_blocks, peer.
+    /// Run only these benchmarks (comma-separated): throughput, http, clients, crowd,
+    /// scaling, fairness, affinity, propagation, footprint, soak, zipf, small_blocks, peer.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the report. Default: docs/PERFORMANCE.md for a full run, nowhere
@@ -29,6 +29,9 @@ struct Args {
     /// Concurrent clients for the many-clients benchmark.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
+    /// Concurrent clients for the memory-per-client benchmark (crowd).
+    #[arg(long, default_value_t = 10_000)]
+    crowd_clients: usize,
     /// Soak duration in minutes.
     #[arg(long, default_value_t = 30)]
     soak_minutes: u64,
@@ -86,6 +89,12 @@ async fn main() -> anyhow::Result<()> {
             backends: 2,
         };
         record("clients", bench::clients::run(&cfg).await);
+    }
+    if wants("crowd") {
+        let cfg = bench::crowd::Config {
+            clients: if q { 40 } else { a.crowd_clients },
+        };
+        record("crowd", bench::crowd::run(&cfg).await);
     }
     if wants("scaling") {
         let cfg = bench::scaling::Config {
@@ -255,7 +264,7 @@ fn machine() -> String {
     )
 }
 
-/// A thousand clients need a few thousand descriptors, here and in the proxy (which
+/// Ten thousand clients need as many descriptors, here and in the proxy (which
 /// inherits the limit).
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {

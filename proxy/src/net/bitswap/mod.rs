@@ -8,6 +8,7 @@
 //! - `handler`: one connection's streams, both directions
 //! - `protocol`: negotiating a bitswap version
 //! - `reader`: admitting inbound streams and decoding them for the engine
+//! - `idle_buf`: a read buffer held only while a stream is busy
 //! - `frame_bounds`: bounds on client frames still arriving
 //! - `writer`: one task per peer that batches and writes, rotating streams
 
@@ -15,6 +16,7 @@ mod behaviour;
 mod control;
 mod frame_bounds;
 mod handler;
+mod idle_buf;
 mod protocol;
 mod reader;
 mod writer;

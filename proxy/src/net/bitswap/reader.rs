@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use futures::AsyncRead;
 use futures::io::BufReader;
 use libp2p::{PeerId, Stream};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::frame_bounds::{FrameBounds, ReadError, next_frame};
+use super::idle_buf::IdleBuf;
 use crate::bitswap::Message;
 use crate::bitswap::codec::FrameError;
 use crate::bitswap::size::cost;
@@ -28,6 +30,10 @@ pub struct Inbound {
 /// channel bounds them by count, but one 4 MiB frame decodes to ~100k wants (~10 MB
 /// in memory): a reader waits here, holding its peer back, until the engine catches up.
 pub const DECODED_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// A client stream's read buffer while it is busy: room for a few messages of wants;
+/// larger frames are read past it.
+const CLIENT_READ_BUFFER: usize = 8 * 1024;
 
 /// Starts a reader task for each admitted inbound stream, at most `max_per_peer` at
 /// once per peer (a peer past that has its new streams reset).
@@ -110,9 +116,28 @@ async fn read_stream(
     budget: Arc<Semaphore>,
     frame_bounds: Option<FrameBounds>,
     metrics: Metrics,
+    guard: StreamGuard,
+) {
+    // Clients' streams are many and mostly idle: their buffer comes and goes. The
+    // backends' are few and busy: theirs stays.
+    if frame_bounds.is_some() {
+        let r = IdleBuf::new(CLIENT_READ_BUFFER, stream);
+        read_frames(peer, r, tx, budget, frame_bounds, metrics, guard).await;
+    } else {
+        let r = BufReader::with_capacity(64 * 1024, stream);
+        read_frames(peer, r, tx, budget, frame_bounds, metrics, guard).await;
+    }
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    peer: PeerId,
+    mut r: R,
+    tx: mpsc::Sender<Inbound>,
+    budget: Arc<Semaphore>,
+    frame_bounds: Option<FrameBounds>,
+    metrics: Metrics,
     _guard: StreamGuard,
 ) {
-    let mut r = BufReader::with_capacity(64 * 1024, stream);
     loop {
         let (frame, room) = match next_frame(&mut r, frame_bounds.as_ref()).await {
             Ok(Some(read)) => read,
