@@ -453,6 +453,16 @@ async fn replicas_sharing_a_key_are_distinct_peers_to_a_shared_backend() {
     let rb = start(key).await;
     assert_eq!(ra.peer_id, rb.peer_id, "one public peer ID");
 
+    // A replica counts its backend as connected once its own side of the handshake is
+    // done; kubo lists the connection when its side is, which on a loaded machine can
+    // come a moment later: wait for both (or the bound) before judging.
+    let _ = kitsune_e2e::wait_for(
+        "kubo to list two peers",
+        T,
+        Duration::from_millis(100),
+        || async { Ok(k.peers().await?.len() >= 2) },
+    )
+    .await;
     let peers = k.peers().await.unwrap();
     let proxy_side: Vec<_> = peers.iter().filter(|p| **p != ra.peer_id).collect();
     assert!(
