@@ -92,18 +92,18 @@ impl Router {
     /// measured rate, take no longer than `shed_after`. A silent backend spares none.
     /// Without fair scheduling a want waits behind the whole queue: none is spared.
     fn spared(&self, cid: &Cid, backend: &PeerId) -> bool {
-        let Some(rate) = self.backends.get(backend).and_then(|b| b.meter.rate()) else {
+        let rate = self.backends.get(backend).and_then(|b| b.meter.rate());
+        let (Some(rate), true) = (rate, self.cfg.fair_scheduling) else {
             return false;
         };
         let (total, clients) = (self.shares.total(), self.clients.len());
         let budget = rate * self.cfg.shed_after.as_secs_f64();
-        self.cfg.fair_scheduling
-            && self.wants.get(cid).is_some_and(|w| {
-                w.wanters.keys().any(|c| {
-                    let held = self.client_wants(c);
-                    held.saturating_mul(clients) < total && (held * clients) as f64 <= budget
-                })
+        self.wants.get(cid).is_some_and(|w| {
+            w.wanters.keys().any(|c| {
+                let held = self.client_wants(c);
+                held.saturating_mul(clients) < total && (held * clients) as f64 <= budget
             })
+        })
     }
 
     /// No backend can be asked: DONT_HAVE to the clients that asked for one; park.

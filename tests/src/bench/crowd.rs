@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cid::Cid;
-use futures::StreamExt;
 use tokio::sync::{Barrier, Semaphore};
 
 use super::{Section, cpu_seconds, mem_mib, ms, percentile};
 use crate::bitswap_client::BitswapClient;
-use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes};
+use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions};
 
 pub struct Config {
     pub clients: usize,
@@ -41,21 +39,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let n = cfg.clients;
     let kubo = KuboNode::start(KuboOptions::default()).await?;
     let started = Instant::now();
-    let cids: Vec<Cid> = futures::stream::iter(0..n)
-        .map(|i| {
-            let kubo = &kubo;
-            async move {
-                let root = kubo
-                    .add_bytes(&random_bytes(FILE_BYTES, 70_000 + i as u64))
-                    .await?;
-                anyhow::Ok(root.parse::<Cid>()?)
-            }
-        })
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let cids = super::add_single_blocks(std::slice::from_ref(&kubo), n, FILE_BYTES, 70_000).await?;
     let adding = started.elapsed();
     let proxy = Proxy::start(ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],

@@ -111,6 +111,31 @@ pub fn num_cpus() -> usize {
 /// shows that every benchmark still runs, and its figures say so.
 pub const RELEASE: bool = !cfg!(debug_assertions);
 
+/// Adds `n` single-block files of `len` random bytes (seeds `seed`, `seed + 1`, …) to
+/// every kubo in `kubos`, eight at a time; returns their CIDs in order.
+pub async fn add_single_blocks(
+    kubos: &[KuboNode],
+    n: usize,
+    len: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<cid::Cid>> {
+    use futures::StreamExt;
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let data = crate::random_bytes(len, seed + i as u64);
+            let mut root = String::new();
+            for k in kubos {
+                root = k.add_bytes(&data).await?;
+            }
+            anyhow::Ok(root.parse::<cid::Cid>()?)
+        })
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 /// A proxy built as this bench is, in front of `kubo` alone. Without the block cache:
 /// the figures are the cost of proxying, every block from kubo, whatever ran before.
 pub fn one_backend(kubo: &KuboNode) -> ProxyOptions {

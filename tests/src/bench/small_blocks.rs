@@ -5,12 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use cid::Cid;
-use futures::StreamExt;
 
 use super::{Section, cpu_seconds, median, proxy_in_front};
 use crate::bitswap_client::BitswapClient;
-use crate::{KuboNode, KuboOptions, random_bytes};
+use crate::{KuboNode, KuboOptions};
 
 pub struct Config {
     /// Distinct 1 KiB blocks fetched per run.
@@ -21,19 +19,8 @@ pub struct Config {
 
 pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let kubo = KuboNode::start(KuboOptions::default()).await?;
-    let kubo_ref = &kubo;
-    let cids: Vec<Cid> = futures::stream::iter(0..cfg.blocks)
-        .map(|i| async move {
-            let cid = kubo_ref
-                .add_bytes(&random_bytes(1024, 180_000 + i as u64))
-                .await?;
-            anyhow::Ok(cid.parse::<Cid>()?)
-        })
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let cids =
+        super::add_single_blocks(std::slice::from_ref(&kubo), cfg.blocks, 1024, 180_000).await?;
     // Without the block cache: every block from kubo, whatever the run before fetched.
     let proxy = proxy_in_front(&kubo).await?;
     let mut s = Section::new(

@@ -6,13 +6,12 @@
 use std::time::{Duration, Instant};
 
 use cid::Cid;
-use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::Section;
 use crate::bitswap_client::BitswapClient;
-use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes};
+use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions};
 
 pub struct Config {
     /// Distinct blocks (each a small file of one block), on every backend.
@@ -38,21 +37,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     }
     // Block rank r (0 = most popular) is the file of seed 90_000 + r: one block each.
     let size = cfg.block_kib << 10;
-    let kubos_ref = &kubos;
-    let cids: Vec<Cid> = futures::stream::iter(0..cfg.blocks)
-        .map(|r| async move {
-            let data = random_bytes(size, 90_000 + r as u64);
-            let mut root = String::new();
-            for k in kubos_ref {
-                root = k.add_bytes(&data).await?;
-            }
-            anyhow::Ok(root.parse::<Cid>()?)
-        })
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let cids = super::add_single_blocks(&kubos, cfg.blocks, size, 90_000).await?;
 
     // Each client's requests, drawn once and replayed alike with the cache off and on.
     let per_client = cfg.requests / cfg.clients;
