@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cid::Cid;
 
+use super::floor::{self, Floor};
 use super::{Section, cpu_seconds, median, ms, num_cpus, percentile, proxy_in_front};
 use crate::bitswap_client::BitswapClient;
 use crate::{KuboNode, KuboOptions, Proxy, helia_fetch, random_bytes, scratch_dir};
@@ -47,17 +48,6 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         ),
     );
 
-    // The floor, in the same run as the proxy's CPU figures it is compared with.
-    let floor = super::floor::measure(cfg.floor_mib);
-    s.line(format!(
-        "floor {:.2} CPU-s/GiB (one core: ChaCha20-Poly1305 decrypt + encrypt {:.2}, SHA-256 \
-         {:.2}); with TLS 1.3 on both legs (AES-128-GCM) {:.2}",
-        floor.noise(),
-        floor.chacha_both_ways,
-        floor.sha256,
-        floor.tls()
-    ));
-
     // Native client (the project's codec over rust-libp2p): the fastest client there is.
     let timeout = Duration::from_secs(300);
     let pids = [
@@ -66,12 +56,11 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         std::process::id(),
     ];
     let native = native_runs(&kubo, &proxy, &cids, cfg, pids).await?;
-    native.report(&mut s, cfg.window, "", floor.noise());
 
     // The same with the proxy on a CPU of its own (kubo and the client share the other),
     // as when it runs on its own node: what the proxy costs when it does not compete
     // with its backend and its client for the same cores.
-    if num_cpus() >= 2 {
+    let pinned = if num_cpus() >= 2 {
         pin(pids[0], "0")?;
         pin(pids[2], "0")?;
         pin(pids[1], "1")?;
@@ -80,11 +69,33 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         for pid in pids {
             pin(pid, &all)?;
         }
-        pinned?.report(
+        Some(pinned?)
+    } else {
+        None
+    };
+
+    // The floor, sampled between the runs whose CPU figures it is compared with.
+    let floor = Floor::mean(&native.floors);
+    s.line(format!(
+        "floor {:.2} CPU-s/GiB (one core: ChaCha20-Poly1305 decrypt + encrypt {:.2}, SHA-256 \
+         {:.2}); with TLS 1.3 on both legs (AES-128-GCM) {:.2}; as the proxy runs here \
+         (AES-128-GCM from kubo, ChaCha20-Poly1305 to the client) {:.2}; the mean of {} \
+         samples taken between the runs",
+        floor.noise(),
+        floor.chacha_both_ways,
+        floor.sha256,
+        floor.tls(),
+        floor.as_run(),
+        native.floors.len(),
+    ));
+    native.report(&mut s, cfg.window, "", &floor);
+    if let Some(pinned) = pinned {
+        let floor = Floor::mean(&pinned.floors);
+        pinned.report(
             &mut s,
             cfg.window,
             ", pinned: kubo and client on CPU 0, the proxy alone on CPU 1",
-            floor.noise(),
+            &floor,
         );
     }
 
@@ -146,10 +157,12 @@ struct Native {
     cpu: [[f64; 3]; 2],
     /// GiB moved, [direct, proxied].
     moved: [f64; 2],
+    /// The floor, sampled once per round of runs.
+    floors: Vec<Floor>,
 }
 
 impl Native {
-    fn report(&self, s: &mut Section, window: usize, how: &str, floor: f64) {
+    fn report(&self, s: &mut Section, window: usize, how: &str, floor: &Floor) {
         let (d, p) = (self.direct, self.proxied);
         s.line(format!(
             "rust-libp2p bitswap client, window {window}{how}: direct {d:.1} MiB/s, through \
@@ -169,8 +182,10 @@ impl Native {
         }
         let proxy = self.cpu[1][1] / self.moved[1];
         s.line(format!(
-            "proxy CPU per GiB{how}: {proxy:.2} = **{:.2} x the floor** (goal <= 1.5)",
-            proxy / floor
+            "proxy CPU per GiB{how}: {proxy:.2} = **{:.2} x the floor** (goal <= 1.5); {:.2} x \
+             the floor as the proxy runs",
+            proxy / floor.noise(),
+            proxy / floor.as_run()
         ));
     }
 }
@@ -188,7 +203,9 @@ async fn native_runs(
     let (mut direct, mut proxied) = (Vec::new(), Vec::new());
     let mut cpu = [[0.0f64; 3]; 2];
     let mut moved = [0.0f64; 2];
+    let mut floors = Vec::new();
     for _ in 0..cfg.runs {
+        floors.push(floor::measure((cfg.floor_mib / cfg.runs.max(1)).max(8)));
         for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
             let before = pids.map(cpu_seconds);
             let mut c = BitswapClient::connect(&to.parse()?).await?;
@@ -211,6 +228,7 @@ async fn native_runs(
         proxied: median(proxied),
         cpu,
         moved,
+        floors,
     })
 }
 
