@@ -11,8 +11,10 @@
 //! - `idle_buf`: a read buffer held only while a stream is busy
 //! - `frame_bounds`: bounds on client frames still arriving
 //! - `writer`: one task per peer that batches and writes, rotating streams
+//! - `coalesce`: a frame's small segments gathered into few muxer writes
 
 mod behaviour;
+mod coalesce;
 mod control;
 mod frame_bounds;
 mod handler;

@@ -11,6 +11,7 @@ use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream};
 use tokio::sync::mpsc;
 
+use super::coalesce::write_segments;
 use super::control::{Control, OpenError};
 use crate::bitswap::size::{TARGET_FRAME_BYTES, cost, split};
 use crate::bitswap::{Message, Version};
@@ -208,9 +209,7 @@ impl WriteTask {
             }
             let out = self.out.as_mut().expect("ready");
             let write = async {
-                for segment in frames.iter().flatten() {
-                    out.stream.write_all(segment).await?;
-                }
+                write_segments(&mut out.stream, frames.iter().flatten()).await?;
                 out.stream.flush().await
             };
             match tokio::time::timeout(WRITE_TIMEOUT, write).await {
