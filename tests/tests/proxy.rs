@@ -36,6 +36,31 @@ async fn proxy_for(backends: &[&KuboNode], ws: bool) -> Proxy {
     p
 }
 
+/// The proxy dials kubo over TLS 1.3 offering AES-128-GCM first, and kubo (Go's TLS
+/// server on a CPU with AES instructions) takes it; with libp2p-tls's own order
+/// (ChaCha20 first) it took ChaCha20.
+#[tokio::test]
+async fn kubo_is_reached_over_tls_with_aes_gcm() {
+    let kubo = kubo_with(&[], false).await;
+    let p = Proxy::start(ProxyOptions {
+        backends: vec![kubo.api_multiaddr.clone()],
+        env: vec![(
+            "RUST_LOG".into(),
+            "info,kitsune_proxy::net::backend_tls=debug".into(),
+        )],
+        ..Default::default()
+    })
+    .await
+    .expect("proxy starts");
+    p.wait_backends(1, T).await.unwrap();
+    let log = std::fs::read_to_string(p.proc.stderr_path()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("backend TLS"))
+        .unwrap_or_else(|| panic!("no TLS handshake with kubo logged:\n{log}"));
+    assert!(line.contains("TLS13_AES_128_GCM_SHA256"), "{line}");
+}
+
 #[tokio::test]
 async fn helia_fetches_1_and_20_mib_byte_identical_over_tcp_and_ws() {
     let dir = scratch_dir("fetch").unwrap();

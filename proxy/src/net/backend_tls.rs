@@ -103,7 +103,8 @@ where
                 )));
             };
             let peer = certificate::parse(cert)?.peer_id();
-            tracing::debug!(%peer, suite = ?state.negotiated_cipher_suite(), "backend TLS");
+            let suite = state.negotiated_cipher_suite().map(|s| s.suite());
+            tracing::debug!(%peer, ?suite, "backend TLS");
             Ok((peer, stream.into()))
         }
         .boxed()
