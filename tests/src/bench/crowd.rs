@@ -39,7 +39,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let n = cfg.clients;
     let kubo = KuboNode::start(KuboOptions::default()).await?;
     let started = Instant::now();
-    let cids = super::add_single_blocks(std::slice::from_ref(&kubo), n, FILE_BYTES, 70_000).await?;
+    let cids = super::add_single_blocks(&[&kubo], n, FILE_BYTES, 70_000).await?;
     let adding = started.elapsed();
     let proxy = Proxy::start(ProxyOptions {
         backends: vec![kubo.api_multiaddr.clone()],

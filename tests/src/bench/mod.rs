@@ -114,7 +114,7 @@ pub const RELEASE: bool = !cfg!(debug_assertions);
 /// Adds `n` single-block files of `len` random bytes (seeds `seed`, `seed + 1`, …) to
 /// every kubo in `kubos`, eight at a time; returns their CIDs in order.
 pub async fn add_single_blocks(
-    kubos: &[KuboNode],
+    kubos: &[&KuboNode],
     n: usize,
     len: usize,
     seed: u64,

@@ -12,7 +12,7 @@ use anyhow::Context;
 use cid::Cid;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{Section, cpu_seconds, median};
+use super::{Section, cpu_seconds, median, ms, percentile};
 use crate::bitswap_client::BitswapClient;
 use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes, scratch_dir};
 
@@ -23,6 +23,8 @@ pub struct Config {
     /// How long a fetch of the content held on one backend may take before it counts
     /// as failed.
     pub fail_after: Duration,
+    /// 1 KiB blocks wanted one at a time each way for the latency line.
+    pub latency_blocks: usize,
 }
 
 /// A round-robin TCP balancer on 127.0.0.1: connection k goes to `targets[k % n]`,
@@ -150,6 +152,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let c = KuboNode::start(with_file()).await?;
     let root = a.added["peer.bin"].clone();
     let cids = a.dag_cids(&root).await?;
+    // 1 KiB blocks on all three, for the latency each way adds.
+    let small = super::add_single_blocks(&[&a, &b, &c], cfg.latency_blocks, 1024, 181_000).await?;
     // Content held on A only.
     let only_root = a.add_bytes(&random_bytes(1 << 20, 1818)).await?;
     let only: Vec<Cid> = a.dag_cids(&only_root).await?;
@@ -184,12 +188,14 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
              turn, {} runs each, a fresh connection every run, median; CPU of each process \
              (kubo: the whole node) from /proc. Then 1 MiB added to A only is fetched over a \
              connection the balancer landed on A, one it landed on B, and through Kitsune, \
-             each with a {} s limit. {} build.",
+             each with a {} s limit. Latency: {} 1 KiB blocks (held by all three) wanted one \
+             at a time, want to block, over one connection each way. {} build.",
             cfg.size_mib,
             cids.len(),
             cfg.window,
             cfg.runs,
             cfg.fail_after.as_secs(),
+            cfg.latency_blocks,
             super::build_profile()
         ),
     );
@@ -265,6 +271,30 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     s.line(format!(
         "CPU seconds per GiB, direct from A (reference): kubo {:.2}",
         kubos(0)
+    ));
+
+    // What one more hop costs a small block: a bare TCP splice beside Kitsune.
+    let mut p50 = Vec::new();
+    for (_, to) in &ways {
+        let mut client = BitswapClient::connect(to).await?;
+        client.fetch(&small[..1], 1, timeout).await?; // warm up the streams
+        let mut samples = Vec::new();
+        for cid in &small[1..] {
+            let (_, stats) = client.fetch(std::slice::from_ref(cid), 1, timeout).await?;
+            samples.push(stats.latencies[0]);
+        }
+        samples.sort();
+        p50.push(ms(percentile(&samples, 0.5)));
+    }
+    s.line(format!(
+        "1 KiB block latency p50 ({} blocks): direct from A {:.3} ms, through the balancer \
+         {:.3} ms (**added {:.3} ms**), through Kitsune {:.3} ms (**added {:.3} ms**)",
+        small.len() - 1,
+        p50[0],
+        p50[1],
+        p50[1] - p50[0],
+        p50[2],
+        p50[2] - p50[0]
     ));
 
     // What the balancer cannot do: content on A only, over a connection on B.

@@ -19,8 +19,7 @@ pub struct Config {
 
 pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let kubo = KuboNode::start(KuboOptions::default()).await?;
-    let cids =
-        super::add_single_blocks(std::slice::from_ref(&kubo), cfg.blocks, 1024, 180_000).await?;
+    let cids = super::add_single_blocks(&[&kubo], cfg.blocks, 1024, 180_000).await?;
     // Without the block cache: every block from kubo, whatever the run before fetched.
     let proxy = proxy_in_front(&kubo).await?;
     let mut s = Section::new(

@@ -37,7 +37,9 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     }
     // Block rank r (0 = most popular) is the file of seed 90_000 + r: one block each.
     let size = cfg.block_kib << 10;
-    let cids = super::add_single_blocks(&kubos, cfg.blocks, size, 90_000).await?;
+    let cids =
+        super::add_single_blocks(&kubos.iter().collect::<Vec<_>>(), cfg.blocks, size, 90_000)
+            .await?;
 
     // Each client's requests, drawn once and replayed alike with the cache off and on.
     let per_client = cfg.requests / cfg.clients;

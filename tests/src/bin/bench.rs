@@ -153,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             runs: if q { 1 } else { a.runs },
             window: 256,
             fail_after: Duration::from_secs(5),
+            latency_blocks: if q { 20 } else { a.latency_blocks.min(300) },
         };
         record("peer", bench::peer::run(&cfg).await);
     }
