@@ -35,7 +35,7 @@ const ALPN: &[u8] = b"libp2p";
 #[derive(Clone)]
 pub struct Config {
     client: Arc<rustls::ClientConfig>,
-    inbound: libp2p::tls::Config,
+    inbound: Listening,
 }
 
 impl Config {
@@ -66,7 +66,7 @@ impl Config {
         client.alpn_protocols = vec![ALPN.to_vec()];
         Ok(Self {
             client: Arc::new(client),
-            inbound: libp2p::tls::Config::new(key)?,
+            inbound: Listening::new(key)?,
         })
     }
 }
@@ -111,13 +111,16 @@ where
     }
 }
 
+/// libp2p's own, as it comes.
+type Listening = libp2p::tls::Config;
+
 impl<C> InboundConnectionUpgrade<C> for Config
 where
-    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    Listening: InboundConnectionUpgrade<C, Info = Self::Info>,
 {
-    type Output = (PeerId, TlsStream<C>);
-    type Error = UpgradeError;
-    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+    type Output = <Listening as InboundConnectionUpgrade<C>>::Output;
+    type Error = <Listening as InboundConnectionUpgrade<C>>::Error;
+    type Future = <Listening as InboundConnectionUpgrade<C>>::Future;
 
     fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
         self.inbound.upgrade_inbound(socket, info)

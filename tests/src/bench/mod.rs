@@ -136,6 +136,24 @@ pub async fn add_single_blocks(
         .collect()
 }
 
+/// Want-to-block times of `cids` wanted one at a time over one fresh connection to
+/// `to`, sorted; the first CID only warms the streams up and is not counted.
+pub async fn one_at_a_time(
+    to: &libp2p::Multiaddr,
+    cids: &[cid::Cid],
+    timeout: std::time::Duration,
+) -> anyhow::Result<Vec<std::time::Duration>> {
+    let mut client = crate::bitswap_client::BitswapClient::connect(to).await?;
+    client.fetch(&cids[..1], 1, timeout).await?;
+    let mut samples = Vec::with_capacity(cids.len());
+    for cid in &cids[1..] {
+        let (_, stats) = client.fetch(std::slice::from_ref(cid), 1, timeout).await?;
+        samples.push(stats.latencies[0]);
+    }
+    samples.sort();
+    Ok(samples)
+}
+
 /// A proxy built as this bench is, in front of `kubo` alone. Without the block cache:
 /// the figures are the cost of proxying, every block from kubo, whatever ran before.
 pub fn one_backend(kubo: &KuboNode) -> ProxyOptions {

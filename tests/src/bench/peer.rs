@@ -276,15 +276,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     // What one more hop costs a small block: a bare TCP splice beside Kitsune.
     let mut p50 = Vec::new();
     for (_, to) in &ways {
-        let mut client = BitswapClient::connect(to).await?;
-        client.fetch(&small[..1], 1, timeout).await?; // warm up the streams
-        let mut samples = Vec::new();
-        for cid in &small[1..] {
-            let (_, stats) = client.fetch(std::slice::from_ref(cid), 1, timeout).await?;
-            samples.push(stats.latencies[0]);
-        }
-        samples.sort();
-        p50.push(ms(percentile(&samples, 0.5)));
+        p50.push(ms(percentile(
+            &super::one_at_a_time(to, &small, timeout).await?,
+            0.5,
+        )));
     }
     s.line(format!(
         "1 KiB block latency p50 ({} blocks): direct from A {:.3} ms, through the balancer \

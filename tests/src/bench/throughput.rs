@@ -124,15 +124,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     }
     let mut lat = Vec::new();
     for to in [&kubo.tcp_addr, &proxy.tcp_addr] {
-        let mut c = BitswapClient::connect(&to.parse()?).await?;
-        c.fetch(&small[..1], 1, timeout).await?; // warm up the streams
-        let mut samples = Vec::new();
-        for cid in &small[1..] {
-            let (_, stats) = c.fetch(std::slice::from_ref(cid), 1, timeout).await?;
-            samples.push(stats.latencies[0]);
-        }
-        samples.sort();
-        lat.push(samples);
+        lat.push(super::one_at_a_time(&to.parse()?, &small, timeout).await?);
     }
     let (ld, lp) = (&lat[0], &lat[1]);
     for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
