@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use cid::Cid;
 use futures::StreamExt;
 use tokio::sync::{Barrier, Semaphore};
 
-use super::{Section, cpu_seconds, mem_mib, ms, percentile};
+use super::{Section, cpu_seconds, mem_mib, p50_p99, settle};
 use crate::bitswap_client::BitswapClient;
 use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes};
 
@@ -96,14 +95,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     }
     barrier.wait().await;
     let start = Instant::now();
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for t in tasks {
-        match t.await.context("client task")? {
-            Ok(r) => done.push(r),
-            Err(e) => failed.push(e.to_string()),
-        }
-    }
+    let (done, failed) = settle(tasks).await?;
     let wall = start.elapsed();
     let cpu = cpu_seconds(pid) - cpu_before;
     let peak = mem_mib(pid, "VmHWM")?;
@@ -123,15 +115,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     per_client.sort();
     if !lat.is_empty() {
         s.line(format!(
-            "time to block (want → block, {} blocks): p50 {:.1} ms, p99 {:.1} ms",
+            "time to block (want → block, {} blocks): {}",
             lat.len(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99))
+            p50_p99(&lat)
         ));
         s.line(format!(
-            "time to whole 1 MiB per client: p50 {:.1} ms, p99 {:.1} ms",
-            ms(percentile(&per_client, 0.5)),
-            ms(percentile(&per_client, 0.99))
+            "time to whole 1 MiB per client: {}",
+            p50_p99(&per_client)
         ));
     }
     s.line(format!(

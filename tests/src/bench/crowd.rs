@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::{Barrier, Semaphore};
 
-use super::{Section, cpu_seconds, mem_mib, ms, percentile};
+use super::{Section, cpu_seconds, mem_mib, p50_p99, settle};
 use crate::bitswap_client::BitswapClient;
 use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions};
 
@@ -133,14 +133,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let cpu_fetch_before = cpu_seconds(pid);
     barrier.wait().await;
     let start = Instant::now();
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    for t in tasks {
-        match t.await.context("client task")? {
-            Ok(r) => done.push(r),
-            Err(e) => failed.push(format!("{e:#}")),
-        }
-    }
+    let (done, failed) = settle(tasks).await?;
     let wall = start.elapsed();
     let cpu_fetch = cpu_seconds(pid) - cpu_fetch_before;
     let still = done.iter().filter(|d| d.2.is_connected()).count();
@@ -164,16 +157,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
         cpu_fetch
     ));
     if let Some(e) = failed.first() {
-        s.line(format!("first failure ({} in all): {e}", failed.len()));
+        s.line(format!("first failure ({} in all): {e:#}", failed.len()));
     }
     let mut lat: Vec<Duration> = done.iter().flat_map(|d| d.1.iter().copied()).collect();
     lat.sort();
     if !lat.is_empty() {
         s.line(format!(
-            "time to block, all {} wanted at once: p50 {:.1} ms, p99 {:.1} ms",
+            "time to block, all {} wanted at once: {}",
             lat.len(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99))
+            p50_p99(&lat)
         ));
     }
     s.line(format!(

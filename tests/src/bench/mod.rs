@@ -70,6 +70,30 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Awaits every client task: what succeeded, in order, and the errors of the others.
+/// A task that panicked or was cancelled is an error of the bench itself.
+pub async fn settle<T>(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<T>>>,
+) -> anyhow::Result<(Vec<T>, Vec<anyhow::Error>)> {
+    let (mut done, mut failed) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await.context("client task")? {
+            Ok(r) => done.push(r),
+            Err(e) => failed.push(e),
+        }
+    }
+    Ok((done, failed))
+}
+
+/// "p50 X ms, p99 Y ms" of sorted samples.
+pub fn p50_p99(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99))
+    )
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
