@@ -117,11 +117,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     ));
 
     // Added latency for 1 KiB blocks: one want at a time, want to block.
-    let mut small = Vec::new();
-    for i in 0..cfg.small_blocks {
-        let cid = kubo.add_bytes(&random_bytes(1024, 1000 + i as u64)).await?;
-        small.push(cid.parse::<Cid>()?);
-    }
+    let small = super::add_single_blocks(&[&kubo], cfg.small_blocks, 1024, 1000).await?;
     let mut lat = Vec::new();
     for to in [&kubo.tcp_addr, &proxy.tcp_addr] {
         lat.push(super::one_at_a_time(&to.parse()?, &small, timeout).await?);
