@@ -7,11 +7,6 @@
 //! suite order alone took about a tenth off the proxy's CPU per GiB (and some of kubo's).
 //! Clients choose their own suites; this is only for the connections the proxy dials.
 //!
-//! The stream is also write-buffered: rustls encrypts and sends on every write, and
-//! yamux writes each frame as two (its 12-byte header, then the body), so a want went
-//! out as two TLS records in two syscalls. Buffered, a frame is one record, sent when
-//! yamux flushes (after each frame), which is what libp2p's noise does on its own.
-//!
 //! What is not ours: the certificate (generated, parsed and checked by
 //! `libp2p::tls::certificate`, per the libp2p TLS spec) and the handshake (rustls,
 //! TLS 1.3 only). This module only assembles the client configuration around them.
@@ -20,8 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::io::BufWriter;
-use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
+use futures::{AsyncRead, AsyncWrite, FutureExt};
 use libp2p::PeerId;
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 use libp2p::identity::Keypair;
@@ -35,13 +29,6 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// ALPN of the libp2p TLS handshake.
 const ALPN: &[u8] = b"libp2p";
-
-/// Room for one whole yamux frame (a 16 KiB body and its header): a frame is one
-/// write to rustls, so one record. Backend connections are few; the buffer is theirs.
-const WRITE_BUFFER: usize = 16 * 1024 + 64;
-
-/// A TLS connection to a backend, written a frame at a time.
-pub type Stream<C> = BufWriter<TlsStream<C>>;
 
 /// The security upgrade for the backend host: ours when dialing, libp2p's when
 /// listening (the backend host never listens, but a transport upgrade is both).
@@ -97,7 +84,7 @@ impl<C> OutboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = (PeerId, Stream<C>);
+    type Output = (PeerId, TlsStream<C>);
     type Error = UpgradeError;
     type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
 
@@ -118,7 +105,7 @@ where
             let peer = certificate::parse(cert)?.peer_id();
             let suite = state.negotiated_cipher_suite().map(|s| s.suite());
             tracing::debug!(%peer, ?suite, "backend TLS");
-            Ok((peer, buffered(stream.into())))
+            Ok((peer, stream.into()))
         }
         .boxed()
     }
@@ -129,22 +116,15 @@ type Listening = libp2p::tls::Config;
 
 impl<C> InboundConnectionUpgrade<C> for Config
 where
-    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    Listening: InboundConnectionUpgrade<C, Info = Self::Info>,
 {
-    type Output = (PeerId, Stream<C>);
-    type Error = UpgradeError;
-    type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
+    type Output = <Listening as InboundConnectionUpgrade<C>>::Output;
+    type Error = <Listening as InboundConnectionUpgrade<C>>::Error;
+    type Future = <Listening as InboundConnectionUpgrade<C>>::Future;
 
     fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.inbound
-            .upgrade_inbound(socket, info)
-            .map_ok(|(peer, stream)| (peer, buffered(stream)))
-            .boxed()
+        self.inbound.upgrade_inbound(socket, info)
     }
-}
-
-fn buffered<C: AsyncRead + AsyncWrite + Unpin>(stream: TlsStream<C>) -> Stream<C> {
-    BufWriter::with_capacity(WRITE_BUFFER, stream)
 }
 
 /// Presents the proxy's libp2p certificate when the server asks for one (libp2p TLS
@@ -229,55 +209,10 @@ impl ServerCertVerifier for Libp2pCertificate {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Poll};
-
     use super::*;
     use futures::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-
-    /// A socket that counts the writes made to it.
-    struct Counting<C> {
-        inner: C,
-        writes: Arc<AtomicUsize>,
-    }
-
-    impl<C: AsyncRead + Unpin> AsyncRead for Counting<C> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_read(cx, buf)
-        }
-    }
-
-    impl<C: AsyncWrite + Unpin> AsyncWrite for Counting<C> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Pin::new(&mut self.inner).poll_close(cx)
-        }
-    }
 
     async fn pair() -> (Compat<TcpStream>, Compat<TcpStream>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,11 +225,6 @@ mod tests {
     async fn a_libp2p_tls_server_is_reached_with_aes_gcm_and_its_peer_id() {
         let (ours, theirs) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
         let (dialed, accepted) = pair().await;
-        let writes = Arc::new(AtomicUsize::new(0));
-        let dialed = Counting {
-            inner: dialed,
-            writes: writes.clone(),
-        };
         let server = libp2p::tls::Config::new(&theirs).unwrap();
         let client = Config::new(&ours).unwrap();
         let (out, inb) = tokio::join!(
@@ -304,32 +234,18 @@ mod tests {
         let ((server_id, mut out), (client_id, mut inb)) = (out.unwrap(), inb.unwrap());
         assert_eq!(server_id, theirs.public().to_peer_id());
         assert_eq!(client_id, ours.public().to_peer_id());
-        let TlsStream::Client(c) = out.get_ref() else {
+        let TlsStream::Client(c) = &out else {
             panic!("the dialer's stream is a client stream")
         };
         // rustls servers follow the client's order, as Go's do on AES hardware.
         let suite = c.get_ref().1.negotiated_cipher_suite().unwrap().suite();
         assert_eq!(suite, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
 
-        // Written as yamux writes a frame, header then body, then flushed: one socket
-        // write (one record), not one per write.
-        let before = writes.load(Ordering::Relaxed);
-        out.write_all(b"header").await.unwrap();
         out.write_all(b"want").await.unwrap();
-        assert_eq!(
-            writes.load(Ordering::Relaxed),
-            before,
-            "nothing sent before a flush"
-        );
         out.flush().await.unwrap();
-        assert_eq!(
-            writes.load(Ordering::Relaxed),
-            before + 1,
-            "one write per flush"
-        );
-        let mut got = [0u8; 10];
+        let mut got = [0u8; 4];
         inb.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"headerwant");
+        assert_eq!(&got, b"want");
     }
 
     #[tokio::test]

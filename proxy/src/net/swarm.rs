@@ -14,6 +14,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
 
+use super::flush_buf::Buffered;
 use super::ip_limit::{self, RealClient};
 use super::{backend_tls, bitswap};
 use crate::config::Limits;
@@ -30,6 +31,11 @@ pub struct Behaviour {
     /// Bitswap streams both ways. Last: it tracks only connections every other
     /// behaviour accepted.
     pub bitswap: bitswap::Behaviour,
+}
+
+/// libp2p's TLS, a yamux frame per record (see `flush_buf`).
+fn buffered_tls(key: &Keypair) -> Result<Buffered<tls::Config>, tls::certificate::GenError> {
+    tls::Config::new(key).map(Buffered)
 }
 
 fn mplex() -> libp2p_mplex::Config {
@@ -58,13 +64,13 @@ pub async fn build(
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            (noise::Config::new, tls::Config::new),
+            (noise::Config::new, buffered_tls),
             (yamux::Config::default, mplex),
         )?
         .with_quic()
         .with_dns()?
         .with_websocket(
-            (noise::Config::new, tls::Config::new),
+            (noise::Config::new, buffered_tls),
             (yamux::Config::default, mplex),
         )
         .await?
@@ -102,7 +108,10 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
         // backends without TLS.
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            (backend_tls::Config::new, noise::Config::new),
+            (
+                |k: &Keypair| backend_tls::Config::new(k).map(Buffered),
+                noise::Config::new,
+            ),
             yamux::Config::default,
         )?
         .with_dns()?

@@ -1,0 +1,288 @@
+//! Writes held until a flush, for TLS under yamux.
+//!
+//! rustls encrypts and sends on every write, and yamux writes each frame as two (its
+//! 12-byte header, then the body) and flushes after each frame: over TLS, a frame went
+//! out as two records in two syscalls, the header's record larger than the header.
+//! [`Buffered`] wraps a security upgrade so its stream gathers writes until the flush:
+//! one record and one syscall per frame (wants, small blocks; a full 16 KiB frame is
+//! two records either way, a TLS record holding at most 16 KiB), as libp2p's noise
+//! does on its own.
+//!
+//! Not `futures::io::BufWriter`: that allocates its buffer up front and keeps it for the
+//! connection's life, 16 KiB for each of ten thousand mostly idle clients. Here the
+//! buffer exists only between the first write and the flush.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures::future::MapOk;
+use futures::{AsyncRead, AsyncWrite, TryFutureExt};
+use libp2p::PeerId;
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
+
+/// Room for one whole yamux frame: a 16 KiB body and its header. A larger write (or
+/// one that would overflow it) goes straight through after what is held.
+const CAPACITY: usize = 16 * 1024 + 64;
+
+/// A stream whose writes are held until a flush (or until they would overflow).
+pub struct FlushBuf<S> {
+    inner: S,
+    held: Vec<u8>,
+    /// Bytes of `held` already written to `inner`.
+    sent: usize,
+}
+
+impl<S> FlushBuf<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncWrite + Unpin> FlushBuf<S> {
+    /// Writes out what is held, then lets the buffer go.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.held.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.held = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FlushBuf<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.held.len() + buf.len() > CAPACITY {
+            ready!(this.poll_send_held(cx))?;
+        }
+        if buf.len() >= CAPACITY {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        }
+        if this.held.capacity() == 0 {
+            this.held.reserve_exact(CAPACITY);
+        }
+        this.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FlushBuf<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+/// A security upgrade whose stream is a [`FlushBuf`].
+#[derive(Clone)]
+pub struct Buffered<U>(pub U);
+
+type Wrap<S> = fn((PeerId, S)) -> (PeerId, FlushBuf<S>);
+
+fn wrap<S>((peer, stream): (PeerId, S)) -> (PeerId, FlushBuf<S>) {
+    (peer, FlushBuf::new(stream))
+}
+
+impl<U: UpgradeInfo> UpgradeInfo for Buffered<U> {
+    type Info = U::Info;
+    type InfoIter = U::InfoIter;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        self.0.protocol_info()
+    }
+}
+
+impl<C, U, S> InboundConnectionUpgrade<C> for Buffered<U>
+where
+    U: InboundConnectionUpgrade<C, Output = (PeerId, S)>,
+{
+    type Output = (PeerId, FlushBuf<S>);
+    type Error = U::Error;
+    type Future = MapOk<U::Future, Wrap<S>>;
+
+    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
+        self.0.upgrade_inbound(socket, info).map_ok(wrap as Wrap<S>)
+    }
+}
+
+impl<C, U, S> OutboundConnectionUpgrade<C> for Buffered<U>
+where
+    U: OutboundConnectionUpgrade<C, Output = (PeerId, S)>,
+{
+    type Output = (PeerId, FlushBuf<S>);
+    type Error = U::Error;
+    type Future = MapOk<U::Future, Wrap<S>>;
+
+    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
+        self.0
+            .upgrade_outbound(socket, info)
+            .map_ok(wrap as Wrap<S>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::identity::Keypair;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+    use super::*;
+
+    /// A socket that counts the writes made to it.
+    struct Counting<C> {
+        inner: C,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<C: AsyncRead + Unpin> AsyncRead for Counting<C> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<C: AsyncWrite + Unpin> AsyncWrite for Counting<C> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_close(cx)
+        }
+    }
+
+    async fn pair() -> (Compat<TcpStream>, Compat<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (dialed.unwrap().compat(), accepted.unwrap().0.compat())
+    }
+
+    /// libp2p TLS both ways, buffered: a small frame written as yamux writes it (header,
+    /// then body) leaves in one socket write at the flush, and no buffer is held after.
+    #[tokio::test]
+    async fn tls_sends_a_frame_per_flush_and_holds_nothing_between() {
+        let (ours, theirs) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (dialed, accepted) = pair().await;
+        let writes = Arc::new(AtomicUsize::new(0));
+        let dialed = Counting {
+            inner: dialed,
+            writes: writes.clone(),
+        };
+        let client = Buffered(libp2p::tls::Config::new(&ours).unwrap());
+        let server = Buffered(libp2p::tls::Config::new(&theirs).unwrap());
+        let (out, inb) = tokio::join!(
+            client.upgrade_outbound(dialed, "/tls/1.0.0"),
+            server.upgrade_inbound(accepted, "/tls/1.0.0"),
+        );
+        let ((server_id, mut out), (client_id, mut inb)) = (out.unwrap(), inb.unwrap());
+        assert_eq!(server_id, theirs.public().to_peer_id());
+        assert_eq!(client_id, ours.public().to_peer_id());
+
+        let before = writes.load(Ordering::Relaxed);
+        out.write_all(&[7; 12]).await.unwrap();
+        out.write_all(&[8; 1024]).await.unwrap();
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            before,
+            "held until the flush"
+        );
+        out.flush().await.unwrap();
+        assert_eq!(
+            writes.load(Ordering::Relaxed),
+            before + 1,
+            "one write per flush"
+        );
+        assert_eq!(out.held.capacity(), 0, "nothing held after the flush");
+
+        let mut got = vec![0u8; 12 + 1024];
+        inb.read_exact(&mut got).await.unwrap();
+        assert!(got[..12].iter().all(|b| *b == 7));
+        assert!(
+            got[12..].iter().all(|b| *b == 8),
+            "bytes unchanged and in order"
+        );
+    }
+
+    /// Writes that would overflow the buffer send what is held first, and a write
+    /// larger than the buffer goes straight through, uncopied; order is kept.
+    #[tokio::test]
+    async fn overflow_sends_what_is_held_first_and_large_writes_pass() {
+        let (a, mut b) = pair().await;
+        let mut a = FlushBuf::new(a);
+        a.write_all(&[1; 10_000]).await.unwrap();
+        a.write_all(&[2; 10_000]).await.unwrap();
+        assert_eq!(a.held.len(), 10_000, "the first went out to make room");
+        let big = vec![3u8; 64 * 1024];
+        let n = futures::future::poll_fn(|cx| Pin::new(&mut a).poll_write(cx, &big))
+            .await
+            .unwrap();
+        assert!(
+            a.held.is_empty(),
+            "what was held went first, then the large write"
+        );
+        a.write_all(&big[n..]).await.unwrap();
+        a.close().await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 20_000 + big.len());
+        assert!(got[..10_000].iter().all(|x| *x == 1));
+        assert!(got[10_000..20_000].iter().all(|x| *x == 2));
+        assert!(got[20_000..].iter().all(|x| *x == 3));
+    }
+}
