@@ -1,4 +1,4 @@
-//! Builders for the pure cores' unit tests: blocks, wantlists, messages.
+//! Builders for the unit tests: blocks, wantlists, messages, a loopback TCP pair.
 
 use bytes::Bytes;
 use cid::Cid;
@@ -100,4 +100,17 @@ pub fn block(seed: u64, len: usize) -> Block {
         cid: Cid::new_v1(dag::RAW, Code::Sha2_256.digest(&data)),
         data,
     }
+}
+
+/// Both ends of one loopback TCP connection, as futures-io streams (the dialed end
+/// first), for the security upgrades' tests.
+pub async fn tcp_pair() -> (
+    tokio_util::compat::Compat<tokio::net::TcpStream>,
+    tokio_util::compat::Compat<tokio::net::TcpStream>,
+) {
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (dialed.unwrap().compat(), accepted.unwrap().0.compat())
 }

@@ -210,21 +210,13 @@ impl ServerCertVerifier for Libp2pCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::tcp_pair;
     use futures::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-
-    async fn pair() -> (Compat<TcpStream>, Compat<TcpStream>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (dialed.unwrap().compat(), accepted.unwrap().0.compat())
-    }
 
     #[tokio::test]
     async fn a_libp2p_tls_server_is_reached_with_aes_gcm_and_its_peer_id() {
         let (ours, theirs) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-        let (dialed, accepted) = pair().await;
+        let (dialed, accepted) = tcp_pair().await;
         let server = libp2p::tls::Config::new(&theirs).unwrap();
         let client = Config::new(&ours).unwrap();
         let (out, inb) = tokio::join!(
@@ -250,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_without_a_libp2p_certificate_is_refused() {
-        let (dialed, accepted) = pair().await;
+        let (dialed, accepted) = tcp_pair().await;
         // A valid TLS 1.3 server whose self-signed certificate has no libp2p extension.
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()])

@@ -160,10 +160,9 @@ mod tests {
 
     use futures::{AsyncReadExt, AsyncWriteExt};
     use libp2p::identity::Keypair;
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
     use super::*;
+    use crate::fixtures::tcp_pair;
 
     /// A socket that counts the writes made to it.
     struct Counting<C> {
@@ -206,19 +205,12 @@ mod tests {
         }
     }
 
-    async fn pair() -> (Compat<TcpStream>, Compat<TcpStream>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (dialed, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (dialed.unwrap().compat(), accepted.unwrap().0.compat())
-    }
-
     /// libp2p TLS both ways, buffered: a small frame written as yamux writes it (header,
     /// then body) leaves in one socket write at the flush, and no buffer is held after.
     #[tokio::test]
     async fn tls_sends_a_frame_per_flush_and_holds_nothing_between() {
         let (ours, theirs) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-        let (dialed, accepted) = pair().await;
+        let (dialed, accepted) = tcp_pair().await;
         let writes = Arc::new(AtomicUsize::new(0));
         let dialed = Counting {
             inner: dialed,
@@ -263,7 +255,7 @@ mod tests {
     /// larger than the buffer goes straight through, uncopied; order is kept.
     #[tokio::test]
     async fn overflow_sends_what_is_held_first_and_large_writes_pass() {
-        let (a, mut b) = pair().await;
+        let (a, mut b) = tcp_pair().await;
         let mut a = FlushBuf::new(a);
         a.write_all(&[1; 10_000]).await.unwrap();
         a.write_all(&[2; 10_000]).await.unwrap();
