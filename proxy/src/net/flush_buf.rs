@@ -41,10 +41,6 @@ impl<S> FlushBuf<S> {
             sent: 0,
         }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncWrite + Unpin> FlushBuf<S> {
