@@ -352,7 +352,8 @@ pub struct Limits {
     /// Pending (handshaking) inbound connections in total.
     #[arg(long, env = "KITSUNE_MAX_PENDING_CONNECTIONS", default_value_t = 256)]
     pub max_pending_connections: u32,
-    /// Bytes queued for one slow client before it is disconnected.
+    /// One client's send queue: its block wants go on as far as half of it holds their
+    /// blocks, the rest wait until it reads; past the whole, it is disconnected.
     #[arg(long, env = "KITSUNE_MAX_CLIENT_BUFFER", default_value_t = 64 * 1024 * 1024)]
     pub max_client_buffer_bytes: usize,
     /// Idle connections (no open streams) are closed after this long.

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub wants_delayed: Counter,
     /// New wants held back by `--bytes-per-second-per-address`.
     pub wants_delayed_bytes: Counter,
+    /// New wants held back until their client's writer queue had room.
+    pub wants_paced: Counter,
     /// Wants held back now.
     pub wants_waiting: Gauge,
 }
@@ -214,9 +216,15 @@ impl Metrics {
                 "New client wants held back while their address's bytes-per-second budget \
                  was in debt",
             ),
+            wants_paced: r.add(
+                "bitswap_wants_paced",
+                "New client wants held back until the client's writer queue had room for \
+                 their blocks (per-client flow control)",
+            ),
             wants_waiting: r.add(
                 "bitswap_wants_waiting",
-                "Client wants held back now, waiting for their address's budget",
+                "Client wants held back now, waiting for their address's budget or their \
+                 writer's room",
             ),
         }
     }

@@ -32,6 +32,8 @@ pub struct BitswapClient {
     out: Option<Stream>,
     inbox: mpsc::UnboundedReceiver<Message>,
     connected: watch::Receiver<bool>,
+    /// Whether the client reads the server's streams (see [`Self::pause_reading`]).
+    reading: watch::Sender<bool>,
     _swarm: tokio::task::JoinHandle<()>,
 }
 
@@ -99,6 +101,7 @@ impl BitswapClient {
         swarm.dial(addr.clone())?;
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
         let (conn_tx, mut connected) = watch::channel(false);
+        let (reading, gate) = watch::channel(true);
         let task = tokio::spawn(async move {
             loop {
                 match swarm.select_next_some().await {
@@ -117,7 +120,7 @@ impl BitswapClient {
                         let _ = conn_tx.send(false);
                     }
                     SwarmEvent::Behaviour(BehaviourEvent::Bitswap(s)) => {
-                        tokio::spawn(read_all(s.stream, inbox_tx.clone()));
+                        tokio::spawn(read_all(s.stream, inbox_tx.clone(), gate.clone()));
                     }
                     _ => {}
                 }
@@ -134,12 +137,23 @@ impl BitswapClient {
             out: None,
             inbox,
             connected,
+            reading,
             _swarm: task,
         })
     }
 
     pub fn is_connected(&self) -> bool {
         *self.connected.borrow()
+    }
+
+    /// Stops reading what the server sends (as a slow reader does): its streams'
+    /// flow-control windows fill and the server's writes wait.
+    pub fn pause_reading(&self) {
+        self.reading.send_replace(false);
+    }
+
+    pub fn resume_reading(&self) {
+        self.reading.send_replace(true);
     }
 
     async fn stream(&mut self) -> anyhow::Result<&mut Stream> {
@@ -235,7 +249,14 @@ impl BitswapClient {
             if left.is_zero() {
                 bail!("timed out with {} of {} blocks", got.len(), wanted.len());
             }
-            let Some(msg) = self.recv(left).await else {
+            let mut connected = self.connected.clone();
+            let msg = tokio::select! {
+                msg = self.recv(left) => msg,
+                _ = connected.wait_for(|c| !*c) => {
+                    bail!("the server closed the connection with {} of {} blocks", got.len(), wanted.len());
+                }
+            };
+            let Some(msg) = msg else {
                 bail!("timed out with {} of {} blocks", got.len(), wanted.len());
             };
             for b in msg.blocks {
@@ -341,9 +362,19 @@ pub fn want(cid: Cid) -> WantEntry {
     }
 }
 
-async fn read_all(stream: Stream, tx: mpsc::UnboundedSender<Message>) {
+async fn read_all(
+    stream: Stream,
+    tx: mpsc::UnboundedSender<Message>,
+    mut reading: watch::Receiver<bool>,
+) {
     let mut r = futures::io::BufReader::with_capacity(64 * 1024, stream);
-    while let Ok(Some(frame)) = read_frame(&mut r, MAX_FRAME_BYTES).await {
+    loop {
+        if reading.wait_for(|on| *on).await.is_err() {
+            return;
+        }
+        let Ok(Some(frame)) = read_frame(&mut r, MAX_FRAME_BYTES).await else {
+            return;
+        };
         match Message::decode(frame) {
             Ok((m, _)) => {
                 if tx.send(m).is_err() {

@@ -1106,3 +1106,67 @@ async fn wants_that_would_wait_on_a_silent_backend_are_shed_at_once() {
         .expect("served once it drained");
     assert_eq!(blocks.len(), cids.len());
 }
+
+/// A client that stops reading with a wantlist eight times its buffer
+/// (`--max-client-buffer-bytes`): the backend sends as fast as it can, so without
+/// per-client flow control every block piled up in the client's queue and the client
+/// was cut off as slow (a fast client with 256 wants of 256 KiB met the same fate at
+/// the default 64 MiB). Its wants now go on only as far as its queue has room: while
+/// it does not read, most of them wait in the proxy; once it reads, it gets them all
+/// on the same connection.
+#[tokio::test]
+async fn a_slow_reader_with_a_wantlist_bigger_than_its_buffer_is_paced_not_cut_off() {
+    let kubo =
+        KuboNode::with_random_files(&[("big.bin", 16 * MIB, 7)], KuboOptions::default()).await;
+    let buffer = (2 * MIB).to_string();
+    let proxy = Proxy::in_front_of(&[&kubo], &["--max-client-buffer-bytes", &buffer], T).await;
+    let cids = kubo.dag_cids(&kubo.added["big.bin"]).await.unwrap();
+    assert!(cids.len() > 64, "{} blocks", cids.len());
+    let mut c = BitswapClient::connect(&proxy.tcp_addr.parse().unwrap())
+        .await
+        .unwrap();
+    c.pause_reading();
+    let wants = cids.iter().map(|cid| want(*cid)).collect();
+    c.send(&Message {
+        wants,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let metric = |name: &'static str| {
+        let proxy = &proxy;
+        async move { proxy.metric(name).await.map(|v| v.unwrap_or(0.0)) }
+    };
+    // Long enough for the backend to have sent all 16 MiB, had it been asked.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        c.is_connected(),
+        "the proxy cut off a client that read slowly\n{}",
+        proxy.proc.log_tail(20)
+    );
+    let waiting = metric("kitsune_bitswap_wants_waiting").await.unwrap();
+    eprintln!("wants waiting while the client does not read: {waiting}");
+    assert!(
+        waiting >= (cids.len() / 2) as f64,
+        "only {waiting} of {} wants waited for a client that does not read",
+        cids.len()
+    );
+    assert!(metric("kitsune_bitswap_wants_paced_total").await.unwrap() >= waiting);
+    c.resume_reading();
+    let (blocks, _) = c.fetch(&cids, cids.len(), T).await.unwrap();
+    assert_eq!(blocks.len(), cids.len());
+    assert!(c.is_connected());
+    let cut = metric("kitsune_rejected_total{reason=\"slow_client\"}")
+        .await
+        .unwrap();
+    assert_eq!(cut, 0.0, "a client that reads is never cut off as slow");
+    // The fetch asked again for blocks that had arrived unread: those are served too.
+    kitsune_e2e::wait_for(
+        "no want left waiting",
+        T,
+        Duration::from_millis(50),
+        || async { Ok(metric("kitsune_bitswap_wants_waiting").await? == 0.0) },
+    )
+    .await
+    .unwrap();
+}

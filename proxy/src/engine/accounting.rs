@@ -82,6 +82,7 @@ pub fn effects(m: &Metrics, fx: &Effects) {
         reason("shed", c.shed_wants);
         add(&m.wants_delayed, c.delayed_wants);
         add(&m.wants_delayed_bytes, c.delayed_bytes_wants);
+        add(&m.wants_paced, c.paced_wants);
         add(&m.cache_hits, c.cache_hits);
         add(&m.cache_misses, c.cache_misses);
         add(&m.cache_evictions, c.cache_evictions);

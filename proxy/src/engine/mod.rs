@@ -55,6 +55,8 @@ pub struct Engine {
     resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
     undelivered_tx: mpsc::Sender<Undelivered>,
     undelivered_rx: mpsc::Receiver<Undelivered>,
+    /// Clients whose writer queue drained while wants of theirs waited for room.
+    room_rx: mpsc::Receiver<PeerId>,
     http: reqwest::Client,
     metrics: Metrics,
     libp2p_metrics: libp2p::metrics::Metrics,
@@ -100,6 +102,7 @@ impl Engine {
                 Some(cmd) = commands::next_preload_cmd(&mut self.preload) => self.on_preload(cmd),
                 Some(cmd) = commands::next_fetch_cmd(&mut self.fetch_commands) => self.on_fetch(cmd),
                 Some(u) = self.undelivered_rx.recv() => self.on_undelivered(u),
+                Some(peer) = self.room_rx.recv() => self.on_client_room(peer),
                 Some(cmd) = self.commands.recv() => match cmd {
                     Command::SetBackends(specs) => {
                         let actions = self.backends.set(specs);
@@ -110,6 +113,11 @@ impl Engine {
                     let now = Instant::now();
                     let fx = self.core.tick(now);
                     self.carry_out(fx);
+                    // A drain signal can be missed (set just after the last write);
+                    // the tick makes up for it.
+                    for peer in self.core.clients_waiting_for_room() {
+                        self.on_client_room(peer);
+                    }
                     let actions = self.backends.tick(now);
                     self.perform(actions);
                     accounting::gauges(&self.metrics, &self.core, &self.backends);
@@ -155,18 +163,45 @@ impl Engine {
             return;
         }
         tracing::debug!(%peer, summary = %Summary(&msg), "from client");
-        // The cache may fill half the client's buffer; the other half is for blocks
-        // the backends send it meanwhile.
-        let queued = self
-            .clients_side
-            .writers
-            .get(&peer)
-            .map_or(0, |w| w.queued_bytes.load(Ordering::Relaxed));
-        let room = (self.max_client_buffer / 2).saturating_sub(queued);
+        let room = self.client_room(&peer);
         let fx = self
             .core
             .client_message_within(peer, &msg, room, Instant::now());
         self.carry_out(fx);
+        self.watch_room(peer);
+    }
+
+    /// What the core may still commit to a client: half its buffer, less what its
+    /// writer holds. The other half absorbs the estimates' misses (a block bigger than
+    /// the client's recent ones), so a client that reads is never cut off.
+    fn client_room(&self, peer: &PeerId) -> usize {
+        let queued = self
+            .clients_side
+            .writers
+            .get(peer)
+            .map_or(0, |w| w.queued_bytes.load(Ordering::Relaxed));
+        (self.max_client_buffer / 2).saturating_sub(queued)
+    }
+
+    /// The client's writer drained: wants of its that waited for room go on.
+    fn on_client_room(&mut self, peer: PeerId) {
+        if !self.clients.contains(&peer) {
+            return;
+        }
+        let room = self.client_room(&peer);
+        let fx = self.core.client_room(peer, room, Instant::now());
+        self.carry_out(fx);
+        self.watch_room(peer);
+    }
+
+    /// While wants of `peer` wait for room, its writer says when it drains.
+    fn watch_room(&mut self, peer: PeerId) {
+        if self.core.waiting_for_room(&peer) {
+            let writer = self
+                .clients_side
+                .writer(peer, &self.metrics, &self.undelivered_tx);
+            writer.wants_room.store(true, Ordering::Release);
+        }
     }
 
     fn on_backend_message(&mut self, peer: PeerId, msg: Message) {

@@ -74,11 +74,13 @@ pub struct Parts {
 
 impl Engine {
     pub fn new(parts: Parts, registry: &mut Registry) -> anyhow::Result<(Self, Handle)> {
+        let (room_tx, room_rx) = mpsc::channel(1024);
         let clients_side = Side::new(
             parts.swarm,
             parts.max_streams_per_peer,
             Some(parts.client_frames),
             STREAM_BUDGET,
+            Some(room_tx),
             &parts.metrics,
         );
         let backends_side = Side::new(
@@ -86,6 +88,7 @@ impl Engine {
             parts.max_streams_per_peer,
             None,
             ONE_STREAM,
+            None,
             &parts.metrics,
         );
         let (handle, commands) = Handle::channel(16);
@@ -119,6 +122,7 @@ impl Engine {
             resolved_rx,
             undelivered_tx,
             undelivered_rx,
+            room_rx,
             http: crate::http_client::plain()
                 .build()
                 .expect("a client without TLS roots builds"),

@@ -19,6 +19,8 @@ pub struct Side {
     pub writers: HashMap<PeerId, Writer>,
     /// Bytes per outbound stream before the writer moves to a fresh one.
     stream_budget: usize,
+    /// Where writers say their queue drained (the clients' side only).
+    room: Option<mpsc::Sender<PeerId>>,
 }
 
 impl Side {
@@ -27,6 +29,7 @@ impl Side {
         max_streams_per_peer: usize,
         frame_bounds: Option<FrameBounds>,
         stream_budget: usize,
+        room: Option<mpsc::Sender<PeerId>>,
         metrics: &Metrics,
     ) -> Self {
         let control = swarm.behaviour().bitswap.control();
@@ -38,6 +41,7 @@ impl Side {
             inbound,
             writers: HashMap::new(),
             stream_budget,
+            room,
         }
     }
 
@@ -55,6 +59,7 @@ impl Side {
                 self.control.clone(),
                 metrics.clone(),
                 undelivered.clone(),
+                self.room.clone(),
             )
         })
     }

@@ -51,6 +51,9 @@ pub struct Counts {
     /// New wants held back because their address's bytes-per-second budget was in
     /// debt.
     pub delayed_bytes_wants: u64,
+    /// New wants held back until their client's writer queue had room for their
+    /// blocks.
+    pub paced_wants: u64,
 }
 
 impl Counts {
@@ -104,6 +107,7 @@ impl Counts {
             shed_wants: d(self.shed_wants, earlier.shed_wants),
             delayed_wants: d(self.delayed_wants, earlier.delayed_wants),
             delayed_bytes_wants: d(self.delayed_bytes_wants, earlier.delayed_bytes_wants),
+            paced_wants: d(self.paced_wants, earlier.paced_wants),
         }
     }
 }

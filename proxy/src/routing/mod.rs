@@ -10,6 +10,8 @@ pub mod fetches;
 pub mod rate;
 #[cfg(test)]
 mod tests;
+mod waiting;
+pub mod window;
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -44,6 +46,9 @@ pub struct Core {
     /// Per-address wants-per-second and bytes-per-second budgets; new wants over
     /// them wait here.
     rates: rate::WantRates,
+    /// Per-client flow control: block wants go on as far as the client's writer
+    /// queue has room for their blocks; the rest wait here.
+    windows: window::ClientWindows,
 }
 
 impl Core {
@@ -59,6 +64,7 @@ impl Core {
         );
         Self {
             rates,
+            windows: window::ClientWindows::new(cfg.max_wants_per_client),
             router,
             reverse,
             reported: Counts::default(),
@@ -97,9 +103,19 @@ impl Core {
         self.reverse.as_ref()
     }
 
-    /// Client wants held back now for their address's budget.
+    /// Client wants held back now, for their address's budget or their writer's room.
     pub fn wants_waiting(&self) -> usize {
-        self.rates.waiting()
+        self.rates.waiting() + self.windows.waiting()
+    }
+
+    /// Whether `client` has wants waiting for room in its writer's queue.
+    pub fn waiting_for_room(&self, client: &PeerId) -> bool {
+        self.windows.is_waiting(client)
+    }
+
+    /// The clients with wants waiting for room, in a stable order.
+    pub fn clients_waiting_for_room(&self) -> Vec<PeerId> {
+        self.windows.waiting_clients()
     }
 
     // ---------------------------------------------------------------- clients
@@ -138,6 +154,7 @@ impl Core {
         if last {
             self.router.client_disconnected(client, now);
             self.rates.client_gone(&client, now);
+            self.windows.client_gone(&client);
         }
         self.effects_at(now)
     }
@@ -149,10 +166,12 @@ impl Core {
         self.client_message_within(client, msg, usize::MAX, now)
     }
 
-    /// [`Self::client_message`] for a client whose writer can take `room` more bytes:
-    /// the cache answers at most that much, and the rest goes to the backends, which
-    /// pace it. A cache answering a big wantlist at once would otherwise queue more
-    /// than the client may have queued, and the client would be cut off as slow.
+    /// [`Self::client_message`] for a client whose writer can take `room` more bytes
+    /// ([`window::UNBOUNDED`]: no writer to protect). The cache answers at most that
+    /// much, and block wants go on to the backends as far as the rest holds their
+    /// blocks; the others wait for [`Self::client_room`]. A cache answering a big
+    /// wantlist at once, or backends sending it at their speed, would otherwise queue
+    /// more than the client may have queued, and it would be cut off as slow.
     pub fn client_message_within(
         &mut self,
         client: PeerId,
@@ -162,22 +181,38 @@ impl Core {
     ) -> Effects {
         // The cache answers no more than the address's bytes budget holds: a cached
         // file would otherwise come at once, whatever the budget.
-        let room = room.min(self.rates.bytes_room(&client, now));
-        let rest = self.answer_from_cache(client, msg, room);
+        let cache_room = room.min(self.rates.bytes_room(&client, now));
+        let (rest, answered) = self.answer_from_cache(client, msg, cache_room);
+        let room = if room == window::UNBOUNDED {
+            room
+        } else {
+            room.saturating_sub(answered)
+        };
         let msg_on = rest.as_ref().unwrap_or(msg);
-        if self.rates.is_on() {
+        let rated;
+        let msg_on = if self.rates.is_on() {
             let router = &self.router;
-            let admitted = self.rates.admit(
+            rated = self.rates.admit(
                 client,
                 msg_on,
                 |cid| router.client_has(&client, cid),
                 router.client_wants(&client),
                 now,
             );
-            self.router.client_message(client, &admitted, now);
+            &rated
         } else {
-            self.router.client_message(client, msg_on, now);
-        }
+            msg_on
+        };
+        let router = &self.router;
+        let paced = self.windows.admit(
+            client,
+            msg_on,
+            |cid| router.client_has(&client, cid),
+            router.client_wants(&client),
+            room,
+            now,
+        );
+        self.router.client_message(client, &paced, now);
         if let Some(r) = &mut self.reverse
             && (!msg.blocks.is_empty() || !msg.presences.is_empty())
         {
@@ -188,10 +223,28 @@ impl Core {
         self.effects_at(now)
     }
 
+    /// The client's writer can take `room` more bytes: its wants waiting for room
+    /// that fit go on.
+    pub fn client_room(&mut self, client: PeerId, room: usize, now: Instant) -> Effects {
+        if let Some(msg) = self.windows.release(&client, room, now) {
+            self.router.client_message(client, &msg, now);
+        }
+        self.effects_at(now)
+    }
+
     /// Answers the wants of `msg` the cache holds; returns the message without them,
-    /// or `None` when the cache answered none (then `msg` goes on as it is).
-    fn answer_from_cache(&mut self, client: PeerId, msg: &Message, room: usize) -> Option<Message> {
-        let cache = self.cache.as_mut()?;
+    /// or `None` when the cache answered none (then `msg` goes on as it is), and the
+    /// block bytes answered.
+    fn answer_from_cache(
+        &mut self,
+        client: PeerId,
+        msg: &Message,
+        room: usize,
+    ) -> (Option<Message>, usize) {
+        let Some(cache) = self.cache.as_mut() else {
+            return (None, 0);
+        };
+        let mut answered_bytes = 0;
         let mut answered = vec![false; msg.wants.len()];
         let mut room = room;
         for (i, w) in msg.wants.iter().enumerate() {
@@ -204,6 +257,7 @@ impl Core {
                     WantKind::Block if block.data.len() > room => room = 0,
                     WantKind::Block => {
                         room -= block.data.len();
+                        answered_bytes += block.data.len();
                         answered[i] = true;
                         self.cached.block_to_client(client, block);
                     }
@@ -216,7 +270,7 @@ impl Core {
             }
         }
         if !answered.contains(&true) {
-            return None;
+            return (None, 0);
         }
         let mut rest = msg.clone();
         let mut i = 0;
@@ -224,7 +278,7 @@ impl Core {
             i += 1;
             !answered[i - 1]
         });
-        Some(rest)
+        (Some(rest), answered_bytes)
     }
 
     /// Blocks the client's writer could not deliver (its stream failed). The router had
@@ -359,7 +413,7 @@ impl Core {
             Ok(want) => {
                 let msg = one_want(want);
                 // The cache answers as it does bitswap clients, backends or none.
-                if self.answer_from_cache(me, &msg, usize::MAX).is_some() {
+                if self.answer_from_cache(me, &msg, usize::MAX).0.is_some() {
                     None
                 } else if self.router.healthy_backends() == 0 {
                     if let Some(cancel) = self.fetches.close(id) {
@@ -403,6 +457,7 @@ impl Core {
         for (client, msg) in self.rates.release(now) {
             self.router.client_message(client, &msg, now);
         }
+        self.windows.expire(now);
         self.router.tick(now);
         if let Some(cache) = &self.cache {
             cache.settle();
@@ -418,13 +473,14 @@ impl Core {
     }
 
     /// [`Self::effects`], with the blocks it delivers charged to their clients'
-    /// bytes budgets.
+    /// bytes budgets and settling their windows' reservations.
     fn effects_at(&mut self, now: Instant) -> Effects {
         let fx = self.effects();
-        if self.rates.is_on() {
-            for (client, msg) in &fx.outbox.to_clients {
+        for (client, msg) in &fx.outbox.to_clients {
+            if self.rates.is_on() {
                 self.rates.delivered(client, msg, now);
             }
+            self.windows.delivered(client, msg);
         }
         fx
     }
@@ -442,6 +498,7 @@ impl Core {
         let delayed = self.rates.delayed();
         totals.delayed_wants = delayed.for_wants;
         totals.delayed_bytes_wants = delayed.for_bytes;
+        totals.paced_wants = self.windows.delayed();
         if let Some(r) = &mut self.reverse {
             outbox.merge(r.take_outbox());
             totals.add_reverse(&r.stats());

@@ -18,13 +18,14 @@
 //! which refuses them as it would anyway. Reservations are one per want the router
 //! holds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use libp2p::PeerId;
 
+use super::waiting::Waiting;
 use crate::bitswap::{Message, WantEntry, WantKind};
 use crate::net::ip_limit::AddressKey;
 
@@ -102,46 +103,6 @@ impl Bucket {
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst
-    }
-}
-
-/// One client's waiting wants, oldest first. A cancel only forgets the CID (O(1));
-/// the queue skips forgotten entries and is compacted when they outnumber the rest.
-#[derive(Debug, Default)]
-struct Waiting {
-    queue: VecDeque<WantEntry>,
-    live: std::collections::HashSet<cid::Cid>,
-}
-
-impl Waiting {
-    fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
-
-    fn push(&mut self, w: &WantEntry) {
-        if self.live.insert(w.cid) {
-            self.queue.push_back(w.clone());
-        }
-    }
-
-    fn forget(&mut self, cid: &cid::Cid) {
-        if self.live.remove(cid) && self.queue.len() > 2 * self.live.len() + 64 {
-            let live = &self.live;
-            self.queue.retain(|w| live.contains(&w.cid));
-        }
-    }
-
-    fn pop(&mut self) -> Option<WantEntry> {
-        while let Some(w) = self.queue.pop_front() {
-            if self.live.remove(&w.cid) {
-                return Some(w);
-            }
-        }
-        None
     }
 }
 

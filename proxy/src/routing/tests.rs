@@ -797,7 +797,7 @@ fn without_a_byte_rate_nothing_is_charged_or_waits() {
 }
 
 #[test]
-fn the_cache_answers_no_more_than_the_clients_room_and_the_rest_goes_to_a_backend() {
+fn the_cache_answers_no_more_than_the_clients_room_and_the_rest_goes_on_as_room_comes_back() {
     let (now, b) = (Instant::now(), peer(1));
     let mut c = Core::new(Router::new(Config::default()), None)
         .with_cache(crate::cache::BlockCache::new(1 << 20));
@@ -817,9 +817,46 @@ fn the_cache_answers_no_more_than_the_clients_room_and_the_rest_goes_to_a_backen
     );
     let fx = c.client_message_within(peer(11), &msg, room, now);
     assert_eq!(blocks_to_client(&fx.outbox, &peer(11)), vec![x, y]);
+    // The cache took all the room: the third waits until the client's writer drains.
+    assert!(wanted_of(&fx.outbox, &b).is_empty());
+    assert!(c.waiting_for_room(&peer(11)));
+    let fx = c.client_room(peer(11), room, now);
     assert_eq!(wanted_of(&fx.outbox, &b), vec![(z.cid, false)]);
+    assert!(!c.waiting_for_room(&peer(11)));
     // No room: every block goes to the backend; a HAVE is still answered.
     let have = wants(vec![want(z.cid, WantKind::Have, true)]);
     let fx = c.client_message_within(peer(12), &have, 0, now);
     assert_eq!(fx.outbox.to_clients[&peer(12)].presences.len(), 1);
+}
+
+#[test]
+fn a_clients_block_wants_go_on_as_far_as_its_writer_has_room_and_the_rest_as_it_drains() {
+    let (now, b, x) = (Instant::now(), peer(1), peer(2));
+    let mut c = Core::new(Router::new(Config::default()), None);
+    c.backend_up(b, now);
+    let big: Vec<Block> = (0..8)
+        .map(|i| crate::fixtures::block(i, 256 * 1024))
+        .collect();
+    let msg = wants(
+        big.iter()
+            .map(|blk| want(blk.cid, WantKind::Block, true))
+            .collect(),
+    );
+    // 1 MiB of room: four blocks' worth of wants go to the backend, four wait.
+    let fx = c.client_message_within(x, &msg, 1 << 20, now);
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 4);
+    assert_eq!((c.wants_waiting(), fx.counts.paced_wants), (4, 4));
+    // Their blocks reach the client's queue: no room until its writer drains.
+    let fx = c.backend_message(b, &blocks(&big[..4]), now);
+    assert_eq!(blocks_to_client(&fx.outbox, &x), big[..4].to_vec());
+    assert!(wanted_of(&c.client_room(x, 0, now).outbox, &b).is_empty());
+    let fx = c.client_room(x, 1 << 20, now);
+    let rest: Vec<(Cid, bool)> = big[4..].iter().map(|blk| (blk.cid, false)).collect();
+    assert_eq!(wanted_of(&fx.outbox, &b), rest);
+    assert_eq!(c.wants_waiting(), 0);
+    // A client that leaves takes its waiting wants with it.
+    c.client_message_within(peer(3), &msg, 0, now);
+    assert_eq!(c.wants_waiting(), 8);
+    c.client_disconnected(peer(3), ConnectionId::new_unchecked(9), true, now);
+    assert_eq!(c.wants_waiting(), 0);
 }

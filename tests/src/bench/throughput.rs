@@ -197,7 +197,11 @@ async fn native_runs(
         for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
             let before = pids.map(cpu_seconds);
             let mut c = BitswapClient::connect(&to.parse()?).await?;
-            let (_, stats) = c.fetch(cids, cfg.window, timeout).await.context("fetch")?;
+            let leg = ["direct from kubo", "through Kitsune"][i];
+            let (_, stats) = c
+                .fetch(cids, cfg.window, timeout)
+                .await
+                .with_context(|| format!("fetch {leg}"))?;
             let after = pids.map(cpu_seconds);
             for k in 0..3 {
                 cpu[i][k] += after[k] - before[k];

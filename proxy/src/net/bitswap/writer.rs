@@ -3,7 +3,7 @@
 //! units and writes them, rotating streams at a byte budget for clients.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,6 +45,10 @@ pub struct Writer {
     tx: mpsc::Sender<Queued>,
     /// Block bytes queued and not yet written.
     pub queued_bytes: Arc<AtomicUsize>,
+    /// Set while the core holds wants of this peer until its queue has room: the
+    /// task then sends the peer's ID on the room channel after its next write (once;
+    /// the engine sets it again if wants still wait).
+    pub wants_room: Arc<AtomicBool>,
 }
 
 /// Why a message was not queued.
@@ -64,9 +68,11 @@ impl Writer {
         control: Control,
         metrics: Metrics,
         undelivered: mpsc::Sender<Undelivered>,
+        room: Option<mpsc::Sender<PeerId>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let wants_room = Arc::new(AtomicBool::new(false));
         let task = WriteTask {
             peer,
             stream_budget,
@@ -74,11 +80,17 @@ impl Writer {
             metrics,
             undelivered,
             queued_bytes: queued_bytes.clone(),
+            wants_room: wants_room.clone(),
+            room,
             out: None,
             next: None,
         };
         tokio::spawn(task.run(rx));
-        Self { tx, queued_bytes }
+        Self {
+            tx,
+            queued_bytes,
+            wants_room,
+        }
     }
 
     /// Queues `msg` unless that would put more than `max_bytes` (blocks, and wants and
@@ -129,6 +141,9 @@ struct WriteTask {
     metrics: Metrics,
     undelivered: mpsc::Sender<Undelivered>,
     queued_bytes: Arc<AtomicUsize>,
+    wants_room: Arc<AtomicBool>,
+    /// Where to say the queue has drained (clients only).
+    room: Option<mpsc::Sender<PeerId>>,
     out: Option<OutStream>,
     /// The stream opened ahead for the next rotation.
     next: Option<Opening>,
@@ -179,6 +194,13 @@ impl WriteTask {
                 }
             }
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            if let Some(room) = &self.room
+                && self.wants_room.load(Ordering::Relaxed)
+                && self.wants_room.swap(false, Ordering::AcqRel)
+            {
+                // Bounded; a signal lost to a full channel is made up by the tick.
+                let _ = room.try_send(self.peer);
+            }
         }
         if let Some(mut o) = self.out.take() {
             let _ = o.stream.close().await;
