@@ -126,6 +126,14 @@ impl Router {
             .is_some_and(|w| w.contains_key(cid))
     }
 
+    /// Whether `client` holds a want of `cid`'s block itself (not only a WANT-HAVE).
+    pub fn client_wants_block(&self, client: &PeerId, cid: &Cid) -> bool {
+        self.clients
+            .get(client)
+            .and_then(|w| w.get(cid))
+            .is_some_and(|w| w.kind == WantKind::Block)
+    }
+
     /// How many wants a client holds (for tests and introspection).
     pub fn client_wants(&self, peer: &PeerId) -> usize {
         self.clients.get(peer).map_or(0, HashMap::len)

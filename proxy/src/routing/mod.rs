@@ -204,10 +204,11 @@ impl Core {
             msg_on
         };
         let router = &self.router;
+        // A WANT-BLOCK upgrading a held WANT-HAVE brings a block: not free.
         let paced = self.windows.admit(
             client,
             msg_on,
-            |cid| router.client_has(&client, cid),
+            |cid| router.client_wants_block(&client, cid),
             router.client_wants(&client),
             room,
             now,

@@ -854,6 +854,15 @@ fn a_clients_block_wants_go_on_as_far_as_its_writer_has_room_and_the_rest_as_it_
     let rest: Vec<(Cid, bool)> = big[4..].iter().map(|blk| (blk.cid, false)).collect();
     assert_eq!(wanted_of(&fx.outbox, &b), rest);
     assert_eq!(c.wants_waiting(), 0);
+    // A WANT-BLOCK upgrading a WANT-HAVE the router holds brings a block: it waits
+    // for room too.
+    let y = peer(4);
+    let have = wants(vec![want(big[0].cid, WantKind::Have, true)]);
+    c.client_message_within(y, &have, 0, now);
+    let upgrade = wants(vec![want(big[0].cid, WantKind::Block, true)]);
+    c.client_message_within(y, &upgrade, 0, now);
+    assert!(c.waiting_for_room(&y));
+    c.client_disconnected(y, ConnectionId::new_unchecked(8), true, now);
     // A client that leaves takes its waiting wants with it.
     c.client_message_within(peer(3), &msg, 0, now);
     assert_eq!(c.wants_waiting(), 8);

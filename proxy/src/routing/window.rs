@@ -136,8 +136,9 @@ impl ClientWindows {
 
     /// The wants of `msg` that go on now, after the waiting ones that fit (only the
     /// wantlist: the router reads nothing else); the rest wait. `held` says whether
-    /// the router already holds a want of this client (those pass, at no cost), and
-    /// `holds` how many it holds for it. A full wantlist replaces the waiting wants.
+    /// the router already holds a block want of this client (those pass, at no cost;
+    /// a WANT-BLOCK upgrading a WANT-HAVE does not), and `holds` how many wants it
+    /// holds for it. A full wantlist replaces the waiting wants.
     pub fn admit(
         &mut self,
         client: PeerId,
