@@ -139,6 +139,22 @@ impl Router {
         self.clients.get(peer).map_or(0, HashMap::len)
     }
 
+    /// How many more wants the clients of `client`'s address key may hold.
+    pub fn share_room(&self, client: &PeerId) -> usize {
+        self.shares.room(client)
+    }
+
+    /// `client`'s wants held back outside the router went from `before` to `after`:
+    /// they count against its address's share as the router's own do, so one
+    /// address cannot park more than its share anywhere.
+    pub fn count_held_back(&mut self, client: &PeerId, before: usize, after: usize) {
+        if after > before {
+            self.shares.add(client, after - before);
+        } else if before > after {
+            self.shares.removed(client, before - after);
+        }
+    }
+
     /// Wants the clients of `ip`'s address key hold together.
     pub fn address_wants(&self, ip: std::net::IpAddr) -> usize {
         self.shares.held_by(ip)

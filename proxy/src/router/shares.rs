@@ -47,10 +47,22 @@ impl AddressShares {
             .is_none_or(|k| self.held.get(k).copied().unwrap_or(0) < self.max)
     }
 
+    /// How many more wants the clients of `client`'s key may hold.
+    pub(super) fn room(&self, client: &PeerId) -> usize {
+        self.of_client.get(client).map_or(usize::MAX, |k| {
+            self.max
+                .saturating_sub(self.held.get(k).copied().unwrap_or(0))
+        })
+    }
+
     pub(super) fn added(&mut self, client: &PeerId) {
-        self.total += 1;
+        self.add(client, 1);
+    }
+
+    pub(super) fn add(&mut self, client: &PeerId, n: usize) {
+        self.total += n;
         if let Some(k) = self.of_client.get(client) {
-            *self.held.entry(*k).or_default() += 1;
+            *self.held.entry(*k).or_default() += n;
         }
     }
 

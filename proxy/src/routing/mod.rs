@@ -152,9 +152,11 @@ impl Core {
             r.client_disconnected(client, conn);
         }
         if last {
+            let waiting = self.windows.waiting_of(&client);
+            self.router.count_held_back(&client, waiting, 0);
+            self.windows.client_gone(&client);
             self.router.client_disconnected(client, now);
             self.rates.client_gone(&client, now);
-            self.windows.client_gone(&client);
         }
         self.effects_at(now)
     }
@@ -204,15 +206,19 @@ impl Core {
             msg_on
         };
         let router = &self.router;
+        let before = self.windows.waiting_of(&client);
         // A WANT-BLOCK upgrading a held WANT-HAVE brings a block: not free.
         let paced = self.windows.admit(
             client,
             msg_on,
             |cid| router.client_wants_block(&client, cid),
             router.client_wants(&client),
+            router.share_room(&client),
             room,
             now,
         );
+        let after = self.windows.waiting_of(&client);
+        self.router.count_held_back(&client, before, after);
         self.router.client_message(client, &paced, now);
         if let Some(r) = &mut self.reverse
             && (!msg.blocks.is_empty() || !msg.presences.is_empty())
@@ -227,7 +233,10 @@ impl Core {
     /// The client's writer can take `room` more bytes: its wants waiting for room
     /// that fit go on.
     pub fn client_room(&mut self, client: PeerId, room: usize, now: Instant) -> Effects {
+        let before = self.windows.waiting_of(&client);
         if let Some(msg) = self.windows.release(&client, room, now) {
+            let after = self.windows.waiting_of(&client);
+            self.router.count_held_back(&client, before, after);
             self.router.client_message(client, &msg, now);
         }
         self.effects_at(now)

@@ -869,3 +869,41 @@ fn a_clients_block_wants_go_on_as_far_as_its_writer_has_room_and_the_rest_as_it_
     c.client_disconnected(peer(3), ConnectionId::new_unchecked(9), true, now);
     assert_eq!(c.wants_waiting(), 0);
 }
+
+#[test]
+fn wants_waiting_for_room_count_against_their_addresss_share() {
+    let (now, b) = (Instant::now(), peer(1));
+    let cfg = Config {
+        max_wants_per_address: 10,
+        ..Config::default()
+    };
+    let mut c = Core::new(Router::new(cfg), None);
+    c.backend_up(b, now);
+    let (x, y) = (peer(2), peer(3));
+    for (p, n) in [(x, 1), (y, 2)] {
+        c.client_connected(p, ConnectionId::new_unchecked(n), ip("10.0.0.1"));
+    }
+    let ask = |range: std::ops::Range<u64>| {
+        wants(
+            range
+                .map(|i| want(crate::fixtures::block(i, 8).cid, WantKind::Block, true))
+                .collect(),
+        )
+    };
+    // No room: x's eight wants wait, and count in the address's share of ten.
+    c.client_message_within(x, &ask(0..8), 0, now);
+    assert_eq!(c.wants_waiting(), 8);
+    assert_eq!(c.router().address_wants(ip("10.0.0.1").unwrap()), 8);
+    // y, of the same address, may hold back two more; the rest are refused.
+    let fx = c.client_message_within(y, &ask(8..13), 0, now);
+    assert_eq!(c.wants_waiting(), 10);
+    assert_eq!(fx.counts.refused_address_wants, 3);
+    // Released wants move from waiting to the router: the share is unchanged.
+    c.client_room(x, 1 << 30, now);
+    assert_eq!(c.wants_waiting(), 2);
+    assert_eq!(c.router().address_wants(ip("10.0.0.1").unwrap()), 10);
+    // A client that leaves gives its share back, waiting wants and all.
+    c.client_disconnected(y, ConnectionId::new_unchecked(2), true, now);
+    c.client_disconnected(x, ConnectionId::new_unchecked(1), true, now);
+    assert_eq!(c.router().address_wants(ip("10.0.0.1").unwrap()), 0);
+}

@@ -115,6 +115,11 @@ impl ClientWindows {
         self.clients.values().map(|w| w.waiting.len()).sum()
     }
 
+    /// `client`'s wants waiting for room.
+    pub fn waiting_of(&self, client: &PeerId) -> usize {
+        self.clients.get(client).map_or(0, |w| w.waiting.len())
+    }
+
     /// Whether `client` has wants waiting for room.
     pub fn is_waiting(&self, client: &PeerId) -> bool {
         self.clients
@@ -138,13 +143,17 @@ impl ClientWindows {
     /// wantlist: the router reads nothing else); the rest wait. `held` says whether
     /// the router already holds a block want of this client (those pass, at no cost;
     /// a WANT-BLOCK upgrading a WANT-HAVE does not), and `holds` how many wants it
-    /// holds for it. A full wantlist replaces the waiting wants.
+    /// holds for it. A full wantlist replaces the waiting wants. At most `share` wants
+    /// are newly held back (what is left of the address's share); past that they go
+    /// on, for the router to refuse.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &mut self,
         client: PeerId,
         msg: &Message,
         held: impl Fn(&Cid) -> bool,
         holds: usize,
+        share: usize,
         room: usize,
         now: Instant,
     ) -> Message {
@@ -161,6 +170,7 @@ impl ClientWindows {
             window.waiting = Waiting::default();
         }
         window.release(room, now, &mut out.wants);
+        let mut share = share;
         for w in &msg.wants {
             if w.cancel {
                 window.waiting.forget(&w.cid);
@@ -182,10 +192,11 @@ impl ClientWindows {
             } else if window.waiting.is_empty() && window.fits(room) {
                 window.reserve(w.cid, now);
                 out.wants.push(w.clone());
-            } else if holds + window.waiting.len() >= self.max_per_client {
+            } else if holds + window.waiting.len() >= self.max_per_client || share == 0 {
                 out.wants.push(w.clone());
             } else {
                 window.waiting.push(w);
+                share -= 1;
                 self.delayed += 1;
             }
         }
@@ -301,7 +312,7 @@ mod tests {
     #[test]
     fn block_wants_go_on_as_far_as_the_room_holds_their_first_estimate() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
-        let out = w.admit(c, &ask(0..10), |_| false, 0, 1024 * KIB, t);
+        let out = w.admit(c, &ask(0..10), |_| false, 0, usize::MAX, 1024 * KIB, t);
         assert_eq!(
             cids(&out),
             ids(0..4),
@@ -315,7 +326,7 @@ mod tests {
     #[test]
     fn the_waiting_wants_go_on_in_order_as_blocks_arrive_and_room_comes_back() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
-        w.admit(c, &ask(0..10), |_| false, 0, 512 * KIB, t);
+        w.admit(c, &ask(0..10), |_| false, 0, usize::MAX, 512 * KIB, t);
         // Both blocks are in the writer's queue now: still no room.
         w.delivered(&c, &block(0, 256 * KIB));
         w.delivered(&c, &block(1, 256 * KIB));
@@ -324,7 +335,7 @@ mod tests {
         let out = w.release(&c, 512 * KIB, t).expect("room");
         assert_eq!(cids(&out), ids(2..4));
         // A new message's wants queue behind the waiting ones.
-        let more = w.admit(c, &ask(10..11), |_| false, 0, 0, t);
+        let more = w.admit(c, &ask(10..11), |_| false, 0, usize::MAX, 0, t);
         assert!(more.wants.is_empty());
         assert_eq!(w.waiting(), 7);
     }
@@ -337,7 +348,7 @@ mod tests {
             Instant::now(),
         );
         let room = 256 * KIB;
-        let first = w.admit(c, &ask(0..2000), |_| false, 0, room, t);
+        let first = w.admit(c, &ask(0..2000), |_| false, 0, usize::MAX, room, t);
         assert_eq!(first.wants.len(), 1);
         let mut sent = 1;
         for i in 0..60 {
@@ -353,16 +364,25 @@ mod tests {
     #[test]
     fn with_nothing_reserved_one_want_goes_on_whatever_its_size_but_not_into_a_full_queue() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
-        assert_eq!(w.admit(c, &ask(0..3), |_| false, 0, KIB, t).wants.len(), 1);
+        assert_eq!(
+            w.admit(c, &ask(0..3), |_| false, 0, usize::MAX, KIB, t)
+                .wants
+                .len(),
+            1
+        );
         let (mut w, c) = (ClientWindows::new(1000), PeerId::random());
-        assert!(w.admit(c, &ask(0..3), |_| false, 0, 0, t).wants.is_empty());
+        assert!(
+            w.admit(c, &ask(0..3), |_| false, 0, usize::MAX, 0, t)
+                .wants
+                .is_empty()
+        );
         assert_eq!(w.waiting(), 3);
     }
 
     #[test]
     fn haves_cancels_and_wants_the_router_already_holds_pass_at_no_cost() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
-        w.admit(c, &ask(0..3), |_| false, 0, 0, t);
+        w.admit(c, &ask(0..3), |_| false, 0, usize::MAX, 0, t);
         let mut msg = Message {
             wants: vec![want(7, WantKind::Have), want(8, WantKind::Block)],
             ..Message::default()
@@ -370,7 +390,7 @@ mod tests {
         let mut cancel = want(1, WantKind::Block);
         cancel.cancel = true;
         msg.wants.push(cancel);
-        let out = w.admit(c, &msg, |x| *x == cid(8), 1, 0, t);
+        let out = w.admit(c, &msg, |x| *x == cid(8), 1, usize::MAX, 0, t);
         assert_eq!(cids(&out), vec![cid(7), cid(8), cid(1)]);
         assert_eq!(w.waiting(), 2, "the cancel withdrew a waiting want");
         let out = w.release(&c, 1024 * KIB, t).expect("room");
@@ -381,7 +401,7 @@ mod tests {
     fn presences_cancels_and_time_give_reservations_back() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
         let room = 512 * KIB;
-        w.admit(c, &ask(0..4), |_| false, 0, room, t);
+        w.admit(c, &ask(0..4), |_| false, 0, usize::MAX, room, t);
         let none = Message {
             presences: vec![Presence {
                 cid: cid(0),
@@ -401,10 +421,10 @@ mod tests {
     #[test]
     fn a_full_wantlist_replaces_the_waiting_wants() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
-        w.admit(c, &ask(0..5), |_| false, 0, 0, t);
+        w.admit(c, &ask(0..5), |_| false, 0, usize::MAX, 0, t);
         let mut full = ask(5..7);
         full.full = true;
-        let out = w.admit(c, &full, |_| false, 0, 0, t);
+        let out = w.admit(c, &full, |_| false, 0, usize::MAX, 0, t);
         assert!(out.full && out.wants.is_empty());
         assert_eq!(w.waiting(), 2);
     }
@@ -412,15 +432,27 @@ mod tests {
     #[test]
     fn past_the_clients_want_cap_wants_go_on_for_the_router_to_refuse() {
         let (mut w, c, t) = (ClientWindows::new(4), PeerId::random(), Instant::now());
-        let out = w.admit(c, &ask(0..6), |_| false, 1, 0, t);
+        let out = w.admit(c, &ask(0..6), |_| false, 1, usize::MAX, 0, t);
         assert_eq!(w.waiting(), 3, "1 held + 3 waiting reach the cap of 4");
         assert_eq!(cids(&out), ids(3..6));
     }
 
     #[test]
+    fn no_more_wants_wait_than_the_address_share_has_room_for() {
+        let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
+        let out = w.admit(c, &ask(0..10), |_| false, 0, 4, 0, t);
+        assert_eq!(w.waiting(), 4);
+        assert_eq!(
+            cids(&out),
+            ids(4..10),
+            "the rest go on, for the router to refuse"
+        );
+    }
+
+    #[test]
     fn without_a_bound_everything_passes_and_nothing_is_kept() {
         let (mut w, c, t) = (ClientWindows::new(10), PeerId::random(), Instant::now());
-        let out = w.admit(c, &ask(0..50), |_| false, 0, UNBOUNDED, t);
+        let out = w.admit(c, &ask(0..50), |_| false, 0, usize::MAX, UNBOUNDED, t);
         assert_eq!(out.wants.len(), 50);
         assert!(w.clients.is_empty());
         w.client_gone(&c);
@@ -429,7 +461,7 @@ mod tests {
     #[test]
     fn a_client_gone_leaves_nothing_behind() {
         let (mut w, c, t) = (ClientWindows::new(1000), PeerId::random(), Instant::now());
-        w.admit(c, &ask(0..5), |_| false, 0, 300 * KIB, t);
+        w.admit(c, &ask(0..5), |_| false, 0, usize::MAX, 300 * KIB, t);
         w.client_gone(&c);
         assert!(w.clients.is_empty() && !w.is_waiting(&c));
     }
