@@ -108,6 +108,18 @@ impl Setup {
         growth
     }
 
+    /// Wants the proxy holds: the router's, and those waiting for their client's room.
+    async fn held(&self) -> anyhow::Result<f64> {
+        let mut n = 0.0;
+        for name in [
+            "kitsune_bitswap_wants_in_flight",
+            "kitsune_bitswap_wants_waiting",
+        ] {
+            n += self.proxy.metric(name).await?.unwrap_or(0.0);
+        }
+        Ok(n)
+    }
+
     async fn rejected(&self, reason: &str) -> f64 {
         self.proxy
             .metric(&format!("kitsune_rejected_total{{reason=\"{reason}\"}}"))
@@ -140,7 +152,9 @@ async fn a_100k_want_flood_is_capped_and_others_are_still_served() {
     const WANTS: u64 = 100_000;
     let flood: Vec<Cid> = (0..WANTS).map(nobody_has).collect();
 
-    // How many wants the proxy holds, sampled from /metrics for the whole flood.
+    // How many wants the proxy holds (the router's, and those waiting for the
+    // attacker's room: it reads slower than its wants come), sampled from /metrics
+    // for the whole flood.
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let metrics_url = s.proxy.metrics_url.clone();
     let sampler = tokio::spawn(async move {
@@ -148,13 +162,15 @@ async fn a_100k_want_flood_is_capped_and_others_are_still_served() {
         loop {
             if let Ok(r) = reqwest::get(format!("{metrics_url}/metrics")).await
                 && let Ok(text) = r.text().await
-                && let Some(v) = text.lines().find_map(|l| {
-                    l.strip_prefix("kitsune_bitswap_wants_in_flight ")?
-                        .parse::<f64>()
-                        .ok()
-                })
             {
-                most = most.max(v);
+                let gauge = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                };
+                let held = gauge("kitsune_bitswap_wants_in_flight ")
+                    + gauge("kitsune_bitswap_wants_waiting ");
+                most = most.max(held);
             }
             tokio::select! {
                 _ = stopped.changed() => return most,
@@ -608,17 +624,14 @@ async fn twenty_peers_of_one_address_flooding_wants_leave_another_address_served
         }
         attackers.push(a);
     }
-    // Every want of the flood is held or refused (whatever the reason).
+    // Every want of the flood is held (by the router, or waiting for its client's
+    // room: the attackers do not read) or refused (whatever the reason).
     kitsune_e2e::wait_for(
         "the flood to be routed",
         T,
         Duration::from_millis(50),
         || async {
-            let held = s
-                .proxy
-                .metric("kitsune_bitswap_wants_in_flight")
-                .await?
-                .unwrap_or(0.0);
+            let held = s.held().await?;
             let refused = s.rejected("too_many_wants_per_address").await - before
                 + s.rejected("too_many_wants").await;
             Ok(held + refused >= (PEERS * EACH) as f64)
@@ -639,13 +652,7 @@ async fn twenty_peers_of_one_address_flooding_wants_leave_another_address_served
         "the other address's wants to be held",
         T,
         Duration::from_millis(50),
-        || async {
-            Ok(s.proxy
-                .metric("kitsune_bitswap_wants_in_flight")
-                .await?
-                .unwrap_or(0.0)
-                >= (PER_ADDRESS as usize + s.cids.len()) as f64)
-        },
+        || async { Ok(s.held().await? >= (PER_ADDRESS as usize + s.cids.len()) as f64) },
     )
     .await
     .unwrap();
@@ -1000,6 +1007,10 @@ async fn wants_that_would_wait_on_a_silent_backend_are_shed_at_once() {
             "5s",
             "--block-cache-bytes",
             "0",
+            // Room for the blocks of all 3,000 wants below (at the first estimate of
+            // 256 KiB each), so flow control lets one client fill the backend.
+            "--max-client-buffer-bytes",
+            "2147483648",
         ],
         T,
     )

@@ -58,6 +58,8 @@ pub struct Router {
     shares: shares::AddressShares,
     /// CIDs shed since the last [`Router::take_shed`].
     shed: Vec<Cid>,
+    /// Wants per client held back outside the router (see `count_held_back`).
+    held_back: HashMap<PeerId, usize>,
 }
 
 impl Router {
@@ -75,6 +77,7 @@ impl Router {
             out: Outbox::default(),
             stats: Stats::default(),
             shed: Vec::new(),
+            held_back: HashMap::new(),
         }
     }
 
@@ -145,13 +148,18 @@ impl Router {
     }
 
     /// `client`'s wants held back outside the router went from `before` to `after`:
-    /// they count against its address's share as the router's own do, so one
-    /// address cannot park more than its share anywhere.
+    /// they count against its own cap and its address's share as the router's own
+    /// do, so no client or address can park more than its share anywhere.
     pub fn count_held_back(&mut self, client: &PeerId, before: usize, after: usize) {
         if after > before {
             self.shares.add(client, after - before);
         } else if before > after {
             self.shares.removed(client, before - after);
+        }
+        if after == 0 {
+            self.held_back.remove(client);
+        } else {
+            self.held_back.insert(*client, after);
         }
     }
 
@@ -228,9 +236,10 @@ impl Router {
 
     /// `tag` is the proxy's, used if this want is new to the proxy.
     fn add_want(&mut self, client: PeerId, entry: &WantEntry, tag: Option<u64>, now: Instant) {
+        let held_back = self.held_back.get(&client).copied().unwrap_or(0);
         let wants = self.clients.entry(client).or_default();
         let existing = wants.get(&entry.cid).copied();
-        if existing.is_none() && wants.len() >= self.cfg.max_wants_per_client {
+        if existing.is_none() && wants.len() + held_back >= self.cfg.max_wants_per_client {
             self.stats.refused_wants += 1;
             if entry.send_dont_have {
                 self.tell_client(client, entry.cid, PresenceKind::DontHave);

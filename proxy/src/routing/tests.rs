@@ -902,6 +902,16 @@ fn wants_waiting_for_room_count_against_their_addresss_share() {
     c.client_room(x, 1 << 30, now);
     assert_eq!(c.wants_waiting(), 2);
     assert_eq!(c.router().address_wants(ip("10.0.0.1").unwrap()), 10);
+    // Waiting wants count against the client's own cap too.
+    let cfg = Config {
+        max_wants_per_client: 5,
+        ..Config::default()
+    };
+    let mut d = Core::new(Router::new(cfg), None);
+    d.backend_up(b, now);
+    d.client_message_within(x, &ask(0..3), 0, now);
+    let fx = d.client_message_within(x, &ask(3..8), 0, now);
+    assert_eq!((d.wants_waiting(), fx.counts.refused_wants), (5, 3));
     // A client that leaves gives its share back, waiting wants and all.
     c.client_disconnected(y, ConnectionId::new_unchecked(2), true, now);
     c.client_disconnected(x, ConnectionId::new_unchecked(1), true, now);
