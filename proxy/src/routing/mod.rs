@@ -108,6 +108,11 @@ impl Core {
         self.rates.waiting() + self.windows.waiting()
     }
 
+    /// `client`'s wants held back here, for its address's rates or its room.
+    fn held_back_of(&self, client: &PeerId) -> usize {
+        self.rates.waiting_of(client) + self.windows.waiting_of(client)
+    }
+
     /// Whether `client` has wants waiting for room in its writer's queue.
     pub fn waiting_for_room(&self, client: &PeerId) -> bool {
         self.windows.is_waiting(client)
@@ -152,7 +157,7 @@ impl Core {
             r.client_disconnected(client, conn);
         }
         if last {
-            let waiting = self.windows.waiting_of(&client);
+            let waiting = self.held_back_of(&client);
             self.router.count_held_back(&client, waiting, 0);
             self.windows.client_gone(&client);
             self.router.client_disconnected(client, now);
@@ -191,33 +196,39 @@ impl Core {
             room.saturating_sub(answered)
         };
         let msg_on = rest.as_ref().unwrap_or(msg);
+        // Wants held back here (for the address's rates, then for the client's room)
+        // count against the client's cap and its address's share, as the router's do.
         let rated;
         let msg_on = if self.rates.is_on() {
+            let before = self.held_back_of(&client);
             let router = &self.router;
             rated = self.rates.admit(
                 client,
                 msg_on,
                 |cid| router.client_has(&client, cid),
-                router.client_wants(&client),
+                router.client_wants(&client) + self.windows.waiting_of(&client),
+                router.share_room(&client),
                 now,
             );
+            let after = self.held_back_of(&client);
+            self.router.count_held_back(&client, before, after);
             &rated
         } else {
             msg_on
         };
+        let before = self.held_back_of(&client);
         let router = &self.router;
-        let before = self.windows.waiting_of(&client);
         // A WANT-BLOCK upgrading a held WANT-HAVE brings a block: not free.
         let paced = self.windows.admit(
             client,
             msg_on,
             |cid| router.client_wants_block(&client, cid),
-            router.client_wants(&client),
+            router.client_wants(&client) + self.rates.waiting_of(&client),
             router.share_room(&client),
             room,
             now,
         );
-        let after = self.windows.waiting_of(&client);
+        let after = self.held_back_of(&client);
         self.router.count_held_back(&client, before, after);
         self.router.client_message(client, &paced, now);
         if let Some(r) = &mut self.reverse
@@ -233,9 +244,9 @@ impl Core {
     /// The client's writer can take `room` more bytes: its wants waiting for room
     /// that fit go on.
     pub fn client_room(&mut self, client: PeerId, room: usize, now: Instant) -> Effects {
-        let before = self.windows.waiting_of(&client);
+        let before = self.held_back_of(&client);
         if let Some(msg) = self.windows.release(&client, room, now) {
-            let after = self.windows.waiting_of(&client);
+            let after = self.held_back_of(&client);
             self.router.count_held_back(&client, before, after);
             self.router.client_message(client, &msg, now);
         }
@@ -465,6 +476,9 @@ impl Core {
             self.router.client_message(me, &msg, now);
         }
         for (client, msg) in self.rates.release(now) {
+            let after = self.held_back_of(&client);
+            self.router
+                .count_held_back(&client, after + msg.wants.len(), after);
             self.router.client_message(client, &msg, now);
         }
         self.windows.expire(now);

@@ -235,6 +235,11 @@ impl WantRates {
         self.waiting.values().map(Waiting::len).sum()
     }
 
+    /// `client`'s waiting wants.
+    pub fn waiting_of(&self, client: &PeerId) -> usize {
+        self.waiting.get(client).map_or(0, Waiting::len)
+    }
+
     pub fn client_connected(&mut self, client: PeerId, ip: IpAddr) {
         if self.is_on() {
             self.of_client.entry(client).or_insert(self.keying.of(ip));
@@ -310,13 +315,16 @@ impl WantRates {
     /// What of `msg` goes to the router now; the rest waits. `held` says whether
     /// the router already holds a want of this client (those pass at no cost) and
     /// `holds` how many it holds for it. A full wantlist stays full: the wants held
-    /// back are not dropped from it, only added later.
+    /// back are not dropped from it, only added later. At most `share` wants are newly
+    /// held back (what is left of the address's share); past that they go on, for the
+    /// router to refuse.
     pub fn admit(
         &mut self,
         client: PeerId,
         msg: &Message,
         held: impl Fn(&cid::Cid) -> bool,
         holds: usize,
+        mut share: usize,
         now: Instant,
     ) -> Message {
         let Some(key) = self
@@ -357,10 +365,15 @@ impl WantRates {
             if admitted && w.kind == WantKind::Block && budget.bytes.is_some() {
                 reserved.insert(w.cid, (budget.reserve(now), now));
             }
-            if free || admitted || holds + waiting.len() >= self.max_per_client {
+            if free || admitted || holds + waiting.len() >= self.max_per_client || share == 0 {
+                // What goes on takes its place in the share at the router.
+                if !w.cancel {
+                    share = share.saturating_sub(1);
+                }
                 out.wants.push(w.clone());
             } else {
                 waiting.push(w);
+                share -= 1;
                 if budget.wants.is_none() || budget.bytes_in_debt(now) {
                     self.delayed.for_bytes += 1;
                 } else {
@@ -609,7 +622,7 @@ mod tests {
         let (mut now, mut next_tick, mut delivered) = (t0, t0, 0u64);
         let (mut next, mut light_next) = (0u32, 1_000_000u32);
         while (next as usize) < window {
-            let passed = r.admit(heavy, &ask(next), |_| false, 0, now);
+            let passed = r.admit(heavy, &ask(next), |_| false, 0, usize::MAX, now);
             schedule(&mut out, &passed, now, g);
             next += 1;
         }
@@ -621,7 +634,7 @@ mod tests {
                 delivered += block.unwrap_or(0);
                 r.delivered(&heavy, &answer(cid, block), now);
                 // Its window has room again: a new want.
-                let passed = r.admit(heavy, &ask(next), |_| false, 0, now);
+                let passed = r.admit(heavy, &ask(next), |_| false, 0, usize::MAX, now);
                 schedule(&mut out, &passed, now, g);
                 next += 1;
             }
@@ -640,7 +653,7 @@ mod tests {
             assert!(out.len() + r.waiting() <= window, "case {case}: the window");
             // The light client: a small block now and then, well under its rate.
             if g.next().is_multiple_of(4) {
-                let passed = r.admit(light, &ask(light_next), |_| false, 0, now);
+                let passed = r.admit(light, &ask(light_next), |_| false, 0, usize::MAX, now);
                 assert_eq!(
                     passed.wants.len(),
                     1,

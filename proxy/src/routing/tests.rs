@@ -917,3 +917,31 @@ fn wants_waiting_for_room_count_against_their_addresss_share() {
     c.client_disconnected(x, ConnectionId::new_unchecked(1), true, now);
     assert_eq!(c.router().address_wants(ip("10.0.0.1").unwrap()), 0);
 }
+
+#[test]
+fn wants_waiting_for_their_addresss_rate_count_against_its_share_until_they_go_on() {
+    let cfg = Config {
+        wants_per_second_per_address: 10,
+        max_wants_per_address: 25,
+        ..Config::default()
+    };
+    let (mut c, t, b) = (Core::new(Router::new(cfg), None), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let heavy = peer(2);
+    c.client_connected(heavy, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    let address = ip(UPLOADER_IP).unwrap();
+    // 30 at once: 10 go on, 15 wait (the share of 25 is full), 5 are refused.
+    let fx = c.client_message(heavy, &asks(0..30), t);
+    assert_eq!(wanted_of(&fx.outbox, &b).len(), 10);
+    assert_eq!(
+        (c.wants_waiting(), fx.counts.refused_address_wants),
+        (15, 5)
+    );
+    assert_eq!(c.router().address_wants(address), 25);
+    // As they go on, they move from waiting to the router: the share is unchanged.
+    c.tick(t + Duration::from_secs(1));
+    assert_eq!(c.wants_waiting(), 5);
+    assert_eq!(c.router().address_wants(address), 25);
+    c.client_disconnected(heavy, ConnectionId::new_unchecked(1), true, t);
+    assert_eq!(c.router().address_wants(address), 0);
+}

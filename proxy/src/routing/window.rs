@@ -187,10 +187,12 @@ impl ClientWindows {
                     window.waiting.forget(&w.cid);
                     window.waiting.push(w);
                 }
-            } else if free {
-                out.wants.push(w.clone());
-            } else if window.waiting.is_empty() && window.fits(room) {
-                window.reserve(w.cid, now);
+            } else if free || (window.waiting.is_empty() && window.fits(room)) {
+                if !free {
+                    window.reserve(w.cid, now);
+                }
+                // It takes its place in the share at the router.
+                share = share.saturating_sub(1);
                 out.wants.push(w.clone());
             } else if holds + window.waiting.len() >= self.max_per_client || share == 0 {
                 out.wants.push(w.clone());
