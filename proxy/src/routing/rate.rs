@@ -371,6 +371,12 @@ impl WantRates {
                     share = share.saturating_sub(1);
                 }
                 out.wants.push(w.clone());
+            } else if waiting.contains(&w.cid) {
+                // Asked again while waiting: a WANT-BLOCK upgrades a waiting
+                // WANT-HAVE in its place.
+                if w.kind == WantKind::Block {
+                    waiting.replace(w);
+                }
             } else {
                 waiting.push(w);
                 share -= 1;

@@ -945,3 +945,34 @@ fn wants_waiting_for_their_addresss_rate_count_against_its_share_until_they_go_o
     c.client_disconnected(heavy, ConnectionId::new_unchecked(1), true, t);
     assert_eq!(c.router().address_wants(address), 0);
 }
+
+#[test]
+fn a_want_block_for_a_want_have_waiting_for_its_rate_upgrades_it_in_its_place() {
+    let (mut c, t, b) = (rate_limited(2), Instant::now(), peer(1));
+    c.backend_up(b, t);
+    let x = peer(2);
+    c.client_connected(x, ConnectionId::new_unchecked(1), ip(UPLOADER_IP));
+    // Two go on; a HAVE and a BLOCK wait, in that order.
+    c.client_message(x, &asks(0..2), t);
+    let (have, block) = (raw_block(10).cid, raw_block(11).cid);
+    c.client_message(
+        x,
+        &wants(vec![
+            want(have, WantKind::Have, true),
+            want(block, WantKind::Block, true),
+        ]),
+        t,
+    );
+    c.client_message(x, &wants(vec![want(have, WantKind::Block, true)]), t);
+    assert_eq!(c.wants_waiting(), 2);
+    let fx = c.tick(t + Duration::from_secs(1));
+    let sent: Vec<(Cid, WantKind)> = fx.outbox.to_backends[&b]
+        .wants
+        .iter()
+        .map(|w| (w.cid, w.kind))
+        .collect();
+    assert_eq!(
+        sent,
+        vec![(have, WantKind::Block), (block, WantKind::Block)]
+    );
+}

@@ -1,18 +1,20 @@
 //! One client's wants held back in the core (for its address's rates, or for room in
 //! its writer's queue), oldest first.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use cid::Cid;
 
 use crate::bitswap::WantEntry;
 
-/// One client's waiting wants, oldest first. A cancel only forgets the CID (O(1));
-/// the queue skips forgotten entries and is compacted when they outnumber the rest.
+/// One client's waiting wants, oldest first. The queue holds CIDs and the map the
+/// wants themselves, so a cancel only forgets the CID (O(1)) and an upgrade (a
+/// WANT-BLOCK for a waiting WANT-HAVE) keeps its place; the queue skips forgotten
+/// CIDs and is compacted when they outnumber the rest.
 #[derive(Debug, Default)]
 pub struct Waiting {
-    queue: VecDeque<WantEntry>,
-    live: HashSet<Cid>,
+    queue: VecDeque<Cid>,
+    live: HashMap<Cid, WantEntry>,
 }
 
 impl Waiting {
@@ -24,26 +26,35 @@ impl Waiting {
         self.live.is_empty()
     }
 
+    /// Queues `w` unless its CID already waits.
     pub fn push(&mut self, w: &WantEntry) {
-        if self.live.insert(w.cid) {
-            self.queue.push_back(w.clone());
+        if let std::collections::hash_map::Entry::Vacant(e) = self.live.entry(w.cid) {
+            e.insert(w.clone());
+            self.queue.push_back(w.cid);
+        }
+    }
+
+    /// Replaces the waiting want of `w`'s CID, in its place.
+    pub fn replace(&mut self, w: &WantEntry) {
+        if let Some(waiting) = self.live.get_mut(&w.cid) {
+            *waiting = w.clone();
         }
     }
 
     pub fn forget(&mut self, cid: &Cid) {
-        if self.live.remove(cid) && self.queue.len() > 2 * self.live.len() + 64 {
+        if self.live.remove(cid).is_some() && self.queue.len() > 2 * self.live.len() + 64 {
             let live = &self.live;
-            self.queue.retain(|w| live.contains(&w.cid));
+            self.queue.retain(|c| live.contains_key(c));
         }
     }
 
     pub fn contains(&self, cid: &Cid) -> bool {
-        self.live.contains(cid)
+        self.live.contains_key(cid)
     }
 
     pub fn pop(&mut self) -> Option<WantEntry> {
-        while let Some(w) = self.queue.pop_front() {
-            if self.live.remove(&w.cid) {
+        while let Some(cid) = self.queue.pop_front() {
+            if let Some(w) = self.live.remove(&cid) {
                 return Some(w);
             }
         }

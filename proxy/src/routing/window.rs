@@ -181,12 +181,7 @@ impl ClientWindows {
             let free =
                 w.kind == WantKind::Have || held(&w.cid) || window.reserved.contains_key(&w.cid);
             if window.waiting.contains(&w.cid) {
-                // Already waiting; a WANT-BLOCK replacing a waiting WANT-HAVE waits
-                // in its place.
-                if w.kind == WantKind::Block {
-                    window.waiting.forget(&w.cid);
-                    window.waiting.push(w);
-                }
+                // Asked again while waiting (only block wants wait here).
             } else if free || (window.waiting.is_empty() && window.fits(room)) {
                 if !free {
                     window.reserve(w.cid, now);
