@@ -58,7 +58,7 @@ pub struct Router {
     shares: shares::AddressShares,
     /// CIDs shed since the last [`Router::take_shed`].
     shed: Vec<Cid>,
-    /// Wants per client held back outside the router (see `count_held_back`).
+    /// Wants per client held back outside the router (see `set_held_back`).
     held_back: HashMap<PeerId, usize>,
 }
 
@@ -147,19 +147,20 @@ impl Router {
         self.shares.room(client)
     }
 
-    /// `client`'s wants held back outside the router went from `before` to `after`:
-    /// they count against its own cap and its address's share as the router's own
-    /// do, so no client or address can park more than its share anywhere.
-    pub fn count_held_back(&mut self, client: &PeerId, before: usize, after: usize) {
-        if after > before {
-            self.shares.add(client, after - before);
-        } else if before > after {
-            self.shares.removed(client, before - after);
+    /// `client` now has `n` wants held back outside the router: they count against
+    /// its own cap and its address's share as the router's own do, so no client or
+    /// address can park more than its share anywhere.
+    pub fn set_held_back(&mut self, client: &PeerId, n: usize) {
+        let before = self.held_back.get(client).copied().unwrap_or(0);
+        if n > before {
+            self.shares.add(client, n - before);
+        } else {
+            self.shares.removed(client, before - n);
         }
-        if after == 0 {
+        if n == 0 {
             self.held_back.remove(client);
         } else {
-            self.held_back.insert(*client, after);
+            self.held_back.insert(*client, n);
         }
     }
 

@@ -108,9 +108,11 @@ impl Core {
         self.rates.waiting() + self.windows.waiting()
     }
 
-    /// `client`'s wants held back here, for its address's rates or its room.
-    fn held_back_of(&self, client: &PeerId) -> usize {
-        self.rates.waiting_of(client) + self.windows.waiting_of(client)
+    /// Tells the router how many of `client`'s wants are held back here (for its
+    /// address's rates or its room): they count against its caps there.
+    fn sync_held_back(&mut self, client: &PeerId) {
+        let n = self.rates.waiting_of(client) + self.windows.waiting_of(client);
+        self.router.set_held_back(client, n);
     }
 
     /// Whether `client` has wants waiting for room in its writer's queue.
@@ -157,8 +159,7 @@ impl Core {
             r.client_disconnected(client, conn);
         }
         if last {
-            let waiting = self.held_back_of(&client);
-            self.router.count_held_back(&client, waiting, 0);
+            self.router.set_held_back(&client, 0);
             self.windows.client_gone(&client);
             self.router.client_disconnected(client, now);
             self.rates.client_gone(&client, now);
@@ -200,7 +201,6 @@ impl Core {
         // count against the client's cap and its address's share, as the router's do.
         let rated;
         let msg_on = if self.rates.is_on() {
-            let before = self.held_back_of(&client);
             let router = &self.router;
             rated = self.rates.admit(
                 client,
@@ -210,13 +210,11 @@ impl Core {
                 router.share_room(&client),
                 now,
             );
-            let after = self.held_back_of(&client);
-            self.router.count_held_back(&client, before, after);
+            self.sync_held_back(&client);
             &rated
         } else {
             msg_on
         };
-        let before = self.held_back_of(&client);
         let router = &self.router;
         // A WANT-BLOCK upgrading a held WANT-HAVE brings a block: not free.
         let paced = self.windows.admit(
@@ -228,8 +226,7 @@ impl Core {
             room,
             now,
         );
-        let after = self.held_back_of(&client);
-        self.router.count_held_back(&client, before, after);
+        self.sync_held_back(&client);
         self.router.client_message(client, &paced, now);
         if let Some(r) = &mut self.reverse
             && (!msg.blocks.is_empty() || !msg.presences.is_empty())
@@ -244,10 +241,8 @@ impl Core {
     /// The client's writer can take `room` more bytes: its wants waiting for room
     /// that fit go on.
     pub fn client_room(&mut self, client: PeerId, room: usize, now: Instant) -> Effects {
-        let before = self.held_back_of(&client);
         if let Some(msg) = self.windows.release(&client, room, now) {
-            let after = self.held_back_of(&client);
-            self.router.count_held_back(&client, before, after);
+            self.sync_held_back(&client);
             self.router.client_message(client, &msg, now);
         }
         self.effects_at(now)
@@ -476,9 +471,7 @@ impl Core {
             self.router.client_message(me, &msg, now);
         }
         for (client, msg) in self.rates.release(now) {
-            let after = self.held_back_of(&client);
-            self.router
-                .count_held_back(&client, after + msg.wants.len(), after);
+            self.sync_held_back(&client);
             self.router.client_message(client, &msg, now);
         }
         self.windows.expire(now);
