@@ -3,10 +3,10 @@
 //! rustls encrypts and sends on every write, and yamux writes each frame as two (its
 //! 12-byte header, then the body) and flushes after each frame: over TLS, a frame went
 //! out as two records in two syscalls, the header's record larger than the header.
-//! [`Buffered`] wraps a security upgrade so its stream gathers writes until the flush:
-//! one record and one syscall per frame (wants, small blocks; a full 16 KiB frame is
-//! two records either way, a TLS record holding at most 16 KiB), as libp2p's noise
-//! does on its own.
+//! [`FlushBuf`] gathers writes until the flush: one record and one syscall per small
+//! frame (wants, small blocks), and with its flushes put off (`late_flush`) a burst of
+//! frames goes out as full 16 KiB records in one syscall, as libp2p's noise does on its
+//! own (`shaped` puts both on the TLS upgrades).
 //!
 //! Not `futures::io::BufWriter`: that allocates its buffer up front and keeps it for the
 //! connection's life, 16 KiB for each of ten thousand mostly idle clients. Here the
@@ -16,14 +16,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use futures::future::MapOk;
-use futures::{AsyncRead, AsyncWrite, TryFutureExt};
-use libp2p::PeerId;
-use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
+use futures::{AsyncRead, AsyncWrite};
 
-/// Room for one whole yamux frame: a 16 KiB body and its header. A larger write (or
-/// one that would overflow it) goes straight through after what is held.
-const CAPACITY: usize = 16 * 1024 + 64;
+/// Room for four whole yamux frames (16 KiB bodies and their headers), as much as noise
+/// puts in one frame. A larger write (or one that would overflow it) goes straight
+/// through after what is held.
+const CAPACITY: usize = 4 * (16 * 1024 + 64);
 
 /// A stream whose writes are held until a flush (or until they would overflow).
 pub struct FlushBuf<S> {
@@ -102,59 +100,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for FlushBuf<S> {
     }
 }
 
-/// A security upgrade whose stream is a [`FlushBuf`].
-#[derive(Clone)]
-pub struct Buffered<U>(pub U);
-
-type Wrap<S> = fn((PeerId, S)) -> (PeerId, FlushBuf<S>);
-
-fn wrap<S>((peer, stream): (PeerId, S)) -> (PeerId, FlushBuf<S>) {
-    (peer, FlushBuf::new(stream))
-}
-
-impl<U: UpgradeInfo> UpgradeInfo for Buffered<U> {
-    type Info = U::Info;
-    type InfoIter = U::InfoIter;
-
-    fn protocol_info(&self) -> Self::InfoIter {
-        self.0.protocol_info()
-    }
-}
-
-impl<C, U, S> InboundConnectionUpgrade<C> for Buffered<U>
-where
-    U: InboundConnectionUpgrade<C, Output = (PeerId, S)>,
-{
-    type Output = (PeerId, FlushBuf<S>);
-    type Error = U::Error;
-    type Future = MapOk<U::Future, Wrap<S>>;
-
-    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.0.upgrade_inbound(socket, info).map_ok(wrap as Wrap<S>)
-    }
-}
-
-impl<C, U, S> OutboundConnectionUpgrade<C> for Buffered<U>
-where
-    U: OutboundConnectionUpgrade<C, Output = (PeerId, S)>,
-{
-    type Output = (PeerId, FlushBuf<S>);
-    type Error = U::Error;
-    type Future = MapOk<U::Future, Wrap<S>>;
-
-    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.0
-            .upgrade_outbound(socket, info)
-            .map_ok(wrap as Wrap<S>)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
     use libp2p::identity::Keypair;
 
     use super::*;
@@ -212,13 +164,14 @@ mod tests {
             inner: dialed,
             writes: writes.clone(),
         };
-        let client = Buffered(libp2p::tls::Config::new(&ours).unwrap());
-        let server = Buffered(libp2p::tls::Config::new(&theirs).unwrap());
+        let client = libp2p::tls::Config::new(&ours).unwrap();
+        let server = libp2p::tls::Config::new(&theirs).unwrap();
         let (out, inb) = tokio::join!(
             client.upgrade_outbound(dialed, "/tls/1.0.0"),
             server.upgrade_inbound(accepted, "/tls/1.0.0"),
         );
-        let ((server_id, mut out), (client_id, mut inb)) = (out.unwrap(), inb.unwrap());
+        let ((server_id, out), (client_id, mut inb)) = (out.unwrap(), inb.unwrap());
+        let mut out = FlushBuf::new(out);
         assert_eq!(server_id, theirs.public().to_peer_id());
         assert_eq!(client_id, ours.public().to_peer_id());
 
@@ -253,10 +206,11 @@ mod tests {
     async fn overflow_sends_what_is_held_first_and_large_writes_pass() {
         let (a, mut b) = tcp_pair().await;
         let mut a = FlushBuf::new(a);
-        a.write_all(&[1; 10_000]).await.unwrap();
-        a.write_all(&[2; 10_000]).await.unwrap();
-        assert_eq!(a.held.len(), 10_000, "the first went out to make room");
-        let big = vec![3u8; 64 * 1024];
+        let half = CAPACITY / 2 + 1;
+        a.write_all(&vec![1; half]).await.unwrap();
+        a.write_all(&vec![2; half]).await.unwrap();
+        assert_eq!(a.held.len(), half, "the first went out to make room");
+        let big = vec![3u8; 2 * CAPACITY];
         let n = futures::future::poll_fn(|cx| Pin::new(&mut a).poll_write(cx, &big))
             .await
             .unwrap();
@@ -268,9 +222,9 @@ mod tests {
         a.close().await.unwrap();
         let mut got = Vec::new();
         b.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got.len(), 20_000 + big.len());
-        assert!(got[..10_000].iter().all(|x| *x == 1));
-        assert!(got[10_000..20_000].iter().all(|x| *x == 2));
-        assert!(got[20_000..].iter().all(|x| *x == 3));
+        assert_eq!(got.len(), 2 * half + big.len());
+        assert!(got[..half].iter().all(|x| *x == 1));
+        assert!(got[half..2 * half].iter().all(|x| *x == 2));
+        assert!(got[2 * half..].iter().all(|x| *x == 3));
     }
 }

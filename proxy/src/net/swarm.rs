@@ -14,8 +14,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{Swarm, SwarmBuilder, connection_limits, identify, noise, ping, tcp, tls, yamux};
 use prometheus_client::registry::Registry;
 
-use super::flush_buf::Buffered;
 use super::ip_limit::{self, RealClient};
+use super::shaped::{self, Shaped};
 use super::{backend_tls, bitswap};
 use crate::config::Limits;
 
@@ -33,9 +33,16 @@ pub struct Behaviour {
     pub bitswap: bitswap::Behaviour,
 }
 
-/// libp2p's TLS, a yamux frame per record (see `flush_buf`).
-fn buffered_tls(key: &Keypair) -> Result<Buffered<tls::Config>, tls::certificate::GenError> {
-    tls::Config::new(key).map(Buffered)
+/// libp2p's noise, its flushes put off to the end of a burst (see `late_flush`).
+fn shaped_noise(key: &Keypair) -> Result<Shaped<noise::Config, shaped::Noise>, noise::Error> {
+    noise::Config::new(key).map(Shaped::new)
+}
+
+/// libp2p's TLS, writes held to the flush and the flush put off (see `flush_buf`).
+fn shaped_tls(
+    key: &Keypair,
+) -> Result<Shaped<tls::Config, shaped::Tls>, tls::certificate::GenError> {
+    tls::Config::new(key).map(Shaped::new)
 }
 
 fn mplex() -> libp2p_mplex::Config {
@@ -64,15 +71,12 @@ pub async fn build(
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            (noise::Config::new, buffered_tls),
+            (shaped_noise, shaped_tls),
             (yamux::Config::default, mplex),
         )?
         .with_quic()
         .with_dns()?
-        .with_websocket(
-            (noise::Config::new, buffered_tls),
-            (yamux::Config::default, mplex),
-        )
+        .with_websocket((shaped_noise, shaped_tls), (yamux::Config::default, mplex))
         .await?
         .with_bandwidth_metrics(registry)
         .with_behaviour(|key| {
@@ -109,8 +113,8 @@ pub fn build_backend_side(limits: &Limits) -> anyhow::Result<Swarm<Behaviour>> {
         .with_tcp(
             tcp::Config::default().nodelay(true),
             (
-                |k: &Keypair| backend_tls::Config::new(k).map(Buffered),
-                noise::Config::new,
+                |k: &Keypair| backend_tls::Config::new(k).map(Shaped::<_, shaped::Tls>::new),
+                shaped_noise,
             ),
             yamux::Config::default,
         )?

@@ -1,0 +1,178 @@
+//! The secure channels as the muxers get them: each security upgrade's stream wrapped
+//! in the adapters that shape its writes ([`LateFlush`] for all, [`FlushBuf`] under it
+//! for TLS, whose every write is otherwise a record and a syscall).
+
+use std::marker::PhantomData;
+
+use futures::TryFutureExt;
+use futures::future::MapOk;
+use libp2p::PeerId;
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
+
+use super::flush_buf::FlushBuf;
+use super::late_flush::LateFlush;
+
+/// How a security upgrade's stream is wrapped.
+pub trait Adapter {
+    type Stream<S>;
+    fn adapt<S>(stream: S) -> Self::Stream<S>;
+}
+
+/// Noise gathers writes into its own frames; only its flushes are put off.
+pub enum Noise {}
+
+impl Adapter for Noise {
+    type Stream<S> = LateFlush<S>;
+    fn adapt<S>(stream: S) -> LateFlush<S> {
+        LateFlush::new(stream)
+    }
+}
+
+/// TLS: writes held until the flush, and the flush put off.
+pub enum Tls {}
+
+impl Adapter for Tls {
+    type Stream<S> = LateFlush<FlushBuf<S>>;
+    fn adapt<S>(stream: S) -> Self::Stream<S> {
+        LateFlush::new(FlushBuf::new(stream))
+    }
+}
+
+/// A security upgrade whose stream comes wrapped by `A`.
+pub struct Shaped<U, A> {
+    upgrade: U,
+    adapter: PhantomData<fn() -> A>,
+}
+
+impl<U, A> Shaped<U, A> {
+    pub fn new(upgrade: U) -> Self {
+        Self {
+            upgrade,
+            adapter: PhantomData,
+        }
+    }
+}
+
+impl<U: Clone, A> Clone for Shaped<U, A> {
+    fn clone(&self) -> Self {
+        Self::new(self.upgrade.clone())
+    }
+}
+
+type Adapt<S, T> = fn((PeerId, S)) -> (PeerId, T);
+
+fn adapt<A: Adapter, S>((peer, stream): (PeerId, S)) -> (PeerId, A::Stream<S>) {
+    (peer, A::adapt(stream))
+}
+
+impl<U: UpgradeInfo, A> UpgradeInfo for Shaped<U, A> {
+    type Info = U::Info;
+    type InfoIter = U::InfoIter;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        self.upgrade.protocol_info()
+    }
+}
+
+impl<C, U, S, A> InboundConnectionUpgrade<C> for Shaped<U, A>
+where
+    U: InboundConnectionUpgrade<C, Output = (PeerId, S)>,
+    A: Adapter,
+{
+    type Output = (PeerId, A::Stream<S>);
+    type Error = U::Error;
+    type Future = MapOk<U::Future, Adapt<S, A::Stream<S>>>;
+
+    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
+        let f: Adapt<S, A::Stream<S>> = adapt::<A, S>;
+        self.upgrade.upgrade_inbound(socket, info).map_ok(f)
+    }
+}
+
+impl<C, U, S, A> OutboundConnectionUpgrade<C> for Shaped<U, A>
+where
+    U: OutboundConnectionUpgrade<C, Output = (PeerId, S)>,
+    A: Adapter,
+{
+    type Output = (PeerId, A::Stream<S>);
+    type Error = U::Error;
+    type Future = MapOk<U::Future, Adapt<S, A::Stream<S>>>;
+
+    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
+        let f: Adapt<S, A::Stream<S>> = adapt::<A, S>;
+        self.upgrade.upgrade_outbound(socket, info).map_ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::identity::Keypair;
+    use libp2p::{noise, tls};
+
+    use super::*;
+    use crate::fixtures::tcp_pair;
+
+    /// Both shaped channels, on a real socket and runtime: a flush that was put off
+    /// completes on its own (the task is woken), every byte arrives in order, and the
+    /// peers are who they are.
+    #[tokio::test]
+    async fn shaped_noise_and_tls_carry_a_burst_and_complete_their_flushes() {
+        let (ours, theirs) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let block: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        for tls in [false, true] {
+            let (dialed, accepted) = tcp_pair().await;
+            let (mut out, mut inb) = if tls {
+                let c = Shaped::<_, Tls>::new(tls::Config::new(&ours).unwrap());
+                let s = Shaped::<_, Tls>::new(tls::Config::new(&theirs).unwrap());
+                let (o, i) = tokio::join!(
+                    c.upgrade_outbound(dialed, "/tls/1.0.0"),
+                    s.upgrade_inbound(accepted, "/tls/1.0.0"),
+                );
+                let ((sid, o), (cid, i)) = (o.unwrap(), i.unwrap());
+                assert_eq!(
+                    (sid, cid),
+                    (theirs.public().to_peer_id(), ours.public().to_peer_id())
+                );
+                (
+                    futures::future::Either::Left(o),
+                    futures::future::Either::Left(i),
+                )
+            } else {
+                let c = Shaped::<_, Noise>::new(noise::Config::new(&ours).unwrap());
+                let s = Shaped::<_, Noise>::new(noise::Config::new(&theirs).unwrap());
+                let (o, i) = tokio::join!(
+                    c.upgrade_outbound(dialed, "/noise"),
+                    s.upgrade_inbound(accepted, "/noise"),
+                );
+                let ((sid, o), (cid, i)) = (o.unwrap(), i.unwrap());
+                assert_eq!(
+                    (sid, cid),
+                    (theirs.public().to_peer_id(), ours.public().to_peer_id())
+                );
+                (
+                    futures::future::Either::Right(o),
+                    futures::future::Either::Right(i),
+                )
+            };
+            let send = async {
+                // As yamux writes: a header, then a body of at most 16 KiB, each frame.
+                for frame in block.chunks(16 * 1024) {
+                    out.write_all(&[0xAB; 12]).await.unwrap();
+                    out.write_all(frame).await.unwrap();
+                }
+                out.flush().await.unwrap();
+            };
+            let mut got = vec![0u8; block.len() + 16 * 12];
+            let recv = inb.read_exact(&mut got);
+            let ((), read) = tokio::join!(send, recv);
+            read.unwrap();
+            let body: Vec<u8> = got
+                .chunks(16 * 1024 + 12)
+                .flat_map(|f| &f[12..])
+                .copied()
+                .collect();
+            assert_eq!(body, block, "tls {tls}: every byte, in order");
+        }
+    }
+}
