@@ -96,16 +96,23 @@ pub fn effects(m: &Metrics, fx: &Effects) {
     }
 }
 
-/// A backend's message as it arrives: its blocks, per backend, and bytes coming up.
-pub fn from_backend(m: &Metrics, backend: PeerId, msg: &Message) {
-    if msg.blocks.is_empty() {
-        return;
-    }
+/// A connected backend's block counter, labelled once: the label is its peer ID in
+/// base58, too dear to encode for every message.
+pub fn backend_blocks(m: &Metrics, backend: PeerId) -> Counter {
     m.backend_blocks
         .get_or_create(&BackendLabels {
             backend: backend.to_string(),
         })
-        .inc_by(msg.blocks.len() as u64);
+        .clone()
+}
+
+/// A backend's message as it arrives: its blocks (on the backend's counter), and bytes
+/// coming up.
+pub fn from_backend(m: &Metrics, backend_blocks: &Counter, msg: &Message) {
+    if msg.blocks.is_empty() {
+        return;
+    }
+    backend_blocks.inc_by(msg.blocks.len() as u64);
     let bytes = block_bytes(msg);
     if bytes > 0 {
         m.bytes_forwarded.get_or_create(&UP).inc_by(bytes);

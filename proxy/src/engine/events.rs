@@ -131,7 +131,9 @@ impl Engine {
                 peer_id: Some(peer),
                 error,
                 ..
-            } if self.backends.is_backend(&peer) && !self.connected_backends.contains(&peer) => {
+            } if self.backends.is_backend(&peer)
+                && !self.connected_backends.contains_key(&peer) =>
+            {
                 tracing::warn!(%peer, %error, "cannot connect to backend");
                 self.backends.disconnected(peer, now, rand::random())
             }

@@ -14,7 +14,7 @@ mod parts;
 mod side;
 mod summary;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use futures::StreamExt;
 use libp2p::PeerId;
 use libp2p::core::transport::ListenerId;
 use libp2p::swarm::dial_opts::DialOpts;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +50,8 @@ pub struct Engine {
     /// Clients and backends with a live connection: messages from peers whose
     /// connection already closed are dropped, and nothing is sent to them.
     clients: HashSet<PeerId>,
-    connected_backends: HashSet<PeerId>,
+    /// Each with its blocks counter.
+    connected_backends: HashMap<PeerId, Counter>,
     commands: mpsc::Receiver<Command>,
     resolved_tx: mpsc::Sender<(BackendSpec, Result<Resolved, ResolveError>)>,
     resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
@@ -205,11 +207,11 @@ impl Engine {
     }
 
     fn on_backend_message(&mut self, peer: PeerId, msg: Message) {
-        if !self.connected_backends.contains(&peer) {
+        let Some(blocks) = self.connected_backends.get(&peer) else {
             return;
-        }
+        };
         tracing::debug!(%peer, summary = %Summary(&msg), "from backend");
-        accounting::from_backend(&self.metrics, peer, &msg);
+        accounting::from_backend(&self.metrics, blocks, &msg);
         let fx = self.core.backend_message(peer, &msg, Instant::now());
         self.carry_out(fx);
     }
@@ -222,7 +224,7 @@ impl Engine {
             tracing::debug!(peer = %u.peer, blocks = u.cids.len(), "re-wanting undelivered blocks");
             let fx = self.core.undelivered(u.peer, u.cids, now);
             self.carry_out(fx);
-        } else if self.connected_backends.contains(&u.peer) && !u.wants.is_empty() {
+        } else if self.connected_backends.contains_key(&u.peer) && !u.wants.is_empty() {
             tracing::debug!(peer = %u.peer, wants = u.wants.len(), "wants the backend never got move on");
             let fx = self.core.backend_undelivered(u.peer, u.wants, now);
             self.carry_out(fx);
@@ -255,7 +257,8 @@ impl Engine {
                 }
                 Action::Up(peer) => {
                     tracing::info!(%peer, "backend connected");
-                    self.connected_backends.insert(peer);
+                    let blocks = accounting::backend_blocks(&self.metrics, peer);
+                    self.connected_backends.insert(peer, blocks);
                     self.metrics.downstream_peers.inc();
                     let fx = self.core.backend_up(peer, now);
                     self.carry_out(fx);
@@ -288,7 +291,7 @@ impl Engine {
             }
         }
         for (backend, msg) in fx.outbox.to_backends {
-            if !self.connected_backends.contains(&backend) {
+            if !self.connected_backends.contains_key(&backend) {
                 continue;
             }
             accounting::to_backend(&self.metrics, &msg);

@@ -1,6 +1,6 @@
 //! Building the engine from its parts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -116,7 +116,7 @@ impl Engine {
             core,
             backends: Backends::default(),
             clients: HashSet::new(),
-            connected_backends: HashSet::new(),
+            connected_backends: HashMap::new(),
             commands,
             resolved_tx,
             resolved_rx,

@@ -35,6 +35,12 @@ pub const DECODED_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// larger frames are read past it.
 const CLIENT_READ_BUFFER: usize = 8 * 1024;
 
+/// A backend stream's read buffer: its message's head and small messages. Block data
+/// is read past it straight into the block's own buffer (a buffer as large as the
+/// reads copied most of every block twice, and kubo opens a stream per message, so it
+/// was also allocated and zeroed per block).
+const BACKEND_READ_BUFFER: usize = 8 * 1024;
+
 /// Starts a reader task for each admitted inbound stream, at most `max_per_peer` at
 /// once per peer (a peer past that has its new streams reset).
 pub struct Readers {
@@ -124,7 +130,7 @@ async fn read_stream(
         let r = IdleBuf::new(CLIENT_READ_BUFFER, stream);
         read_frames(peer, r, tx, budget, frame_bounds, metrics, guard).await;
     } else {
-        let r = BufReader::with_capacity(64 * 1024, stream);
+        let r = BufReader::with_capacity(BACKEND_READ_BUFFER, stream);
         read_frames(peer, r, tx, budget, frame_bounds, metrics, guard).await;
     }
 }
