@@ -1,15 +1,14 @@
-//! Writes held until a flush, for TLS under yamux.
+//! Writes held until a flush, for the secure channels under yamux.
 //!
-//! rustls encrypts and sends on every write, and yamux writes each frame as two (its
-//! 12-byte header, then the body) and flushes after each frame: over TLS, a frame went
-//! out as two records in two syscalls, the header's record larger than the header.
-//! [`FlushBuf`] gathers writes until the flush: one record and one syscall per small
-//! frame (wants, small blocks), and with its flushes put off (`late_flush`) a burst of
-//! frames goes out as full 16 KiB records in one syscall, as libp2p's noise does on its
-//! own (`shaped` puts both on the TLS upgrades).
+//! Over TLS, rustls seals and sends every write, and yamux writes each frame as two (its
+//! 12-byte header, then the body): a frame went out as two records in two syscalls.
+//! Under noise, each flush is a noise frame, and each frame was a send of its own. Held
+//! here until the flush, and the flush put off to the end of a burst (`late_flush`), a
+//! burst of frames leaves in one write: full records over TLS, one send under noise.
+//! `shaped` puts the two on each upgrade.
 //!
 //! Not `futures::io::BufWriter`: that allocates its buffer up front and keeps it for the
-//! connection's life, 16 KiB for each of ten thousand mostly idle clients. Here the
+//! connection's life, 64 KiB for each of ten thousand mostly idle clients. Here the
 //! buffer exists only between the first write and the flush.
 
 use std::io;
@@ -18,9 +17,9 @@ use std::task::{Context, Poll, ready};
 
 use futures::{AsyncRead, AsyncWrite};
 
-/// Room for four whole yamux frames (16 KiB bodies and their headers), as much as noise
-/// puts in one frame. A larger write (or one that would overflow it) goes straight
-/// through after what is held.
+/// Room for four whole yamux frames (16 KiB bodies, their headers, and noise's or TLS's
+/// framing). A larger write (or one that would overflow it) goes straight through
+/// after what is held.
 const CAPACITY: usize = 4 * (16 * 1024 + 64);
 
 /// A stream whose writes are held until a flush (or until they would overflow).

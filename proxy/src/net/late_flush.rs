@@ -1,17 +1,15 @@
-//! Flushes put off to the end of a burst of writes, for the secure channel under yamux.
+//! Flushes put off to the end of a burst of writes, for the secure channels under yamux.
 //!
-//! yamux flushes its socket after every frame it writes, and a yamux frame carries at
-//! most 16 KiB: under it, noise sealed and sent each 16 KiB of a block as a frame of
-//! its own, one `sendto` and one loopback packet each, sixteen for a 256 KiB block.
-//! [`LateFlush`] answers the first flush after a write with "not yet" and wakes its own
-//! task, so the flush happens when the connection polls again with nothing new
-//! written: by then yamux has written every frame it had ready. Noise then seals up
-//! to its 64 KiB frame and the socket gets a few large writes, with a single
-//! scheduling round of delay (yamux does not wait on a pending flush: it goes on
-//! reading and writing frames).
+//! yamux flushes after every frame it writes, and a frame carries at most 16 KiB: each
+//! went to the socket as a send of its own (a syscall, and a packet on loopback),
+//! sixteen for a 256 KiB block. [`LateFlush`] answers the first flush after a write
+//! with "not yet" and wakes its own task, so the flush happens when the connection is
+//! polled again with nothing new written: by then yamux has written every frame it had
+//! ready, held below in one buffer (`FlushBuf`), and they leave in one send. The cost
+//! is one scheduling round; yamux does not wait on a pending flush (it goes on reading
+//! and writing frames). `shaped` says where it sits for noise and for TLS.
 //!
-//! Nothing is held here; the buffers are the secure channel's own (noise's frame,
-//! `FlushBuf`'s for TLS). Closing is never put off.
+//! Nothing is held here. Closing is never put off.
 
 use std::io;
 use std::pin::Pin;
