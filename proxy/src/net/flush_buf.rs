@@ -1,15 +1,21 @@
-//! Writes held until a flush, for the secure channels under yamux.
+//! Writes gathered per burst, for the secure channels under yamux.
 //!
-//! Over TLS, rustls seals and sends every write, and yamux writes each frame as two (its
-//! 12-byte header, then the body): a frame went out as two records in two syscalls.
-//! Under noise, each flush is a noise frame, and each frame was a send of its own. Held
-//! here until the flush, and the flush put off to the end of a burst (`late_flush`), a
-//! burst of frames leaves in one write: full records over TLS, one send under noise.
-//! `shaped` puts the two on each upgrade.
+//! yamux flushes after every frame it writes, and a frame carries at most 16 KiB. Over
+//! TLS, rustls seals and sends every write, and yamux writes a frame as two (its 12-byte
+//! header, then the body): a frame went out as two records in two syscalls. Under
+//! noise, each flush went to the socket as a send of its own (a syscall, and a packet
+//! on loopback), sixteen for a 256 KiB block.
+//!
+//! [`FlushBuf`] holds writes until a flush, and answers the first flush after a write
+//! with "not yet", waking its own task: the flush happens when the connection is polled
+//! again with nothing new written. By then yamux has written every frame it had ready
+//! (it does not wait on a pending flush; it goes on reading and writing frames), and
+//! the burst leaves in one write: full records over TLS, one send under noise. The cost
+//! is one scheduling round. `shaped` says where it sits for noise and for TLS.
 //!
 //! Not `futures::io::BufWriter`: that allocates its buffer up front and keeps it for the
 //! connection's life, 64 KiB for each of ten thousand mostly idle clients. Here the
-//! buffer exists only between the first write and the flush.
+//! buffer exists only between the first write and the flush. Closing is never put off.
 
 use std::io;
 use std::pin::Pin;
@@ -22,12 +28,15 @@ use futures::{AsyncRead, AsyncWrite};
 /// after what is held.
 const CAPACITY: usize = 4 * (16 * 1024 + 64);
 
-/// A stream whose writes are held until a flush (or until they would overflow).
+/// A stream whose writes are held until a flush that comes after a burst (or until
+/// they would overflow).
 pub struct FlushBuf<S> {
     inner: S,
     held: Vec<u8>,
     /// Bytes of `held` already written to `inner`.
     sent: usize,
+    /// Bytes were written since the last flush was asked for.
+    written: bool,
 }
 
 impl<S> FlushBuf<S> {
@@ -36,6 +45,7 @@ impl<S> FlushBuf<S> {
             inner,
             held: Vec::new(),
             sent: 0,
+            written: false,
         }
     }
 }
@@ -67,23 +77,32 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlushBuf<S> {
             ready!(this.poll_send_held(cx))?;
         }
         if buf.len() >= CAPACITY {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+            this.written |= n > 0;
+            return Poll::Ready(Ok(n));
         }
         if this.held.capacity() == 0 {
             this.held.reserve_exact(CAPACITY);
         }
         this.held.extend_from_slice(buf);
+        this.written |= !buf.is_empty();
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if std::mem::take(&mut this.written) {
+            // More may come in this round; flush when the task is polled again.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         ready!(this.poll_send_held(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.written = false;
         ready!(this.poll_send_held(cx))?;
         Pin::new(&mut this.inner).poll_close(cx)
     }
@@ -104,6 +123,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use futures::task::{ArcWake, waker};
     use futures::{AsyncReadExt, AsyncWriteExt};
     use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade};
     use libp2p::identity::Keypair;
@@ -225,5 +245,95 @@ mod tests {
         assert!(got[..half].iter().all(|x| *x == 1));
         assert!(got[half..2 * half].iter().all(|x| *x == 2));
         assert!(got[2 * half..].iter().all(|x| *x == 3));
+    }
+
+    /// Records what reaches the stream below: the bytes, flushes and closes.
+    #[derive(Default)]
+    struct Below {
+        bytes: Vec<u8>,
+        flushes: usize,
+        closed: bool,
+    }
+
+    impl AsyncWrite for Below {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().closed = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl ArcWake for Wakes {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn write(s: &mut FlushBuf<Below>, cx: &mut Context<'_>, bytes: &[u8]) {
+        let n = Pin::new(s).poll_write(cx, bytes);
+        assert!(matches!(n, Poll::Ready(Ok(n)) if n == bytes.len()));
+    }
+
+    /// The first flush after writes is put off and the task woken to come back; the
+    /// next, with nothing written between, reaches the stream below.
+    #[test]
+    fn a_flush_after_writes_waits_for_the_next_poll() {
+        let wakes = Arc::new(Wakes::default());
+        let w = waker(wakes.clone());
+        let mut cx = Context::from_waker(&w);
+        let mut s = FlushBuf::new(Below::default());
+
+        write(&mut s, &mut cx, b"header");
+        write(&mut s, &mut cx, b"body");
+        assert!(Pin::new(&mut s).poll_flush(&mut cx).is_pending());
+        assert_eq!(s.inner.flushes, 0, "put off");
+        assert!(s.inner.bytes.is_empty(), "and the writes held");
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1, "and the task woken");
+
+        // The task comes back with another frame: the flush is put off again.
+        write(&mut s, &mut cx, b"more");
+        assert!(Pin::new(&mut s).poll_flush(&mut cx).is_pending());
+        assert_eq!(s.inner.flushes, 0);
+
+        // Nothing new: it goes through.
+        assert!(Pin::new(&mut s).poll_flush(&mut cx).is_ready());
+        assert_eq!(s.inner.flushes, 1);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+        assert_eq!(s.inner.bytes, b"headerbodymore", "every byte, in order");
+    }
+
+    #[test]
+    fn a_flush_with_nothing_written_and_a_close_are_never_put_off() {
+        let wakes = Arc::new(Wakes::default());
+        let w = waker(wakes.clone());
+        let mut cx = Context::from_waker(&w);
+        let mut s = FlushBuf::new(Below::default());
+
+        assert!(Pin::new(&mut s).poll_flush(&mut cx).is_ready());
+        assert_eq!(s.inner.flushes, 1);
+
+        write(&mut s, &mut cx, b"last");
+        assert!(Pin::new(&mut s).poll_close(&mut cx).is_ready());
+        assert!(s.inner.closed);
+        assert_eq!(s.inner.bytes, b"last", "what was held went first");
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            0,
+            "no round was waited for"
+        );
     }
 }

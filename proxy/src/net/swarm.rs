@@ -33,12 +33,12 @@ pub struct Behaviour {
     pub bitswap: bitswap::Behaviour,
 }
 
-/// libp2p's noise, its flushes put off to the end of a burst (see `late_flush`).
+/// libp2p's noise, its sends gathered per burst (see `shaped`).
 fn shaped_noise(key: &Keypair) -> Result<Shaped<noise::Config, shaped::Noise>, noise::Error> {
     noise::Config::new(key).map(Shaped::new)
 }
 
-/// libp2p's TLS, writes held to the flush and the flush put off (see `flush_buf`).
+/// libp2p's TLS, its writes gathered per burst (see `shaped`).
 fn shaped_tls(
     key: &Keypair,
 ) -> Result<Shaped<tls::Config, shaped::Tls>, tls::certificate::GenError> {
