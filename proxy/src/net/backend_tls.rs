@@ -40,7 +40,7 @@ const ALPN: &[u8] = b"libp2p";
 const READ_BUFFER: usize = 64 * 1024;
 
 /// A backend connection's socket, reads buffered (see the module's doc).
-pub type Socket<C> = BufReader<C>;
+type Socket<C> = BufReader<C>;
 
 fn buffered<C: AsyncRead>(socket: C) -> Socket<C> {
     BufReader::with_capacity(READ_BUFFER, socket)

@@ -283,6 +283,12 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakes, and a fresh stream over `Below`.
+    fn counted() -> (Arc<Wakes>, std::task::Waker, FlushBuf<Below>) {
+        let wakes = Arc::new(Wakes::default());
+        (wakes.clone(), waker(wakes), FlushBuf::new(Below::default()))
+    }
+
     fn write(s: &mut FlushBuf<Below>, cx: &mut Context<'_>, bytes: &[u8]) {
         let n = Pin::new(s).poll_write(cx, bytes);
         assert!(matches!(n, Poll::Ready(Ok(n)) if n == bytes.len()));
@@ -292,10 +298,8 @@ mod tests {
     /// next, with nothing written between, reaches the stream below.
     #[test]
     fn a_flush_after_writes_waits_for_the_next_poll() {
-        let wakes = Arc::new(Wakes::default());
-        let w = waker(wakes.clone());
+        let (wakes, w, mut s) = counted();
         let mut cx = Context::from_waker(&w);
-        let mut s = FlushBuf::new(Below::default());
 
         write(&mut s, &mut cx, b"header");
         write(&mut s, &mut cx, b"body");
@@ -318,10 +322,8 @@ mod tests {
 
     #[test]
     fn a_flush_with_nothing_written_and_a_close_are_never_put_off() {
-        let wakes = Arc::new(Wakes::default());
-        let w = waker(wakes.clone());
+        let (wakes, w, mut s) = counted();
         let mut cx = Context::from_waker(&w);
-        let mut s = FlushBuf::new(Below::default());
 
         assert!(Pin::new(&mut s).poll_flush(&mut cx).is_ready());
         assert_eq!(s.inner.flushes, 1);
