@@ -12,6 +12,7 @@ use anyhow::Context;
 use cid::Cid;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::floor::{self, Floor};
 use super::{Section, cpu_seconds, median, ms, percentile};
 use crate::bitswap_client::BitswapClient;
 use crate::{KuboNode, KuboOptions, Proxy, ProxyOptions, random_bytes, scratch_dir};
@@ -25,6 +26,8 @@ pub struct Config {
     pub fail_after: Duration,
     /// 1 KiB blocks wanted one at a time each way for the latency line.
     pub latency_blocks: usize,
+    /// MiB the crypto and hashing floor is timed over, spread between the runs.
+    pub floor_mib: usize,
 }
 
 /// A round-robin TCP balancer on 127.0.0.1: connection k goes to `targets[k % n]`,
@@ -186,7 +189,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
              A, B and C hold the same {} MiB file ({} blocks). The same native client (window \
              {}) fetches it directly from A, through the balancer and through Kitsune, in \
              turn, {} runs each, a fresh connection every run, median; CPU of each process \
-             (kubo: the whole node) from /proc. Then 1 MiB added to A only is fetched over a \
+             (kubo: the whole node) from /proc; the crypto and hashing floor (see the \
+             throughput section) timed on one core before each run. Then 1 MiB added to A only is fetched over a \
              connection the balancer landed on A, one it landed on B, and through Kitsune, \
              each with a {} s limit. Latency: {} 1 KiB blocks (held by all three) wanted one \
              at a time, want to block, over one connection each way. {} build.",
@@ -219,8 +223,10 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let mut rates = vec![Vec::new(); ways.len()];
     let mut cpu = vec![[0.0f64; 5]; ways.len()];
     let mut gib = vec![0.0f64; ways.len()];
+    let mut floors = Vec::new();
     let timeout = Duration::from_secs(300);
     for _ in 0..cfg.runs {
+        floors.push(floor::measure((cfg.floor_mib / cfg.runs.max(1)).max(8)));
         for (i, (_, to)) in ways.iter().enumerate() {
             let mut client = BitswapClient::connect(to).await?;
             let before = cpu_now();
@@ -271,6 +277,19 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     s.line(format!(
         "CPU seconds per GiB, direct from A (reference): kubo {:.2}",
         kubos(0)
+    ));
+    // The least any relay doing the proxy's work could spend: the crypto and hashing
+    // floor plus what relaying the same bytes costs with no crypto at all (the
+    // balancer's receives, sends and wake-ups), both from this run.
+    let floor = Floor::mean(&floors).as_run();
+    let relay_floor = floor + per(1, 4);
+    s.line(format!(
+        "the least a relay doing the proxy's work could spend: the floor as the proxy runs \
+         here {floor:.2} (sampled between the runs) + the balancer's relaying {:.2} = \
+         {relay_floor:.2} CPU-s/GiB; **proxy {:.2}x that** ({:.2}x the floor alone)",
+        per(1, 4),
+        per(2, 3) / relay_floor,
+        per(2, 3) / floor
     ));
 
     // What one more hop costs a small block: a bare TCP splice beside Kitsune.

@@ -154,6 +154,7 @@ async fn main() -> anyhow::Result<()> {
             window: 256,
             fail_after: Duration::from_secs(5),
             latency_blocks: if q { 20 } else { a.latency_blocks.min(300) },
+            floor_mib: if q { 32 } else { 512 },
         };
         record("peer", bench::peer::run(&cfg).await);
     }
