@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod http;
 pub mod http_client;
 pub mod identity;
+pub mod keyed;
 pub mod metrics;
 pub mod net;
 pub mod preload;

@@ -31,6 +31,7 @@ use crate::backend::{self, Action, BackendSpec, Backends, ResolveError, Resolved
 use crate::bitswap::Message;
 use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
+use crate::keyed::{Map, Set};
 use crate::metrics::Metrics;
 use crate::net::bitswap::{Inbound, QueueError, Undelivered};
 use crate::routing::{Core, Effects, FetchId, Fetched};
@@ -49,9 +50,9 @@ pub struct Engine {
     backends: Backends,
     /// Clients and backends with a live connection: messages from peers whose
     /// connection already closed are dropped, and nothing is sent to them.
-    clients: HashSet<PeerId>,
+    clients: Set<PeerId>,
     /// Each with its blocks counter.
-    connected_backends: HashMap<PeerId, Counter>,
+    connected_backends: Map<PeerId, Counter>,
     commands: mpsc::Receiver<Command>,
     resolved_tx: mpsc::Sender<(BackendSpec, Result<Resolved, ResolveError>)>,
     resolved_rx: mpsc::Receiver<(BackendSpec, Result<Resolved, ResolveError>)>,
@@ -75,7 +76,7 @@ pub struct Engine {
     /// The gateway's fetches, and where each one's answer goes (as many as the core
     /// holds: it refuses past its bound).
     fetch_commands: Option<mpsc::Receiver<FetchCmd>>,
-    fetch_replies: std::collections::HashMap<FetchId, tokio::sync::oneshot::Sender<Fetched>>,
+    fetch_replies: HashMap<FetchId, tokio::sync::oneshot::Sender<Fetched>>,
     /// When a flood of wants has ebbed, so its memory is given back.
     ebb: crate::allocator::Ebb,
 }

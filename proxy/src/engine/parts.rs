@@ -14,6 +14,7 @@ use crate::backend::Backends;
 use crate::front::Splices;
 use crate::gateway::fetch::FetchCmd;
 use crate::http::Health;
+use crate::keyed::{Map, Set};
 use crate::metrics::Metrics;
 use crate::net::bitswap::{FrameBounds, ONE_STREAM, STREAM_BUDGET};
 use crate::net::swarm::Behaviour;
@@ -115,8 +116,8 @@ impl Engine {
             backends_side,
             core,
             backends: Backends::default(),
-            clients: HashSet::new(),
-            connected_backends: HashMap::new(),
+            clients: Set::default(),
+            connected_backends: Map::default(),
             commands,
             resolved_tx,
             resolved_rx,
@@ -136,7 +137,7 @@ impl Engine {
             listeners: HashSet::new(),
             drain: None,
             fetch_commands,
-            fetch_replies: std::collections::HashMap::new(),
+            fetch_replies: HashMap::new(),
             ebb: crate::allocator::Ebb::default(),
         };
         Ok((engine, handle))

@@ -1,11 +1,10 @@
 //! One libp2p host and its bitswap stream I/O: the readers feeding the engine and a
 //! writer task per peer.
 
-use std::collections::HashMap;
-
 use libp2p::{PeerId, Swarm};
 use tokio::sync::mpsc;
 
+use crate::keyed::Map;
 use crate::metrics::Metrics;
 use crate::net::bitswap::Control;
 use crate::net::bitswap::{FrameBounds, Inbound, Readers, Undelivered, Writer};
@@ -16,7 +15,7 @@ pub struct Side {
     control: Control,
     pub readers: Readers,
     pub inbound: mpsc::Receiver<Inbound>,
-    pub writers: HashMap<PeerId, Writer>,
+    pub writers: Map<PeerId, Writer>,
     /// Bytes per outbound stream before the writer moves to a fresh one.
     stream_budget: usize,
     /// Where writers say their queue drained (the clients' side only).
@@ -39,7 +38,7 @@ impl Side {
             control,
             readers: Readers::new(max_streams_per_peer, frame_bounds, tx, metrics.clone()),
             inbound,
-            writers: HashMap::new(),
+            writers: Map::default(),
             stream_budget,
             room,
         }

@@ -11,6 +11,7 @@ use std::cmp::Reverse;
 
 use super::{Backend, Config, Router, State, balancer, fair, shedding};
 use crate::bitswap::PresenceKind;
+use crate::keyed::Set;
 use balancer::Policy;
 
 impl Router {
@@ -173,7 +174,7 @@ impl Router {
             .push_back((now + self.cfg.want_timeout, cid, backend));
         if self.deadlines.len() > 2 * self.wants.len() + 64 {
             let (wants, timeout) = (&self.wants, self.cfg.want_timeout);
-            let mut kept = std::collections::HashSet::new();
+            let mut kept = Set::default();
             self.deadlines.retain(|(deadline, c, b)| {
                 let live = wants.get(c).is_some_and(|w| {
                     matches!(w.state, State::Sent { backend, at, .. } if backend == *b && at + timeout <= *deadline)

@@ -13,11 +13,10 @@
 //! cannot starve one with 10. Pure; bounded by the clients connected (a client's
 //! lane is forgotten when it leaves).
 
-use std::collections::HashMap;
-
 use libp2p::PeerId;
 
 use crate::bitswap::WantKind;
+use crate::keyed::Map;
 
 /// What a block want is taken to cost before the client has received any block:
 /// the chunk size kubo and Helia write by default.
@@ -41,7 +40,7 @@ pub(super) struct FairClock {
     now: u64,
     /// The next arrival tag when off.
     arrivals: u64,
-    lanes: HashMap<PeerId, Lane>,
+    lanes: Map<PeerId, Lane>,
 }
 
 impl FairClock {

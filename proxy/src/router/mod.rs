@@ -29,13 +29,14 @@ mod state;
 mod tests;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use cid::Cid;
 use libp2p::PeerId;
 
 use crate::bitswap::{Block, Message, PresenceKind, WantEntry, WantKind};
+use crate::keyed::{Map, Set};
 pub use balancer::Policy;
 pub use config::{BUSY_GRACE, Config, Stats};
 pub use outbox::Outbox;
@@ -43,8 +44,8 @@ use state::{Backend, ClientWant, State, Want};
 
 pub struct Router {
     cfg: Config,
-    clients: HashMap<PeerId, HashMap<Cid, ClientWant>>,
-    wants: HashMap<Cid, Want>,
+    clients: Map<PeerId, Map<Cid, ClientWant>>,
+    wants: Map<Cid, Want>,
     /// Healthy backends, sorted so every replica ranks them the same way.
     backends: BTreeMap<PeerId, Backend>,
     queued: usize,
@@ -59,7 +60,7 @@ pub struct Router {
     /// CIDs shed since the last [`Router::take_shed`].
     shed: Vec<Cid>,
     /// Wants per client held back outside the router (see `set_held_back`).
-    held_back: HashMap<PeerId, usize>,
+    held_back: Map<PeerId, usize>,
 }
 
 impl Router {
@@ -68,8 +69,8 @@ impl Router {
             shares: shares::AddressShares::new(cfg.address_key, cfg.max_wants_per_address),
             fair: fair::FairClock::new(cfg.fair_scheduling),
             cfg,
-            clients: HashMap::new(),
-            wants: HashMap::new(),
+            clients: Map::default(),
+            wants: Map::default(),
             backends: BTreeMap::new(),
             queued: 0,
             deadlines: VecDeque::new(),
@@ -77,7 +78,7 @@ impl Router {
             out: Outbox::default(),
             stats: Stats::default(),
             shed: Vec::new(),
-            held_back: HashMap::new(),
+            held_back: Map::default(),
         }
     }
 
@@ -139,7 +140,7 @@ impl Router {
 
     /// How many wants a client holds (for tests and introspection).
     pub fn client_wants(&self, peer: &PeerId) -> usize {
-        self.clients.get(peer).map_or(0, HashMap::len)
+        self.clients.get(peer).map_or(0, Map::len)
     }
 
     /// How many more wants the clients of `client`'s address key may hold.
@@ -182,7 +183,7 @@ impl Router {
     pub fn client_message(&mut self, client: PeerId, msg: &Message, now: Instant) {
         if msg.full {
             // A full wantlist replaces this client's wants, and only this client's.
-            let keep: std::collections::HashSet<Cid> = msg
+            let keep: Set<Cid> = msg
                 .wants
                 .iter()
                 .filter(|w| !w.cancel)
@@ -324,7 +325,7 @@ impl Router {
             self.shares.removed(&client, 1);
             self.drop_wanter(client, cid, now);
         }
-        if self.clients.get(&client).is_some_and(HashMap::is_empty) {
+        if self.clients.get(&client).is_some_and(Map::is_empty) {
             self.clients.remove(&client);
         }
     }
@@ -448,7 +449,7 @@ impl Router {
             .get_mut(&client)
             .and_then(|w| w.remove(&cid))
             .is_some();
-        if self.clients.get(&client).is_some_and(HashMap::is_empty) {
+        if self.clients.get(&client).is_some_and(Map::is_empty) {
             self.clients.remove(&client);
         }
         if removed {

@@ -1,19 +1,19 @@
 //! What the router decided to say, batched per peer until the engine sends it.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use cid::Cid;
 use libp2p::PeerId;
 
 use crate::bitswap::{Block, Message, Presence, PresenceKind, WantEntry, WantKind};
+use crate::keyed::Map;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
     /// Incremental wantlists (wants and cancels) for backends, in decision order.
-    pub to_backends: HashMap<PeerId, Message>,
+    pub to_backends: Map<PeerId, Message>,
     /// Blocks and presences for clients.
-    pub to_clients: HashMap<PeerId, Message>,
+    pub to_clients: Map<PeerId, Message>,
     /// Want-to-block times of the blocks delivered, for the RTT histogram.
     pub rtts: Vec<Duration>,
 }

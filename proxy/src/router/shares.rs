@@ -4,12 +4,12 @@
 //! `max_wants_per_address`, a fraction of `max_queued_wants`, so one address with many
 //! peer IDs cannot fill the queue and leave a newcomer only DONT_HAVE.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use libp2p::PeerId;
 
+use crate::keyed::Map;
 use crate::net::ip_limit::AddressKey;
 
 #[derive(Debug, Default)]
@@ -17,9 +17,9 @@ pub(super) struct AddressShares {
     keying: AddressKey,
     max: usize,
     /// The key each client counts under: the address of its first connection.
-    of_client: HashMap<PeerId, IpNet>,
+    of_client: Map<PeerId, IpNet>,
     /// Wants held by the clients of each key.
-    held: HashMap<IpNet, usize>,
+    held: Map<IpNet, usize>,
     /// Wants held by all clients, whatever their address.
     total: usize,
 }

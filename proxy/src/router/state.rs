@@ -8,6 +8,7 @@ use cid::Cid;
 use libp2p::PeerId;
 
 use crate::bitswap::WantKind;
+use crate::keyed::Set;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ClientWant {
@@ -54,7 +55,7 @@ impl Want {
 
 #[derive(Debug, Default)]
 pub(super) struct Backend {
-    pub(super) inflight: std::collections::HashSet<Cid>,
+    pub(super) inflight: Set<Cid>,
     /// When it last answered anything (a block or a presence).
     pub(super) last_answer: Option<Instant>,
     /// CIDs waiting for room here, lowest start tag first; entries may be stale

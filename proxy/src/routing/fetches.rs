@@ -5,13 +5,14 @@
 //! deduplication. The router's messages to that identity are turned here into
 //! answers for the waiting fetches. Pure: time is passed in.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use cid::Cid;
 use libp2p::PeerId;
 
 use crate::bitswap::{Block, Message, PresenceKind, WantEntry, WantKind};
+use crate::keyed::Map;
 
 /// A fetch, numbered by whoever asks (unique among those open).
 pub type FetchId = u64;
@@ -54,8 +55,8 @@ pub struct Fetches {
     me: PeerId,
     /// Fetches waiting at once; more are refused.
     max: usize,
-    open: HashMap<FetchId, Waiting>,
-    by_cid: HashMap<Cid, Vec<FetchId>>,
+    open: Map<FetchId, Waiting>,
+    by_cid: Map<Cid, Vec<FetchId>>,
     deadlines: BTreeSet<(Instant, FetchId)>,
 }
 
@@ -64,8 +65,8 @@ impl Fetches {
         Self {
             me,
             max,
-            open: HashMap::new(),
-            by_cid: HashMap::new(),
+            open: Map::default(),
+            by_cid: Map::default(),
             deadlines: BTreeSet::new(),
         }
     }

@@ -22,6 +22,7 @@ use libp2p::swarm::ConnectionId;
 
 use crate::bitswap::{Message, PresenceKind, WantEntry, WantKind};
 use crate::cache::BlockCache;
+use crate::keyed::Set;
 use crate::preload::Reverse;
 use crate::preload::refs::OpenFail;
 use crate::preload::sessions::SessionId;
@@ -542,7 +543,7 @@ impl Core {
         // shed (503 and Retry-After, not 404).
         let mut answers = Vec::new();
         if !shed.is_empty() {
-            let shed: std::collections::HashSet<Cid> = shed.into_iter().collect();
+            let shed: Set<Cid> = shed.into_iter().collect();
             let mut shed_here = Vec::new();
             msg.presences.retain(|p| {
                 let was_shed = p.kind == PresenceKind::DontHave && shed.contains(&p.cid);

@@ -18,7 +18,6 @@
 //! which refuses them as it would anyway. Reservations are one per want the router
 //! holds.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use libp2p::PeerId;
 
 use super::waiting::Waiting;
 use crate::bitswap::{Message, WantEntry, WantKind};
+use crate::keyed::{Map, Set};
 use crate::net::ip_limit::AddressKey;
 
 /// A token bucket: `rate` tokens a second, at most `burst` held, full at the start.
@@ -198,12 +198,12 @@ pub struct WantRates {
     rates: Rates,
     keying: AddressKey,
     max_per_client: usize,
-    of_client: HashMap<PeerId, IpNet>,
-    budgets: HashMap<IpNet, Budget>,
+    of_client: Map<PeerId, IpNet>,
+    budgets: Map<IpNet, Budget>,
     /// Clients' new wants waiting for their budget, oldest first.
-    waiting: HashMap<PeerId, Waiting>,
+    waiting: Map<PeerId, Waiting>,
     /// Bytes reserved for block wants that went on, and since when, per client.
-    reserved: HashMap<PeerId, HashMap<cid::Cid, (u64, Instant)>>,
+    reserved: Map<PeerId, Map<cid::Cid, (u64, Instant)>>,
     delayed: Delayed,
 }
 
@@ -214,10 +214,10 @@ impl WantRates {
             rates,
             keying,
             max_per_client,
-            of_client: HashMap::new(),
-            budgets: HashMap::new(),
-            waiting: HashMap::new(),
-            reserved: HashMap::new(),
+            of_client: Map::default(),
+            budgets: Map::default(),
+            waiting: Map::default(),
+            reserved: Map::default(),
             delayed: Delayed::default(),
         }
     }
@@ -288,7 +288,7 @@ impl WantRates {
             let n = take(&p.cid);
             budget.give_back(n, now);
         }
-        if self.reserved.get(client).is_some_and(HashMap::is_empty) {
+        if self.reserved.get(client).is_some_and(Map::is_empty) {
             self.reserved.remove(client);
         }
     }
@@ -469,7 +469,7 @@ impl WantRates {
                 ));
             }
         }
-        let waiting_keys: std::collections::HashSet<IpNet> = self
+        let waiting_keys: Set<IpNet> = self
             .waiting
             .keys()
             .filter_map(|c| self.of_client.get(c).copied())

@@ -1,11 +1,12 @@
 //! One client's wants held back in the core (for its address's rates, or for room in
 //! its writer's queue), oldest first.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use cid::Cid;
 
 use crate::bitswap::WantEntry;
+use crate::keyed::Map;
 
 /// One client's waiting wants, oldest first. The queue holds CIDs and the map the
 /// wants themselves, so a cancel only forgets the CID (O(1)) and an upgrade (a
@@ -14,7 +15,7 @@ use crate::bitswap::WantEntry;
 #[derive(Debug, Default)]
 pub struct Waiting {
     queue: VecDeque<Cid>,
-    live: HashMap<Cid, WantEntry>,
+    live: Map<Cid, WantEntry>,
 }
 
 impl Waiting {

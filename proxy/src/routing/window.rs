@@ -20,7 +20,6 @@
 //! which refuses them. Reservations are at most one per want the router holds.
 //! Pure: time and room are passed in.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use cid::Cid;
@@ -29,6 +28,7 @@ use libp2p::PeerId;
 use super::rate::{FIRST_BLOCK_ESTIMATE, RESERVATION_TTL};
 use super::waiting::Waiting;
 use crate::bitswap::{Message, WantEntry, WantKind};
+use crate::keyed::Map;
 
 /// Room that means "no bound": the caller has no writer queue to protect.
 pub const UNBOUNDED: usize = usize::MAX;
@@ -37,7 +37,7 @@ pub const UNBOUNDED: usize = usize::MAX;
 struct Window {
     waiting: Waiting,
     /// Bytes reserved per block want that went on, and since when.
-    reserved: HashMap<Cid, (u64, Instant)>,
+    reserved: Map<Cid, (u64, Instant)>,
     total: u64,
     /// What a block want reserves: a moving average of the client's blocks.
     estimate: f64,
@@ -47,7 +47,7 @@ impl Default for Window {
     fn default() -> Self {
         Self {
             waiting: Waiting::default(),
-            reserved: HashMap::new(),
+            reserved: Map::default(),
             total: 0,
             estimate: FIRST_BLOCK_ESTIMATE,
         }
@@ -92,7 +92,7 @@ impl Window {
 #[derive(Debug)]
 pub struct ClientWindows {
     max_per_client: usize,
-    clients: HashMap<PeerId, Window>,
+    clients: Map<PeerId, Window>,
     /// Wants held back so far (a counter for metrics).
     delayed: u64,
 }
@@ -101,7 +101,7 @@ impl ClientWindows {
     pub fn new(max_per_client: usize) -> Self {
         Self {
             max_per_client,
-            clients: HashMap::new(),
+            clients: Map::default(),
             delayed: 0,
         }
     }
