@@ -125,6 +125,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures::future::Either;
     use futures::{AsyncReadExt, AsyncWriteExt};
     use libp2p::identity::Keypair;
     use libp2p::{noise, tls};
@@ -144,43 +145,51 @@ mod tests {
             .expect("every put-off flush completed");
     }
 
-    async fn carry_a_burst() {
+    type Socket = tokio_util::compat::Compat<tokio::net::TcpStream>;
+
+    /// Both ends of one channel shaped by `A`, over a fresh loopback socket; checks that
+    /// each end knows the other.
+    async fn handshake<U, A, O, I>(
+        make: fn(&Keypair) -> U,
+        protocol: &'static str,
+    ) -> (A::Stream<O>, A::Stream<I>)
+    where
+        A: Adapter,
+        U: UpgradeInfo<Info = &'static str>
+            + OutboundConnectionUpgrade<A::Socket<Socket>, Output = (PeerId, O)>
+            + InboundConnectionUpgrade<A::Socket<Socket>, Output = (PeerId, I)>,
+        <U as OutboundConnectionUpgrade<A::Socket<Socket>>>::Error: std::fmt::Debug,
+        <U as InboundConnectionUpgrade<A::Socket<Socket>>>::Error: std::fmt::Debug,
+    {
         let (ours, theirs) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (dialed, accepted) = tcp_pair().await;
+        let (c, s) = (
+            Shaped::<_, A>::new(make(&ours)),
+            Shaped::<_, A>::new(make(&theirs)),
+        );
+        let (o, i) = tokio::join!(
+            c.upgrade_outbound(dialed, protocol),
+            s.upgrade_inbound(accepted, protocol),
+        );
+        let ((sid, o), (cid, i)) = (o.unwrap(), i.unwrap());
+        assert_eq!(
+            (sid, cid),
+            (theirs.public().to_peer_id(), ours.public().to_peer_id())
+        );
+        (o, i)
+    }
+
+    async fn carry_a_burst() {
         let block: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
         for tls in [false, true] {
-            let (dialed, accepted) = tcp_pair().await;
             let (mut out, mut inb) = if tls {
-                let c = Shaped::<_, Tls>::new(tls::Config::new(&ours).unwrap());
-                let s = Shaped::<_, Tls>::new(tls::Config::new(&theirs).unwrap());
-                let (o, i) = tokio::join!(
-                    c.upgrade_outbound(dialed, "/tls/1.0.0"),
-                    s.upgrade_inbound(accepted, "/tls/1.0.0"),
-                );
-                let ((sid, o), (cid, i)) = (o.unwrap(), i.unwrap());
-                assert_eq!(
-                    (sid, cid),
-                    (theirs.public().to_peer_id(), ours.public().to_peer_id())
-                );
-                (
-                    futures::future::Either::Left(o),
-                    futures::future::Either::Left(i),
-                )
+                let (o, i) =
+                    handshake::<_, Tls, _, _>(|k| tls::Config::new(k).unwrap(), "/tls/1.0.0").await;
+                (Either::Left(o), Either::Left(i))
             } else {
-                let c = Shaped::<_, Noise>::new(noise::Config::new(&ours).unwrap());
-                let s = Shaped::<_, Noise>::new(noise::Config::new(&theirs).unwrap());
-                let (o, i) = tokio::join!(
-                    c.upgrade_outbound(dialed, "/noise"),
-                    s.upgrade_inbound(accepted, "/noise"),
-                );
-                let ((sid, o), (cid, i)) = (o.unwrap(), i.unwrap());
-                assert_eq!(
-                    (sid, cid),
-                    (theirs.public().to_peer_id(), ours.public().to_peer_id())
-                );
-                (
-                    futures::future::Either::Right(o),
-                    futures::future::Either::Right(i),
-                )
+                let (o, i) =
+                    handshake::<_, Noise, _, _>(|k| noise::Config::new(k).unwrap(), "/noise").await;
+                (Either::Right(o), Either::Right(i))
             };
             let send = async {
                 // As yamux writes: a header, then a body of at most 16 KiB, each frame.

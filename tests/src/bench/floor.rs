@@ -55,8 +55,14 @@ impl Floor {
     }
 }
 
+/// One of `runs` samples spread between a section's runs, together timed over about
+/// `total_mib` MiB.
+pub fn sample(total_mib: usize, runs: usize) -> Floor {
+    measure((total_mib / runs.max(1)).max(8))
+}
+
 /// Measures each part over `mib` MiB (at least a few hundred for a stable figure).
-pub fn measure(mib: usize) -> Floor {
+fn measure(mib: usize) -> Floor {
     let bytes = mib << 20;
     let per_gib = |cpu: Duration| cpu.as_secs_f64() * (1u64 << 30) as f64 / bytes as f64;
     let data: Vec<u8> = (0..BLOCK).map(|i| (i * 31 % 251) as u8).collect();

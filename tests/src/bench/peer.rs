@@ -226,7 +226,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Section> {
     let mut floors = Vec::new();
     let timeout = Duration::from_secs(300);
     for _ in 0..cfg.runs {
-        floors.push(floor::measure((cfg.floor_mib / cfg.runs.max(1)).max(8)));
+        floors.push(floor::sample(cfg.floor_mib, cfg.runs));
         for (i, (_, to)) in ways.iter().enumerate() {
             let mut client = BitswapClient::connect(to).await?;
             let before = cpu_now();

@@ -193,7 +193,7 @@ async fn native_runs(
     let mut moved = [0.0f64; 2];
     let mut floors = Vec::new();
     for _ in 0..cfg.runs {
-        floors.push(floor::measure((cfg.floor_mib / cfg.runs.max(1)).max(8)));
+        floors.push(floor::sample(cfg.floor_mib, cfg.runs));
         for (i, to) in [&kubo.tcp_addr, &proxy.tcp_addr].into_iter().enumerate() {
             let before = pids.map(cpu_seconds);
             let mut c = BitswapClient::connect(&to.parse()?).await?;
